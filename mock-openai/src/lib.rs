@@ -1,0 +1,1 @@
+//! A behaviour model of the OpenAI API.
