@@ -1,0 +1,530 @@
+//! Batch input files: parse and validate JSONL into structured requests (with the line
+//! numbers of validation errors), and render output/error files and chat-completion bodies.
+//!
+//! Facts §5: input line `{"custom_id","method":"POST","url","body"}`; output line
+//! `{"id":"batch_req_…","custom_id","response":{"status_code","request_id","body"},"error":null}`;
+//! expired/cancelled lines `{"id","custom_id","response":null,"error":{"code","message"}}`.
+//! Content errors are validation failures of the created batch, not 400s.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
+
+/// Width and height, in pixels, assumed for an image whose URL carries no `w`/`h` (or
+/// `width`/`height`) query parameters: the 1024×1024 example of facts §6.
+pub const DEFAULT_IMAGE_PX: (u32, u32) = (1024, 1024);
+
+/// Most validation errors reported for one file (the rest are dropped).
+pub const MAX_REPORTED_ERRORS: usize = 10;
+
+/// Longest output a request may ask for, in tokens (gpt-4o-mini's 16,384, facts §7).
+pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
+
+/// One validation error of a batch input file (`errors.data[]` of the batch object).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BatchError {
+    /// Machine-readable code (`invalid_json_line`, `duplicate_custom_id`, …).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The offending parameter, if any.
+    pub param: Option<String>,
+    /// The 1-based line number, if the error belongs to one line.
+    pub line: Option<u64>,
+}
+
+impl BatchError {
+    fn new(code: &str, message: impl Into<String>, param: Option<&str>, line: Option<u64>) -> Self {
+        BatchError {
+            code: code.to_owned(),
+            message: message.into(),
+            param: param.map(str::to_owned),
+            line,
+        }
+    }
+}
+
+/// One request of a batch input file, as the model needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedRequest {
+    /// The caller's id for the request.
+    pub custom_id: String,
+    /// The body's model.
+    pub model: Model,
+    /// `max_tokens` (or `max_completion_tokens`); 0 when absent.
+    pub max_tokens: u32,
+    /// Characters of text content in the messages.
+    pub text_chars: u64,
+    /// Every image in the messages.
+    pub images: Vec<ImageSpec>,
+    /// The first image's URL (the one tags are derived from); empty if none.
+    pub image_url: String,
+}
+
+/// The caps validation enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Most requests per file (facts §5: 50,000).
+    pub max_requests: u32,
+    /// Largest file, in bytes (facts §4: 200,000,000).
+    pub max_bytes: u64,
+}
+
+/// The image a content part describes: sizes from the URL's `w`/`h` or `width`/`height`
+/// query parameters, else [`DEFAULT_IMAGE_PX`].
+pub fn image_spec_from_url(url: &str, detail: Detail) -> ImageSpec {
+    let (mut w, mut h) = DEFAULT_IMAGE_PX;
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split(['&', '#']) {
+            if let Some((k, v)) = pair.split_once('=') {
+                match (k, v.parse::<u32>()) {
+                    ("w" | "width", Ok(v)) => w = v,
+                    ("h" | "height", Ok(v)) => h = v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    ImageSpec {
+        width_px: w,
+        height_px: h,
+        detail,
+    }
+}
+
+/// Reads the parts of a chat-completions body the model needs; `Err((param, message))`
+/// when the body lacks them.
+pub fn read_chat_body(
+    body: &Value,
+) -> Result<(Model, u32, u64, Vec<ImageSpec>, String), (String, String)> {
+    let model_name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
+        (
+            "model".to_owned(),
+            "Missing required parameter: 'model'.".to_owned(),
+        )
+    })?;
+    let model = Model::from_name(model_name).ok_or_else(|| {
+        (
+            "model".to_owned(),
+            format!("The model `{model_name}` does not exist or you do not have access to it."),
+        )
+    })?;
+    let max_tokens = body
+        .get("max_tokens")
+        .or_else(|| body.get("max_completion_tokens"))
+        .and_then(Value::as_u64)
+        .map_or(0, |v| {
+            u32::try_from(v).unwrap_or(u32::MAX).min(MAX_OUTPUT_TOKENS)
+        });
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            (
+                "messages".to_owned(),
+                "Missing required parameter: 'messages'.".to_owned(),
+            )
+        })?;
+    let mut text_chars = 0u64;
+    let mut images = Vec::new();
+    let mut first_url = String::new();
+    for message in messages {
+        match message.get("content") {
+            Some(Value::String(s)) => {
+                text_chars = text_chars.saturating_add(s.chars().count() as u64)
+            }
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            let n = part
+                                .get("text")
+                                .and_then(Value::as_str)
+                                .map_or(0, |s| s.chars().count());
+                            text_chars = text_chars.saturating_add(n as u64);
+                        }
+                        Some("image_url") => {
+                            let Some(image) = part.get("image_url").and_then(Value::as_object)
+                            else {
+                                return Err((
+                                    "messages".to_owned(),
+                                    "Invalid type for 'image_url': expected an object.".to_owned(),
+                                ));
+                            };
+                            let url = image.get("url").and_then(Value::as_str).unwrap_or("");
+                            let detail = match image.get("detail").and_then(Value::as_str) {
+                                Some("low") => Detail::Low,
+                                Some("high") => Detail::High,
+                                _ => Detail::Auto,
+                            };
+                            images.push(image_spec_from_url(url, detail));
+                            if first_url.is_empty() {
+                                first_url = url.to_owned();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((model, max_tokens, text_chars, images, first_url))
+}
+
+/// Parses and validates a batch input file against `endpoint`. Either every request, or
+/// the validation errors (at most [`MAX_REPORTED_ERRORS`]) that make the batch `failed`.
+/// Blank lines are skipped; line numbers are 1-based physical lines. Never panics.
+pub fn parse_batch_input(
+    bytes: &[u8],
+    endpoint: &str,
+    limits: InputLimits,
+) -> Result<Vec<ParsedRequest>, Vec<BatchError>> {
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(vec![BatchError::new(
+            "file_too_large",
+            format!(
+                "The input file is {} bytes; the limit is {} bytes.",
+                bytes.len(),
+                limits.max_bytes
+            ),
+            None,
+            None,
+        )]);
+    }
+    let mut errors: Vec<BatchError> = Vec::new();
+    let mut requests: Vec<ParsedRequest> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut first_model: Option<Model> = None;
+    let mut count: u64 = 0;
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        if errors.len() >= MAX_REPORTED_ERRORS {
+            break;
+        }
+        let line_no = i as u64 + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        count += 1;
+        if count > u64::from(limits.max_requests) {
+            continue;
+        }
+        let mut fail = |code: &str, message: String, param: Option<&str>| {
+            errors.push(BatchError::new(code, message, param, Some(line_no)));
+        };
+        let value: Value = match serde_json::from_slice(raw) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                fail(
+                    "invalid_json_line",
+                    "This line is not parseable as valid JSON.".to_owned(),
+                    None,
+                );
+                continue;
+            }
+        };
+        let Some(custom_id) = value.get("custom_id").and_then(Value::as_str) else {
+            fail(
+                "missing_required_parameter",
+                "Missing required parameter: 'custom_id'.".to_owned(),
+                Some("custom_id"),
+            );
+            continue;
+        };
+        if value.get("method").and_then(Value::as_str) != Some("POST") {
+            fail(
+                "invalid_value",
+                "Invalid value for 'method': only POST is supported.".to_owned(),
+                Some("method"),
+            );
+            continue;
+        }
+        let url = value.get("url").and_then(Value::as_str).unwrap_or("");
+        if url != endpoint {
+            fail(
+                "url_mismatch",
+                format!(
+                    "The URL provided for this request ('{url}') does not match the batch endpoint ('{endpoint}')."
+                ),
+                Some("url"),
+            );
+            continue;
+        }
+        let Some(body) = value.get("body").filter(|b| b.is_object()) else {
+            fail(
+                "missing_required_parameter",
+                "Missing required parameter: 'body'.".to_owned(),
+                Some("body"),
+            );
+            continue;
+        };
+        let (model, max_tokens, text_chars, images, image_url) = match read_chat_body(body) {
+            Ok(parts) => parts,
+            Err((param, message)) => {
+                let code = if param == "model" && message.contains("does not exist") {
+                    "model_not_found"
+                } else {
+                    "invalid_request"
+                };
+                fail(code, message, Some(&format!("body.{param}")));
+                continue;
+            }
+        };
+        match first_model {
+            None => first_model = Some(model),
+            Some(first) if first != model => {
+                fail(
+                    "model_mismatch",
+                    format!(
+                        "The model for this request ('{model}') differs from the batch's model ('{first}'). A batch may use only one model."
+                    ),
+                    Some("body.model"),
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        if !seen.insert(custom_id.to_owned()) {
+            fail(
+                "duplicate_custom_id",
+                format!(
+                    "The custom_id '{custom_id}' is a duplicate of an earlier request; custom_id must be unique within a batch."
+                ),
+                Some("custom_id"),
+            );
+            continue;
+        }
+        requests.push(ParsedRequest {
+            custom_id: custom_id.to_owned(),
+            model,
+            max_tokens,
+            text_chars,
+            images,
+            image_url,
+        });
+    }
+    if count > u64::from(limits.max_requests) {
+        errors.push(BatchError::new(
+            "too_many_tasks",
+            format!(
+                "The batch has {count} requests; the limit is {} requests per batch.",
+                limits.max_requests
+            ),
+            None,
+            None,
+        ));
+    }
+    if count == 0 && errors.is_empty() {
+        errors.push(BatchError::new(
+            "empty_file",
+            "The input file has no requests.",
+            None,
+            None,
+        ));
+    }
+    if errors.is_empty() {
+        Ok(requests)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A chat.completion response body (facts §1), as the realtime server and batch output lines
+/// carry it.
+pub fn chat_completion_json(
+    id: &str,
+    created_unix_s: u64,
+    model: Model,
+    content: &str,
+    finish_reason: &str,
+    usage: Usage,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created_unix_s,
+        "model": model.as_str(),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null, "annotations": []},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total(),
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": null,
+    })
+}
+
+/// An output-file line for a successful request.
+pub fn output_line(batch_req_id: &str, custom_id: &str, request_id: &str, body: Value) -> String {
+    json!({
+        "id": batch_req_id,
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": request_id, "body": body},
+        "error": null,
+    })
+    .to_string()
+}
+
+/// An error-file line for a request that failed with an HTTP error (facts §5 [spec +
+/// inferred]: `response.status_code` 4xx/5xx with `body.error`, `error: null`).
+pub fn http_error_line(
+    batch_req_id: &str,
+    custom_id: &str,
+    request_id: &str,
+    status: u16,
+    error: &crate::error::ApiError,
+) -> String {
+    json!({
+        "id": batch_req_id,
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": request_id, "body": {"error": error}},
+        "error": null,
+    })
+    .to_string()
+}
+
+/// An error-file line for a request that never ran (`batch_expired`, `batch_cancelled`).
+pub fn not_run_line(batch_req_id: &str, custom_id: &str, code: &str, message: &str) -> String {
+    json!({
+        "id": batch_req_id,
+        "custom_id": custom_id,
+        "response": null,
+        "error": {"code": code, "message": message},
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: InputLimits = InputLimits {
+        max_requests: 50_000,
+        max_bytes: 200_000_000,
+    };
+    const EP: &str = "/v1/chat/completions";
+
+    fn line(id: &str, model: &str, url: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"{url}","body":{{"model":"{model}","max_tokens":60,"messages":[{{"role":"user","content":[{{"type":"text","text":"Tag this image."}},{{"type":"image_url","image_url":{{"url":"https://img/{id}.jpg?w=512&h=256","detail":"high"}}}}]}}]}}}}"#
+        )
+    }
+
+    /// Renders the outcome as `ok N` or `code@line` list.
+    fn check(text: &str, max_requests: u32, expect: &str) {
+        let got = match parse_batch_input(
+            text.as_bytes(),
+            EP,
+            InputLimits {
+                max_requests,
+                ..LIMITS
+            },
+        ) {
+            Ok(reqs) => format!("ok {}", reqs.len()),
+            Err(errs) => errs
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}@{}",
+                        e.code,
+                        e.line.map_or("-".to_owned(), |l| l.to_string())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        assert_eq!(got, expect, "{text}");
+    }
+
+    #[test]
+    fn validation_table() {
+        let a = line("a", "gpt-4o-mini", EP);
+        let b = line("b", "gpt-4o-mini", EP);
+        check(&format!("{a}\n{b}\n"), 10, "ok 2");
+        check(&format!("{a}\r\n\n{b}"), 10, "ok 2");
+        check(&format!("{a}\nnot json\n{b}"), 10, "invalid_json_line@2");
+        check(&format!("{a}\n{a}"), 10, "duplicate_custom_id@2");
+        check(
+            &format!("{a}\n{}", line("b", "gpt-4o-mini", "/v1/embeddings")),
+            10,
+            "url_mismatch@2",
+        );
+        check(
+            &format!("{a}\n{}", line("b", "gpt-4o", EP)),
+            10,
+            "model_mismatch@2",
+        );
+        check(&line("a", "gpt-9", EP), 10, "model_not_found@1");
+        check("", 10, "empty_file@-");
+        check("\n\n", 10, "empty_file@-");
+        check(
+            &format!("{a}\n{b}\n{}", line("c", "gpt-4o-mini", EP)),
+            2,
+            "too_many_tasks@-",
+        );
+        check("[1,2]", 10, "invalid_json_line@1");
+        check(
+            r#"{"custom_id":"x","method":"GET","url":"/v1/chat/completions","body":{}}"#,
+            10,
+            "invalid_value@1",
+        );
+    }
+
+    #[test]
+    fn reads_images_and_text() {
+        let reqs = parse_batch_input(line("a", "gpt-4o-mini", EP).as_bytes(), EP, LIMITS).unwrap();
+        let r = &reqs[0];
+        assert_eq!((r.max_tokens, r.text_chars), (60, 15));
+        assert_eq!(
+            r.images,
+            vec![ImageSpec {
+                width_px: 512,
+                height_px: 256,
+                detail: Detail::High
+            }]
+        );
+        assert_eq!(r.image_url, "https://img/a.jpg?w=512&h=256");
+        assert_eq!(
+            image_spec_from_url("https://x/y.png", Detail::Low).width_px,
+            1024
+        );
+    }
+
+    #[test]
+    fn too_large_file() {
+        let errs = parse_batch_input(
+            b"0123456789",
+            EP,
+            InputLimits {
+                max_bytes: 5,
+                ..LIMITS
+            },
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].code, "file_too_large");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_batch_input(&bytes, EP, LIMITS);
+        }
+
+        #[test]
+        fn never_panics_on_jsonish(s in r#"(\{"custom_id":"[a-c]","method":"POST","url":"/v1/chat/completions","body":\{"model":"gpt-4o-mini","messages":\[[\{\}"a-z:,\[\]]{0,40}\]\}\}\n){0,5}"#) {
+            let _ = parse_batch_input(s.as_bytes(), EP, LIMITS);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The tags the mock "sees" in an image: a pure function of the image URL, so every consumer
+//! can check that a result belongs to its image.
+//!
+//! The hash is 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime 0x100000001b3) followed by
+//! SplitMix64 steps to draw words; both are fixed, documented algorithms, so the tags of a URL
+//! never change between runs, builds or platforms.
+
+/// The fixed vocabulary tags are drawn from (64 words).
+pub const VOCABULARY: [&str; 64] = [
+    "animal",
+    "architecture",
+    "autumn",
+    "beach",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bridge",
+    "building",
+    "car",
+    "cat",
+    "child",
+    "city",
+    "cloud",
+    "coffee",
+    "desert",
+    "dog",
+    "door",
+    "field",
+    "flower",
+    "food",
+    "forest",
+    "fruit",
+    "garden",
+    "glass",
+    "grass",
+    "hill",
+    "horse",
+    "house",
+    "ice",
+    "island",
+    "lake",
+    "lamp",
+    "leaf",
+    "light",
+    "market",
+    "mountain",
+    "music",
+    "night",
+    "ocean",
+    "painting",
+    "park",
+    "people",
+    "portrait",
+    "rain",
+    "river",
+    "road",
+    "rock",
+    "sand",
+    "shadow",
+    "sky",
+    "snow",
+    "sport",
+    "street",
+    "summer",
+    "sunset",
+    "table",
+    "train",
+    "tree",
+    "umbrella",
+    "water",
+    "window",
+    "winter",
+];
+
+/// 64-bit FNV-1a of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// One SplitMix64 step: advances `state` and returns a well-mixed value.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The 3–5 distinct tags of the image at `image_url`, in a deterministic order.
+pub fn tags_for(image_url: &str) -> Vec<&'static str> {
+    let mut state = fnv1a64(image_url.as_bytes());
+    let count = 3 + (splitmix64(&mut state) % 3) as usize;
+    let mut picked: Vec<&'static str> = Vec::with_capacity(count);
+    // Each draw succeeds with probability ≥ 60/64, so the bound is never reached in practice;
+    // it only guarantees termination.
+    for _ in 0..256 {
+        if picked.len() == count {
+            break;
+        }
+        let word = VOCABULARY[(splitmix64(&mut state) % VOCABULARY.len() as u64) as usize];
+        if !picked.contains(&word) {
+            picked.push(word);
+        }
+    }
+    picked
+}
+
+/// The assistant message content for `image_url`: `{"tags":["…","…"]}` (compact JSON).
+pub fn tags_json(image_url: &str) -> String {
+    let tags = tags_for(image_url);
+    let mut out = String::with_capacity(12 + tags.iter().map(|t| t.len() + 3).sum::<usize>());
+    out.push_str("{\"tags\":[");
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(tag);
+        out.push('"');
+    }
+    out.push_str("]}");
+    out
+}
+
+/// Whether `content` is exactly the content the mock returns for `image_url`.
+pub fn content_matches(image_url: &str, content: &str) -> bool {
+    content == tags_json(image_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_reference_values() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn tags_are_deterministic_distinct_and_sized() {
+        for i in 0..500 {
+            let url = format!("https://img.example/{i}.jpg");
+            let tags = tags_for(&url);
+            assert!((3..=5).contains(&tags.len()), "{url}: {tags:?}");
+            let mut sorted = tags.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), tags.len());
+            assert_eq!(tags, tags_for(&url));
+            let json = tags_json(&url);
+            let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(parsed["tags"].as_array().unwrap().len(), tags.len());
+            assert!(content_matches(&url, &json));
+        }
+        assert_ne!(tags_json("a"), tags_json("b"));
+    }
+}
