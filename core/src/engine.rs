@@ -1,0 +1,1770 @@
+//! The sans-IO engine: uploads and upstream answers in through `handle_*`, actions out through `poll_*`.
+//!
+//! The engine owns every decision and every image's bookkeeping. A driver (the simulator, the
+//! gateway, a test) owns time and I/O: it calls `handle_*(now, …)` with whatever happened,
+//! then drains [`Engine::poll_action`] and [`Engine::poll_event`], and calls
+//! [`Engine::handle_timeout`] at [`Engine::poll_timeout`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+
+use crate::config::{Config, Exhausted, PolicyError, Preference, Routing, scaled};
+use crate::cost::Channel;
+use crate::ids::{BatchRef, ImageId, RequestId, UploadId, WorkspaceId};
+use crate::limit::{self, Bucket, Charge, Denied, Observed, RateLimits, TokenQueue};
+use crate::retry::Backoff;
+use crate::split::{self, LineParams, SplitItem};
+use crate::state::{FailReason, Progress, Stage};
+use crate::time::Time;
+use crate::tokens::{self, ImageSpec, Usage};
+
+/// Images one upload may carry. Bounded so one request can't exhaust memory.
+pub const MAX_IMAGES_PER_UPLOAD: usize = 1_000_000;
+
+/// How often a token-limit hold is retried before its images fail with [`FailReason::QueueFull`].
+const MAX_QUEUE_HOLDS: u8 = 24;
+
+/// One image of an upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInput {
+    /// Size and detail, for the token estimate.
+    pub spec: ImageSpec,
+    /// Length in bytes of the image URL as it appears JSON-escaped in a batch line (a data URL
+    /// is long), so batch files are split by their real size.
+    pub url_len: u32,
+}
+
+/// An upload of images by one workspace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upload {
+    /// The uploading workspace.
+    pub workspace: WorkspaceId,
+    /// The images, in order; an image's index is its position here.
+    pub images: Vec<ImageInput>,
+    /// When the upload should be complete, after it starts; the policy's `deadline_ms` if `None`.
+    pub deadline: Option<Duration>,
+}
+
+/// An upload core refuses. Nothing is recorded for it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UploadError {
+    /// The upload has no images.
+    #[error("images: an upload needs at least one image")]
+    Empty,
+    /// The upload has more images than [`MAX_IMAGES_PER_UPLOAD`].
+    #[error("images: {count} images is more than the {max} an upload may carry")]
+    TooMany {
+        /// Images in the upload.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An image has a zero width or height.
+    #[error("images[{index}]: width_px and height_px must be at least 1")]
+    ZeroSize {
+        /// The image's index.
+        index: usize,
+    },
+}
+
+/// Something core wants the driver to do. Each is answered by one `handle_*` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send one realtime chat completion for `image`; answer with
+    /// [`Engine::handle_realtime_response`].
+    SendRealtime {
+        /// This attempt's id.
+        request: RequestId,
+        /// The image.
+        image: ImageId,
+        /// Its workspace.
+        workspace: WorkspaceId,
+        /// Its size and detail.
+        spec: ImageSpec,
+        /// What the request counts against RPM and TPM.
+        charge: Charge,
+        /// The request's `max_tokens`.
+        max_tokens: u32,
+    },
+    /// Write these images as a JSONL file (one line each, `custom_id` = the image id) and upload
+    /// it; answer with [`Engine::handle_file_uploaded`].
+    UploadBatchFile {
+        /// Core's handle on the batch.
+        batch: BatchRef,
+        /// The images, one line each.
+        images: Vec<ImageId>,
+        /// The file's size, counted from the real line bytes.
+        bytes: u64,
+        /// Input tokens the batch counts against the enqueued-token queue.
+        tokens: u64,
+    },
+    /// Create a batch from the uploaded file; answer with [`Engine::handle_batch_created`].
+    CreateBatch {
+        /// Core's handle.
+        batch: BatchRef,
+        /// The uploaded input file.
+        file_id: String,
+    },
+    /// Retrieve the batch's status; answer with [`Engine::handle_batch_status`].
+    PollBatch {
+        /// Core's handle.
+        batch: BatchRef,
+        /// Upstream's batch id.
+        batch_id: String,
+    },
+    /// Download the batch's output and error files; answer with [`Engine::handle_batch_results`].
+    DownloadResults {
+        /// Core's handle.
+        batch: BatchRef,
+        /// Upstream's batch id.
+        batch_id: String,
+        /// The output file, if any.
+        output_file_id: Option<String>,
+        /// The error file, if any.
+        error_file_id: Option<String>,
+    },
+}
+
+/// Something that happened, for the driver to record or push to users.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// An image was tagged. Emitted once per image, and then never a failure for it.
+    ImageTagged {
+        /// The image.
+        image: ImageId,
+        /// When.
+        at: Time,
+        /// Which API tagged it.
+        channel: Channel,
+        /// Tokens billed for it.
+        usage: Usage,
+    },
+    /// An image failed for good. Emitted once per image, and then never a tag for it.
+    ImageFailed {
+        /// The image.
+        image: ImageId,
+        /// When.
+        at: Time,
+        /// Why.
+        reason: FailReason,
+    },
+    /// Every image of the upload is terminal.
+    UploadComplete {
+        /// The upload.
+        upload: UploadId,
+        /// When.
+        at: Time,
+    },
+    /// A batch's results could not be downloaded; surfaced every time, retried until
+    /// `download_max_attempts`.
+    DownloadFailed {
+        /// The batch.
+        batch: BatchRef,
+        /// Attempts so far.
+        attempt: u32,
+        /// The error.
+        error: String,
+    },
+    /// An upload's counts changed (coalesced: at most one per upload per `handle_*` call).
+    Progress(Progress),
+}
+
+/// How a realtime request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RealtimeOutcome {
+    /// 200, with the usage upstream reported.
+    Ok {
+        /// Billed tokens.
+        usage: Usage,
+        /// The `x-ratelimit-remaining-*` values, if sent.
+        observed: Observed,
+    },
+    /// 429 rate limited.
+    RateLimited {
+        /// The retry-after upstream sent, if any.
+        retry_after: Option<Duration>,
+        /// The `x-ratelimit-remaining-*` values, if sent.
+        observed: Observed,
+    },
+    /// 5xx.
+    ServerError {
+        /// The status.
+        status: u16,
+    },
+    /// No answer in time, or the connection broke.
+    Timeout,
+    /// A 4xx other than 429: the request itself is wrong and won't succeed on retry.
+    Rejected {
+        /// The status.
+        status: u16,
+        /// Upstream's message.
+        message: String,
+    },
+}
+
+/// A call to the Files or Batch API that failed (network, 5xx, 4xx).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// HTTP status, if there was a response.
+    pub status: Option<u16>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A batch's status as the Batch API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchState {
+    /// Input being validated.
+    Validating,
+    /// Running.
+    InProgress,
+    /// Results being prepared.
+    Finalizing,
+    /// Results ready.
+    Completed,
+    /// Failed validation, or the enqueued-token limit (`code` = `token_limit_exceeded`).
+    Failed {
+        /// The first error's code.
+        code: String,
+    },
+    /// Not finished within the completion window; finished lines are in the output.
+    Expired,
+    /// Being cancelled.
+    Cancelling,
+    /// Cancelled; finished lines are in the output.
+    Cancelled,
+}
+
+/// A batch status answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchStatus {
+    /// The state.
+    pub state: BatchState,
+    /// The output file, once there is one.
+    pub output_file_id: Option<String>,
+    /// The error file, once there is one.
+    pub error_file_id: Option<String>,
+}
+
+/// One line of a batch's output or error file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineResult {
+    /// The line's `custom_id`.
+    pub custom_id: String,
+    /// What happened to it.
+    pub outcome: Result<Usage, String>,
+}
+
+/// Counters the engine keeps about its own traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Realtime requests handed out.
+    pub realtime_sent: u64,
+    /// Realtime answers that were 429.
+    pub rate_limited: u64,
+    /// Realtime answers that were 5xx.
+    pub server_errors: u64,
+    /// Realtime timeouts.
+    pub timeouts: u64,
+    /// Retries scheduled (realtime re-sends and batch re-submissions).
+    pub retries: u64,
+    /// Batches upstream accepted.
+    pub batches_created: u64,
+    /// Images moved from the realtime queue to the batch queue after a failure.
+    pub fallbacks_to_batch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ChunkRelease(UploadId),
+    Retry(ImageId),
+    Poll(BatchRef),
+    Download(BatchRef),
+    Pacing,
+    BatchHold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Realtime,
+    Batch,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ImageRec {
+    spec: ImageSpec,
+    url_len: u32,
+    /// What the image's realtime request counts against TPM.
+    charge_tokens: u64,
+    /// Input tokens it counts against the batch queue.
+    queue_tokens: u64,
+    stage: Stage,
+    route: Route,
+    attempts: u8,
+    batch_attempts: u8,
+    holds: u8,
+    /// The realtime attempt in flight, if any.
+    request: Option<RequestId>,
+    batch: Option<BatchRef>,
+}
+
+#[derive(Debug)]
+struct UploadState {
+    workspace: usize,
+    start: Time,
+    images: Vec<ImageRec>,
+    by_stage: [u32; 7],
+    /// Next image index a chunked upload releases, and how many remain unreleased.
+    chunk_next: u32,
+    chunk_end: u32,
+    done: bool,
+    progress_dirty: bool,
+}
+
+#[derive(Debug)]
+struct WorkspaceState {
+    id: WorkspaceId,
+    limits: Option<RateLimits>,
+    realtime: VecDeque<ImageId>,
+    batch: VecDeque<ImageId>,
+    deficit: u64,
+    in_ring: bool,
+    blocked_until: Time,
+    batches_per_hour: Option<Bucket>,
+    images_per_hour: Option<Bucket>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchPhase {
+    Uploading,
+    Creating,
+    Running,
+    Downloading,
+    Done,
+}
+
+#[derive(Debug)]
+struct BatchRec {
+    images: Vec<ImageId>,
+    tokens: u64,
+    phase: BatchPhase,
+    batch_id: Option<String>,
+    created_at: Time,
+    next_poll: Time,
+    poll_interval: Duration,
+    output_file_id: Option<String>,
+    error_file_id: Option<String>,
+    download_attempts: u32,
+    queue_released: bool,
+    terminal_state: Option<BatchState>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    image: ImageId,
+    charge: Charge,
+    sent_at: Time,
+}
+
+/// The decision engine. See the crate docs for a complete driving loop.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    rng: Pcg64Mcg,
+    backoff: Backoff,
+    account: RateLimits,
+    queue: TokenQueue,
+    uploads: Vec<UploadState>,
+    workspaces: Vec<WorkspaceState>,
+    workspace_index: HashMap<WorkspaceId, usize>,
+    /// Workspaces with realtime work, in service order.
+    ring: VecDeque<usize>,
+    /// Whether the workspace at the front of `ring` got its DRR credit for this turn.
+    front_credited: bool,
+    /// Workspaces with images waiting for a batch, by first arrival.
+    batch_waiting: VecDeque<usize>,
+    in_flight: HashMap<RequestId, InFlight>,
+    batches: Vec<BatchRec>,
+    timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
+    timer_seq: u64,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    dirty_uploads: Vec<UploadId>,
+    next_request: u64,
+    pacing_wake: Option<Time>,
+    workspace_wake: Option<Time>,
+    batch_hold_until: Option<Time>,
+    /// After `token_limit_exceeded`, hold new batches until one of ours ends or this passes.
+    queue_blocked_until: Time,
+    /// Realtime work queued: tokens and requests.
+    backlog_tokens: u64,
+    backlog_requests: u64,
+    /// The DRR quantum: the largest charge seen, so every visit can send at least one image.
+    quantum: u64,
+    realtime_latency: Duration,
+    batch_turnaround: Duration,
+    /// Bytes of a batch line with an empty `custom_id` and URL.
+    line_base_bytes: u64,
+    emit_progress: bool,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An engine for `cfg`, or the first field at fault.
+    pub fn new(cfg: Config) -> Result<Engine, PolicyError> {
+        cfg.validate()?;
+        let p = &cfg.policy;
+        let headroom = p.account_headroom_percent;
+        let mut account = RateLimits::new(
+            scaled(cfg.account.rpm, headroom),
+            scaled(cfg.account.tpm, headroom),
+        );
+        if let Some(rpd) = cfg.account.rpd {
+            account = account.with_rpd(scaled(rpd, headroom));
+        }
+        let line_base_bytes = split::line_len(&LineParams {
+            custom_id: "",
+            model: cfg.request.model,
+            prompt: &cfg.request.prompt,
+            image_url: "",
+            detail: tokens::Detail::Low,
+            max_tokens: cfg.request.max_tokens,
+        }) + 1; // "high" and "auto" are longer than "low" by at most one byte.
+        Ok(Engine {
+            rng: Pcg64Mcg::seed_from_u64(cfg.seed),
+            backoff: Backoff {
+                base: Duration::from_millis(p.retry_base_delay_ms),
+                max: Duration::from_millis(p.retry_max_delay_ms),
+                jitter_percent: p.retry_jitter_percent,
+            },
+            queue: TokenQueue::new(cfg.account.batch_queue_tokens.get()),
+            account,
+            uploads: Vec::new(),
+            workspaces: Vec::new(),
+            workspace_index: HashMap::new(),
+            ring: VecDeque::new(),
+            front_credited: false,
+            batch_waiting: VecDeque::new(),
+            in_flight: HashMap::new(),
+            batches: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            dirty_uploads: Vec::new(),
+            next_request: 0,
+            pacing_wake: None,
+            workspace_wake: None,
+            batch_hold_until: None,
+            queue_blocked_until: Time::ZERO,
+            backlog_tokens: 0,
+            backlog_requests: 0,
+            quantum: 1,
+            realtime_latency: Duration::from_secs(3),
+            batch_turnaround: Duration::from_millis(p.batch_turnaround_estimate_ms),
+            line_base_bytes,
+            emit_progress: true,
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// Turns [`Event::Progress`] on or off (on by default). A simulator of a million images
+    /// that only wants tags and failures turns it off.
+    pub fn set_progress_events(&mut self, on: bool) {
+        self.emit_progress = on;
+    }
+
+    /// The config the engine runs.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters of the engine's own traffic.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// An image's stage, or `None` for an unknown id.
+    pub fn stage(&self, image: ImageId) -> Option<Stage> {
+        self.rec(image).map(|r| r.stage)
+    }
+
+    /// An image's input, or `None` for an unknown id.
+    pub fn image(&self, image: ImageId) -> Option<ImageInput> {
+        self.rec(image).map(|r| ImageInput {
+            spec: r.spec,
+            url_len: r.url_len,
+        })
+    }
+
+    /// What an image counts against the batch queue and against TPM: (queue tokens, charge tokens).
+    pub fn image_tokens(&self, image: ImageId) -> Option<(u64, u64)> {
+        self.rec(image).map(|r| (r.queue_tokens, r.charge_tokens))
+    }
+
+    /// The upstream batch id of a batch, once created.
+    pub fn batch_id(&self, batch: BatchRef) -> Option<&str> {
+        self.batches
+            .get(batch.0 as usize)
+            .and_then(|b| b.batch_id.as_deref())
+    }
+
+    /// An upload's progress, or `None` for an unknown id.
+    pub fn progress(&self, now: Time, upload: UploadId) -> Option<Progress> {
+        let u = self.uploads.get(upload.0 as usize)?;
+        let total = u.images.len() as u32;
+        let elapsed = now - u.start;
+        let terminal = u.by_stage[Stage::Completed as usize] + u.by_stage[Stage::Failed as usize];
+        let eta = if terminal == 0 {
+            None
+        } else if terminal == total {
+            Some(Duration::ZERO)
+        } else {
+            // The observed completion rate so far, extrapolated to the images left.
+            let left = u64::from(total - terminal);
+            Some(Duration::from_nanos(
+                u64::try_from(elapsed.as_nanos() * u128::from(left) / u128::from(terminal))
+                    .unwrap_or(u64::MAX),
+            ))
+        };
+        Some(Progress {
+            upload,
+            total,
+            by_stage: u.by_stage,
+            elapsed,
+            eta,
+        })
+    }
+
+    /// True when no image of any upload is left non-terminal.
+    pub fn is_idle(&self) -> bool {
+        self.uploads.iter().all(|u| u.done)
+    }
+
+    // ---- inputs ---------------------------------------------------------------------------
+
+    /// Accepts an upload and routes it. Returns its id, or an error and records nothing.
+    pub fn handle_upload(&mut self, now: Time, upload: Upload) -> Result<UploadId, UploadError> {
+        let n = upload.images.len();
+        if n == 0 {
+            return Err(UploadError::Empty);
+        }
+        if n > MAX_IMAGES_PER_UPLOAD {
+            return Err(UploadError::TooMany {
+                count: n,
+                max: MAX_IMAGES_PER_UPLOAD,
+            });
+        }
+        if let Some(index) = upload
+            .images
+            .iter()
+            .position(|i| i.spec.width_px == 0 || i.spec.height_px == 0)
+        {
+            return Err(UploadError::ZeroSize { index });
+        }
+        let id = UploadId(self.uploads.len() as u32);
+        let ws = self.workspace(upload.workspace);
+        let req = &self.cfg.request;
+        let text = tokens::text_tokens(req.prompt.chars().count());
+        let images: Vec<ImageRec> = upload
+            .images
+            .iter()
+            .map(|img| {
+                let billed = tokens::image_tokens(req.model, &img.spec);
+                let limiter_image = req.image_charge_tokens.unwrap_or(billed);
+                ImageRec {
+                    spec: img.spec,
+                    url_len: img.url_len,
+                    charge_tokens: tokens::rate_limit_charge(
+                        text + limiter_image,
+                        u64::from(req.max_tokens),
+                    ),
+                    queue_tokens: text + billed,
+                    stage: Stage::Queued,
+                    route: Route::Realtime,
+                    attempts: 0,
+                    batch_attempts: 0,
+                    holds: 0,
+                    request: None,
+                    batch: None,
+                }
+            })
+            .collect();
+        let mut by_stage = [0u32; 7];
+        by_stage[Stage::Queued as usize] = n as u32;
+        self.uploads.push(UploadState {
+            workspace: ws,
+            start: now,
+            images,
+            by_stage,
+            chunk_next: 0,
+            chunk_end: 0,
+            done: false,
+            progress_dirty: false,
+        });
+        let deadline = upload
+            .deadline
+            .unwrap_or(Duration::from_millis(self.cfg.policy.deadline_ms));
+        self.route_upload(now, id, deadline);
+        self.mark_dirty(id);
+        self.drive(now);
+        Ok(id)
+    }
+
+    /// Answers a [`Action::SendRealtime`]. Answers to unknown or superseded requests are ignored.
+    pub fn handle_realtime_response(
+        &mut self,
+        now: Time,
+        request: RequestId,
+        outcome: RealtimeOutcome,
+    ) {
+        let Some(flight) = self.in_flight.remove(&request) else {
+            return;
+        };
+        let image = flight.image;
+        let Some(rec) = self.rec_mut(image) else {
+            return;
+        };
+        if rec.request != Some(request) || rec.stage != Stage::Preparing {
+            return;
+        }
+        rec.request = None;
+        let ws = self.uploads[image.upload.0 as usize].workspace;
+        match outcome {
+            RealtimeOutcome::Ok { usage, observed } => {
+                // Reserve-then-reconcile: when the limiter charge is the billing estimate, the
+                // real prompt tokens replace our estimate of them.
+                if self.cfg.request.image_charge_tokens.is_none() && self.cfg.policy.client_pacing {
+                    let actual = Charge {
+                        requests: 1,
+                        tokens: tokens::rate_limit_charge(
+                            usage.input_tokens,
+                            u64::from(self.cfg.request.max_tokens),
+                        ),
+                    };
+                    let reservation = limit::Reservation {
+                        reserved: flight.charge,
+                    };
+                    match self.workspaces[ws].limits.as_mut() {
+                        Some(wl) => {
+                            reservation.reconcile(&mut [wl, &mut self.account], now, actual)
+                        }
+                        None => reservation.reconcile(&mut [&mut self.account], now, actual),
+                    }
+                }
+                self.observe(now, &observed);
+                // A moving average of latency feeds the adaptive router's wait estimate.
+                let latency = now - flight.sent_at;
+                self.realtime_latency = (self.realtime_latency * 7 + latency) / 8;
+                self.finish(now, image, Ok((Channel::Realtime, usage)));
+            }
+            RealtimeOutcome::RateLimited {
+                retry_after,
+                observed,
+            } => {
+                self.stats.rate_limited += 1;
+                self.observe(now, &observed);
+                if self.cfg.policy.honor_retry_after {
+                    if let Some(after) = retry_after {
+                        self.account.requests_mut().block_until(now, now + after);
+                    }
+                }
+                if self.cfg.policy.fallback_to_batch_on_rate_limit {
+                    self.stats.fallbacks_to_batch += 1;
+                    self.requeue_for_batch(image);
+                } else {
+                    let wait = if self.cfg.policy.honor_retry_after {
+                        retry_after
+                    } else {
+                        None
+                    };
+                    self.retry_realtime(now, image, "rate_limited", wait);
+                }
+            }
+            RealtimeOutcome::ServerError { status } => {
+                self.stats.server_errors += 1;
+                self.retry_realtime(now, image, &format!("server_error_{status}"), None);
+            }
+            RealtimeOutcome::Timeout => {
+                self.stats.timeouts += 1;
+                self.retry_realtime(now, image, "timeout", None);
+            }
+            RealtimeOutcome::Rejected { status, message } => {
+                self.finish(now, image, Err(FailReason::Rejected { status, message }));
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Answers an [`Action::UploadBatchFile`].
+    pub fn handle_file_uploaded(
+        &mut self,
+        now: Time,
+        batch: BatchRef,
+        result: Result<String, UpstreamError>,
+    ) {
+        let Some(b) = self.batches.get_mut(batch.0 as usize) else {
+            return;
+        };
+        if b.phase != BatchPhase::Uploading {
+            return;
+        }
+        match result {
+            Ok(file_id) => {
+                b.phase = BatchPhase::Creating;
+                self.actions
+                    .push_back(Action::CreateBatch { batch, file_id });
+            }
+            Err(e) => self.batch_submit_failed(now, batch, &e.message),
+        }
+        self.drive(now);
+    }
+
+    /// Answers an [`Action::CreateBatch`]. On success the batch id is recorded before anything
+    /// waits on it, and only then are its images marked pending upstream.
+    pub fn handle_batch_created(
+        &mut self,
+        now: Time,
+        batch: BatchRef,
+        result: Result<String, UpstreamError>,
+    ) {
+        let Some(b) = self.batches.get_mut(batch.0 as usize) else {
+            return;
+        };
+        if b.phase != BatchPhase::Creating {
+            return;
+        }
+        match result {
+            Ok(batch_id) => {
+                b.batch_id = Some(batch_id);
+                b.phase = BatchPhase::Running;
+                b.created_at = now;
+                let interval = Duration::from_millis(self.cfg.policy.poll_interval_ms);
+                b.poll_interval = interval;
+                b.next_poll = now + interval;
+                let images = std::mem::take(&mut b.images);
+                for &img in &images {
+                    self.set_stage(img, Stage::Submitted);
+                }
+                self.batches[batch.0 as usize].images = images;
+                self.stats.batches_created += 1;
+                self.timer(now + interval, Timer::Poll(batch));
+            }
+            Err(e) => self.batch_submit_failed(now, batch, &e.message),
+        }
+        self.drive(now);
+    }
+
+    /// Answers an [`Action::PollBatch`]. A failed poll is retried with backoff; polling stops
+    /// only when the batch ends (or, if the policy says so, after `poll_give_up_ms`, failing
+    /// the batch's images with a reason).
+    pub fn handle_batch_status(
+        &mut self,
+        now: Time,
+        batch: BatchRef,
+        result: Result<BatchStatus, UpstreamError>,
+    ) {
+        let Some(b) = self.batches.get_mut(batch.0 as usize) else {
+            return;
+        };
+        if b.phase != BatchPhase::Running {
+            return;
+        }
+        let max_interval = Duration::from_millis(self.cfg.policy.poll_max_interval_ms);
+        let base_interval = Duration::from_millis(self.cfg.policy.poll_interval_ms);
+        let status = match result {
+            Ok(s) => {
+                b.poll_interval = base_interval;
+                s
+            }
+            Err(_) => {
+                b.poll_interval = (b.poll_interval * 2).min(max_interval);
+                let next = now + b.poll_interval;
+                b.next_poll = next;
+                self.timer(next, Timer::Poll(batch));
+                self.drive(now);
+                return;
+            }
+        };
+        let stage = match &status.state {
+            BatchState::Validating => Some(Stage::Submitted),
+            BatchState::InProgress | BatchState::Cancelling => Some(Stage::Processing),
+            BatchState::Finalizing => Some(Stage::Completing),
+            _ => None,
+        };
+        if let Some(stage) = stage {
+            let images = std::mem::take(&mut self.batches[batch.0 as usize].images);
+            for &img in &images {
+                if self.stage(img).is_some_and(|s| s.is_pending_upstream()) {
+                    self.set_stage(img, stage);
+                }
+            }
+            let b = &mut self.batches[batch.0 as usize];
+            b.images = images;
+            if let Some(give_up) = self.cfg.policy.poll_give_up_ms {
+                let polled = now - b.created_at;
+                if polled >= Duration::from_millis(give_up) {
+                    self.abandon(now, batch, give_up);
+                    self.drive(now);
+                    return;
+                }
+            }
+            let next = now + b.poll_interval;
+            b.next_poll = next;
+            self.timer(next, Timer::Poll(batch));
+            self.drive(now);
+            return;
+        }
+        // The batch has ended: its tokens leave the queue now.
+        self.release_queue(batch);
+        let b = &mut self.batches[batch.0 as usize];
+        match status.state {
+            BatchState::Failed { code } => {
+                b.phase = BatchPhase::Done;
+                let images = std::mem::take(&mut b.images);
+                if code == "token_limit_exceeded" {
+                    // Upstream's queue is fuller than ours says (other clients share it): hold
+                    // batch work until one of our batches ends, or a while passes.
+                    let hold = Duration::from_millis(self.cfg.policy.poll_interval_ms.max(60_000));
+                    self.queue_blocked_until = now + hold;
+                    for img in images {
+                        self.hold_for_queue(now, img);
+                    }
+                } else {
+                    for img in images {
+                        self.batch_attempt_failed(now, img, &code);
+                    }
+                }
+            }
+            state => {
+                if state == BatchState::Completed {
+                    let took = now - b.created_at;
+                    self.batch_turnaround = (self.batch_turnaround * 3 + took) / 4;
+                }
+                b.output_file_id = status.output_file_id;
+                b.error_file_id = status.error_file_id;
+                b.terminal_state = Some(state);
+                b.phase = BatchPhase::Downloading;
+                let images = std::mem::take(&mut b.images);
+                for &img in &images {
+                    if self.stage(img).is_some_and(|s| s.is_pending_upstream()) {
+                        self.set_stage(img, Stage::Completing);
+                    }
+                }
+                self.batches[batch.0 as usize].images = images;
+                self.request_download(batch);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Answers an [`Action::DownloadResults`] with the lines of the output and error files.
+    /// Lines map to images by `custom_id`; an image of the batch with no line (an expired or
+    /// cancelled batch's unfinished work) is re-submitted.
+    pub fn handle_batch_results(
+        &mut self,
+        now: Time,
+        batch: BatchRef,
+        result: Result<Vec<LineResult>, UpstreamError>,
+    ) {
+        let Some(b) = self.batches.get_mut(batch.0 as usize) else {
+            return;
+        };
+        if b.phase != BatchPhase::Downloading {
+            return;
+        }
+        let lines = match result {
+            Ok(lines) => lines,
+            Err(e) => {
+                b.download_attempts += 1;
+                let attempt = b.download_attempts;
+                self.events.push_back(Event::DownloadFailed {
+                    batch,
+                    attempt,
+                    error: e.message.clone(),
+                });
+                if attempt >= self.cfg.policy.download_max_attempts {
+                    b.phase = BatchPhase::Done;
+                    let images = std::mem::take(&mut b.images);
+                    for img in images {
+                        if self.stage(img) == Some(Stage::Completing) {
+                            self.finish(
+                                now,
+                                img,
+                                Err(FailReason::DownloadFailed {
+                                    error: e.message.clone(),
+                                }),
+                            );
+                        }
+                    }
+                } else {
+                    let delay = self.backoff.delay(attempt - 1, &mut self.rng);
+                    self.timer(now + delay, Timer::Download(batch));
+                }
+                self.drive(now);
+                return;
+            }
+        };
+        b.phase = BatchPhase::Done;
+        let images = std::mem::take(&mut b.images);
+        for line in lines {
+            let Ok(img) = line.custom_id.parse::<ImageId>() else {
+                continue;
+            };
+            // Only lines for images this batch holds, and only once each: a duplicate or
+            // foreign line can't tag an image twice.
+            let ours = self
+                .rec(img)
+                .is_some_and(|r| r.batch == Some(batch) && r.stage == Stage::Completing);
+            if !ours {
+                continue;
+            }
+            match line.outcome {
+                Ok(usage) => self.finish(now, img, Ok((Channel::Batch, usage))),
+                Err(code) => self.batch_attempt_failed(now, img, &code),
+            }
+        }
+        let state = self.batches[batch.0 as usize].terminal_state.clone();
+        for img in images {
+            if self.stage(img) == Some(Stage::Completing) {
+                let code = match state {
+                    Some(BatchState::Expired) => "batch_expired",
+                    Some(BatchState::Cancelled) => "batch_cancelled",
+                    _ => "missing_from_results",
+                };
+                self.batch_attempt_failed(now, img, code);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Runs everything due at `now`: chunk releases, retries, polls, pacing wake-ups.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&Reverse((at, _, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::ChunkRelease(upload) => self.release_chunk(now, upload),
+                Timer::Retry(image) => {
+                    if self.stage(image) == Some(Stage::Queued) {
+                        self.enqueue_realtime(image, true);
+                    }
+                }
+                Timer::Poll(batch) => {
+                    let b = &self.batches[batch.0 as usize];
+                    if b.phase == BatchPhase::Running && b.next_poll == at {
+                        if let Some(id) = b.batch_id.clone() {
+                            self.actions.push_back(Action::PollBatch {
+                                batch,
+                                batch_id: id,
+                            });
+                        }
+                    }
+                }
+                Timer::Download(batch) => {
+                    if self.batches[batch.0 as usize].phase == BatchPhase::Downloading {
+                        self.request_download(batch);
+                    }
+                }
+                Timer::Pacing => {
+                    if self.pacing_wake == Some(at) {
+                        self.pacing_wake = None;
+                    }
+                }
+                Timer::BatchHold => {
+                    if self.batch_hold_until == Some(at) {
+                        self.batch_hold_until = None;
+                    }
+                }
+            }
+        }
+        self.drive(now);
+    }
+
+    // ---- outputs --------------------------------------------------------------------------
+
+    /// The next action for the driver, in the order core decided them.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event: tags, failures, completions, progress.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When core next needs [`Engine::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    // ---- routing --------------------------------------------------------------------------
+
+    fn route_upload(&mut self, now: Time, id: UploadId, deadline: Duration) {
+        let n = self.uploads[id.0 as usize].images.len() as u32;
+        let p = &self.cfg.policy;
+        match p.routing {
+            Routing::Threshold => {
+                if n <= p.realtime_max_images {
+                    self.route_range(id, 0..n, Route::Realtime);
+                } else if n <= p.realtime_chunked_max {
+                    let u = &mut self.uploads[id.0 as usize];
+                    u.chunk_next = 0;
+                    u.chunk_end = n;
+                    self.release_chunk(now, id);
+                } else {
+                    self.route_range(id, 0..n, Route::Batch);
+                }
+            }
+            Routing::Adaptive => {
+                let (realtime, _batch) = self.adaptive_split(id, deadline);
+                self.route_range(id, 0..realtime, Route::Realtime);
+                self.route_range(id, realtime..n, Route::Batch);
+            }
+        }
+    }
+
+    /// How many of the upload's images (a prefix) go realtime; the rest go to the Batch API.
+    ///
+    /// Every upload gets a realtime head for a fast first tag unless the account is so
+    /// saturated that even the head would miss the deadline. Past the head, realtime takes what
+    /// it can finish by the deadline under the account's remaining rate, given the work already
+    /// queued; with `prefer = latency`, everything stays realtime when realtime would finish
+    /// before a batch would come back anyway.
+    fn adaptive_split(&self, id: UploadId, deadline: Duration) -> (u32, u32) {
+        let u = &self.uploads[id.0 as usize];
+        let n = u.images.len() as u32;
+        let per_image = u
+            .images
+            .iter()
+            .map(|i| i.charge_tokens)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let own_tokens: u64 = u.images.iter().map(|i| i.charge_tokens).sum();
+        // Under fair sharing this upload's images interleave with every active workspace's, so
+        // what runs ahead of it is at most one share per active workspace, not the whole backlog.
+        let active = self.ring.len() as u64;
+        let ahead_tokens = if self.cfg.policy.fair_share {
+            self.backlog_tokens.min(own_tokens.saturating_mul(active))
+        } else {
+            self.backlog_tokens
+        };
+        let ahead_requests = if self.cfg.policy.fair_share {
+            self.backlog_requests
+                .min(u64::from(n).saturating_mul(active))
+        } else {
+            self.backlog_requests
+        };
+        let head = n.min(self.cfg.policy.realtime_head_images);
+        let wait = |tokens: u64, requests: u64| -> Duration {
+            self.drain_time(tokens + ahead_tokens, requests + ahead_requests)
+                + self.realtime_latency
+        };
+        let head_wait = wait(u64::from(head) * per_image, u64::from(head));
+        if head > 0 && head_wait > deadline {
+            return (0, n);
+        }
+        let all_wait = wait(own_tokens, u64::from(n));
+        if all_wait <= deadline {
+            if self.cfg.policy.prefer == Preference::Cost && self.batch_turnaround <= deadline {
+                return (head, n - head);
+            }
+            return (n, 0);
+        }
+        if self.cfg.policy.prefer == Preference::Latency && all_wait <= self.batch_turnaround {
+            return (n, 0);
+        }
+        // Realtime takes what fits by the deadline; at least the head.
+        let budget = deadline.saturating_sub(self.realtime_latency);
+        let mut fit = head;
+        let (mut lo, mut hi) = (head, n);
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.drain_time(
+                u64::from(mid) * per_image + ahead_tokens,
+                u64::from(mid) + ahead_requests,
+            ) <= budget
+            {
+                fit = mid;
+                lo = mid + 1;
+            } else if mid == 0 {
+                break;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        (fit, n - fit)
+    }
+
+    /// Time for the account's paced limits to let `tokens` and `requests` through, given what
+    /// the buckets hold right now.
+    fn drain_time(&self, tokens: u64, requests: u64) -> Duration {
+        let per = |bucket: &Bucket, amount: u64| -> Duration {
+            // Every bucket refills `limit` per `window`; a full bucket's capacity passes at once.
+            let beyond = amount.saturating_sub(bucket.capacity());
+            let nanos =
+                u128::from(beyond) * bucket.window().as_nanos() / u128::from(bucket.limit().max(1));
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        };
+        per(self.account.tokens(), tokens).max(per(self.account.requests(), requests))
+    }
+
+    fn route_range(&mut self, id: UploadId, range: std::ops::Range<u32>, route: Route) {
+        for index in range {
+            let image = ImageId { upload: id, index };
+            match route {
+                Route::Realtime => self.enqueue_realtime(image, false),
+                Route::Batch => self.push_batch(image),
+            }
+        }
+    }
+
+    fn release_chunk(&mut self, now: Time, id: UploadId) {
+        let p = &self.cfg.policy;
+        let (size, interval) = (p.chunk_size, Duration::from_millis(p.chunk_interval_ms));
+        let u = &mut self.uploads[id.0 as usize];
+        let from = u.chunk_next;
+        let to = (from + size).min(u.chunk_end);
+        u.chunk_next = to;
+        let more = to < u.chunk_end;
+        self.route_range(id, from..to, Route::Realtime);
+        if more {
+            self.timer(now + interval, Timer::ChunkRelease(id));
+        }
+    }
+
+    // ---- queues ---------------------------------------------------------------------------
+
+    fn enqueue_realtime(&mut self, image: ImageId, front: bool) {
+        let (ws, charge) = {
+            let u = &self.uploads[image.upload.0 as usize];
+            let rec = &u.images[image.index as usize];
+            (u.workspace, rec.charge_tokens)
+        };
+        if let Some(rec) = self.rec_mut(image) {
+            rec.route = Route::Realtime;
+        }
+        self.quantum = self.quantum.max(charge);
+        self.backlog_tokens += charge;
+        self.backlog_requests += 1;
+        let w = &mut self.workspaces[ws];
+        if front {
+            w.realtime.push_front(image);
+        } else {
+            w.realtime.push_back(image);
+        }
+        if !w.in_ring {
+            w.in_ring = true;
+            w.deficit = 0;
+            self.ring.push_back(ws);
+        }
+    }
+
+    fn push_batch(&mut self, image: ImageId) {
+        let ws = self.uploads[image.upload.0 as usize].workspace;
+        if let Some(rec) = self.rec_mut(image) {
+            rec.route = Route::Batch;
+        }
+        let w = &mut self.workspaces[ws];
+        if w.batch.is_empty() {
+            self.batch_waiting.push_back(ws);
+        }
+        w.batch.push_back(image);
+    }
+
+    fn requeue_for_batch(&mut self, image: ImageId) {
+        self.set_stage(image, Stage::Queued);
+        self.push_batch(image);
+    }
+
+    // ---- the dispatch loop ----------------------------------------------------------------
+
+    /// Hands out everything the limits allow now and arms the timers for the rest.
+    fn drive(&mut self, now: Time) {
+        self.dispatch_realtime(now);
+        self.dispatch_batches(now);
+        self.flush_progress(now);
+    }
+
+    fn dispatch_realtime(&mut self, now: Time) {
+        if self.pacing_wake.is_some_and(|t| t > now) {
+            return;
+        }
+        self.pacing_wake = None;
+        let pacing = self.cfg.policy.client_pacing;
+        let fair = self.cfg.policy.fair_share;
+        // Each pass over the ring either sends, or parks a workspace, or stops; a workspace is
+        // visited at most twice per pass without progress, which bounds the loop.
+        let mut idle_visits = 0usize;
+        let mut earliest_blocked: Option<Time> = None;
+        while let Some(&ws) = self.ring.front() {
+            if idle_visits > self.ring.len() {
+                break;
+            }
+            let w = &mut self.workspaces[ws];
+            if w.blocked_until > now {
+                earliest_blocked = Some(
+                    earliest_blocked.map_or(w.blocked_until, |e: Time| e.min(w.blocked_until)),
+                );
+                self.ring.rotate_left(1);
+                self.front_credited = false;
+                idle_visits += 1;
+                continue;
+            }
+            // DRR credits a workspace once per turn at the front, not once per wake-up: a turn
+            // cut short by the account's pacing resumes with what is left of its credit.
+            if fair && !self.front_credited {
+                w.deficit = w.deficit.saturating_add(self.quantum);
+                self.front_credited = true;
+            }
+            let mut sent_any = false;
+            let mut stop_all = false;
+            loop {
+                let w = &mut self.workspaces[ws];
+                let Some(&image) = w.realtime.front() else {
+                    break;
+                };
+                let rec = self.uploads[image.upload.0 as usize].images[image.index as usize];
+                if fair && rec.charge_tokens > w.deficit {
+                    break;
+                }
+                let charge = Charge {
+                    requests: 1,
+                    tokens: rec.charge_tokens,
+                };
+                if pacing {
+                    let checked = match w.limits.as_mut() {
+                        Some(wl) => limit::check_all(&mut [wl, &mut self.account], now, charge),
+                        None => self.account.check(now, charge).map_err(|d| rescope(d, 1)),
+                    };
+                    match checked {
+                        Ok(()) => {}
+                        Err(Denied::NotUntil {
+                            earliest, scope, ..
+                        }) => {
+                            if scope == 0 && w.limits.is_some() {
+                                // Only this workspace is out of quota: park it, serve the others.
+                                w.blocked_until = earliest;
+                                earliest_blocked = Some(
+                                    earliest_blocked.map_or(earliest, |e: Time| e.min(earliest)),
+                                );
+                            } else {
+                                self.arm_pacing(earliest);
+                                stop_all = true;
+                            }
+                            break;
+                        }
+                        Err(Denied::Never {
+                            requested,
+                            capacity,
+                            dimension,
+                            ..
+                        }) => {
+                            let w = &mut self.workspaces[ws];
+                            w.realtime.pop_front();
+                            self.backlog_tokens -= rec.charge_tokens;
+                            self.backlog_requests -= 1;
+                            let what = format!(
+                                "{requested} {dimension:?} per minute asked, {capacity} allowed"
+                            );
+                            if self.cfg.policy.on_retries_exhausted == Exhausted::Batch {
+                                self.push_batch(image);
+                            } else {
+                                self.finish(now, image, Err(FailReason::TooLarge { what }));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let w = &mut self.workspaces[ws];
+                w.realtime.pop_front();
+                if fair {
+                    w.deficit -= rec.charge_tokens;
+                }
+                self.backlog_tokens -= rec.charge_tokens;
+                self.backlog_requests -= 1;
+                self.send_realtime(now, image, ws, charge);
+                sent_any = true;
+            }
+            if stop_all {
+                return;
+            }
+            self.front_credited = false;
+            let w = &mut self.workspaces[ws];
+            if w.realtime.is_empty() {
+                w.in_ring = false;
+                w.deficit = 0;
+                self.ring.pop_front();
+                idle_visits = 0;
+            } else if w.blocked_until > now {
+                self.ring.rotate_left(1);
+                idle_visits += 1;
+            } else {
+                // Deficit spent (fair share): next workspace.
+                self.ring.rotate_left(1);
+                idle_visits = if sent_any { 0 } else { idle_visits + 1 };
+            }
+        }
+        if let Some(t) = earliest_blocked {
+            // Workspace quotas park only their own workspace: a plain wake-up, not a pacing hold
+            // that would stop other workspaces' new work.
+            if self.workspace_wake.is_none_or(|w| w <= now || t < w) {
+                self.workspace_wake = Some(t);
+                self.timer(t, Timer::Pacing);
+            }
+        }
+    }
+
+    fn send_realtime(&mut self, now: Time, image: ImageId, ws: usize, charge: Charge) {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.in_flight.insert(
+            request,
+            InFlight {
+                image,
+                charge,
+                sent_at: now,
+            },
+        );
+        let spec = {
+            let rec = self.rec_mut(image).expect("queued images exist");
+            rec.request = Some(request);
+            rec.spec
+        };
+        self.set_stage(image, Stage::Preparing);
+        self.stats.realtime_sent += 1;
+        self.actions.push_back(Action::SendRealtime {
+            request,
+            image,
+            workspace: self.workspaces[ws].id,
+            spec,
+            charge,
+            max_tokens: self.cfg.request.max_tokens,
+        });
+    }
+
+    fn arm_pacing(&mut self, at: Time) {
+        if self.pacing_wake.is_none_or(|t| at < t) {
+            self.pacing_wake = Some(at);
+            self.timer(at, Timer::Pacing);
+        }
+    }
+
+    fn dispatch_batches(&mut self, now: Time) {
+        if self.batch_waiting.is_empty() || self.batch_hold_until.is_some_and(|t| t > now) {
+            return;
+        }
+        self.batch_hold_until = None;
+        let mut next_try: Option<Time> = None;
+        let rounds = self.batch_waiting.len();
+        for _ in 0..rounds {
+            let Some(ws) = self.batch_waiting.pop_front() else {
+                break;
+            };
+            let queue_free = if self.queue_blocked_until > now {
+                0
+            } else {
+                self.queue.free()
+            };
+            let mut caps = self.cfg.split_caps();
+            caps.queue_tokens_free = queue_free;
+            let w = &self.workspaces[ws];
+            if let Some(b) = &w.batches_per_hour {
+                caps.batches_allowed = u32::try_from(b.remaining(now)).unwrap_or(u32::MAX);
+            }
+            if let Some(b) = &w.images_per_hour {
+                caps.images_allowed = b.remaining(now);
+            }
+            let waiting: Vec<ImageId> = w.batch.iter().copied().collect();
+            let items: Vec<SplitItem> = waiting
+                .iter()
+                .map(|&img| {
+                    let r = &self.uploads[img.upload.0 as usize].images[img.index as usize];
+                    SplitItem {
+                        line_bytes: self.line_bytes(img, r),
+                        tokens: r.queue_tokens,
+                    }
+                })
+                .collect();
+            let plan = split::split(&items, &caps);
+            for idx in &plan.oversize {
+                let img = waiting[*idx];
+                let what = format!(
+                    "batch line of {} bytes and {} tokens",
+                    items[*idx].line_bytes, items[*idx].tokens
+                );
+                self.finish(now, img, Err(FailReason::TooLarge { what }));
+            }
+            for batch in &plan.batches {
+                let images: Vec<ImageId> = batch.iter().map(|&i| waiting[i]).collect();
+                let tokens: u64 = batch.iter().map(|&i| items[i].tokens).sum();
+                let bytes: u64 = batch.iter().map(|&i| items[i].line_bytes).sum();
+                self.start_batch(now, ws, images, tokens, bytes);
+            }
+            let held: VecDeque<ImageId> = plan.held.iter().map(|&i| waiting[i]).collect();
+            let w = &mut self.workspaces[ws];
+            w.batch = held;
+            if !w.batch.is_empty() {
+                // Retry when the per-hour budgets refill or the token hold lapses; a batch that
+                // ends frees queue room and calls back into `drive` on its own.
+                let mut at = now + Duration::from_secs(60);
+                if let Some(t) = w
+                    .batches_per_hour
+                    .as_ref()
+                    .and_then(|b| b.time_until(now, 1))
+                {
+                    at = at.min(now + t.max(Duration::from_millis(1)));
+                }
+                if self.queue_blocked_until > now {
+                    at = at.max(self.queue_blocked_until);
+                }
+                next_try = Some(next_try.map_or(at, |t: Time| t.min(at)));
+                self.batch_waiting.push_back(ws);
+            }
+        }
+        if let Some(at) = next_try {
+            if self.batch_hold_until.is_none_or(|t| at < t) {
+                self.batch_hold_until = Some(at);
+                self.timer(at, Timer::BatchHold);
+            }
+        }
+    }
+
+    fn line_bytes(&self, image: ImageId, rec: &ImageRec) -> u64 {
+        // The custom_id is `u{upload}-i{index}`: two decimal numbers and three fixed bytes.
+        let digits = |v: u32| u64::from(v.checked_ilog10().unwrap_or(0) + 1);
+        self.line_base_bytes
+            + 3
+            + digits(image.upload.0)
+            + digits(image.index)
+            + u64::from(rec.url_len)
+    }
+
+    fn start_batch(&mut self, now: Time, ws: usize, images: Vec<ImageId>, tokens: u64, bytes: u64) {
+        let batch = BatchRef(self.batches.len() as u32);
+        let reserved = self.queue.try_enqueue(tokens);
+        debug_assert!(
+            reserved,
+            "the splitter keeps batches within the queue's free tokens"
+        );
+        let w = &mut self.workspaces[ws];
+        if let Some(b) = w.batches_per_hour.as_mut() {
+            b.force_take(now, 1);
+        }
+        if let Some(b) = w.images_per_hour.as_mut() {
+            b.force_take(now, images.len() as u64);
+        }
+        for &img in &images {
+            if let Some(rec) = self.rec_mut(img) {
+                rec.batch = Some(batch);
+            }
+            self.set_stage(img, Stage::Preparing);
+        }
+        self.actions.push_back(Action::UploadBatchFile {
+            batch,
+            images: images.clone(),
+            bytes,
+            tokens,
+        });
+        self.batches.push(BatchRec {
+            images,
+            tokens,
+            phase: BatchPhase::Uploading,
+            batch_id: None,
+            created_at: now,
+            next_poll: Time::MAX,
+            poll_interval: Duration::from_millis(self.cfg.policy.poll_interval_ms),
+            output_file_id: None,
+            error_file_id: None,
+            download_attempts: 0,
+            queue_released: !reserved,
+            terminal_state: None,
+        });
+    }
+
+    /// The file upload or the batch creation failed: nothing upstream holds these images, so
+    /// they go back to `Queued` (the pending mark is never set) and are retried or failed.
+    fn batch_submit_failed(&mut self, now: Time, batch: BatchRef, error: &str) {
+        self.release_queue(batch);
+        let b = &mut self.batches[batch.0 as usize];
+        b.phase = BatchPhase::Done;
+        let images = std::mem::take(&mut b.images);
+        for img in images {
+            self.batch_attempt_failed(now, img, error);
+        }
+        // Back off before the next attempt at building a batch.
+        let delay = self.backoff.delay(0, &mut self.rng);
+        let at = now + delay;
+        if self.batch_hold_until.is_none_or(|t| at > t) {
+            self.batch_hold_until = Some(at);
+            self.timer(at, Timer::BatchHold);
+        }
+    }
+
+    fn release_queue(&mut self, batch: BatchRef) {
+        let b = &mut self.batches[batch.0 as usize];
+        if !b.queue_released {
+            b.queue_released = true;
+            self.queue.release(b.tokens);
+            // Room freed by our own batch ends any token-limit hold.
+            self.queue_blocked_until = Time::ZERO;
+        }
+    }
+
+    fn request_download(&mut self, batch: BatchRef) {
+        let b = &self.batches[batch.0 as usize];
+        self.actions.push_back(Action::DownloadResults {
+            batch,
+            batch_id: b.batch_id.clone().unwrap_or_default(),
+            output_file_id: b.output_file_id.clone(),
+            error_file_id: b.error_file_id.clone(),
+        });
+    }
+
+    fn abandon(&mut self, now: Time, batch: BatchRef, after_ms: u64) {
+        self.release_queue(batch);
+        let b = &mut self.batches[batch.0 as usize];
+        b.phase = BatchPhase::Done;
+        let images = std::mem::take(&mut b.images);
+        for img in images {
+            if self.stage(img).is_some_and(|s| !s.is_terminal()) {
+                self.finish(now, img, Err(FailReason::PollingAbandoned { after_ms }));
+            }
+        }
+    }
+
+    // ---- retries --------------------------------------------------------------------------
+
+    fn retry_realtime(&mut self, now: Time, image: ImageId, last: &str, wait: Option<Duration>) {
+        let Some(rec) = self.rec_mut(image) else {
+            return;
+        };
+        rec.attempts = rec.attempts.saturating_add(1);
+        let attempts = u32::from(rec.attempts);
+        self.set_stage(image, Stage::Queued);
+        if attempts >= self.cfg.policy.retry_max_attempts {
+            match self.cfg.policy.on_retries_exhausted {
+                Exhausted::Batch => {
+                    self.stats.fallbacks_to_batch += 1;
+                    self.push_batch(image);
+                }
+                Exhausted::Fail => {
+                    self.finish(
+                        now,
+                        image,
+                        Err(FailReason::RetriesExhausted {
+                            last: last.to_owned(),
+                        }),
+                    );
+                }
+            }
+            return;
+        }
+        self.stats.retries += 1;
+        let delay = wait.unwrap_or_else(|| self.backoff.delay(attempts - 1, &mut self.rng));
+        self.timer(now + delay, Timer::Retry(image));
+    }
+
+    fn batch_attempt_failed(&mut self, now: Time, image: ImageId, code: &str) {
+        let Some(rec) = self.rec_mut(image) else {
+            return;
+        };
+        if rec.stage.is_terminal() {
+            return;
+        }
+        rec.batch_attempts = rec.batch_attempts.saturating_add(1);
+        rec.batch = None;
+        let attempts = u32::from(rec.batch_attempts);
+        if attempts >= self.cfg.policy.batch_max_attempts {
+            self.finish(
+                now,
+                image,
+                Err(FailReason::BatchAttemptsExhausted {
+                    last: code.to_owned(),
+                }),
+            );
+        } else {
+            self.stats.retries += 1;
+            self.requeue_for_batch(image);
+        }
+    }
+
+    fn hold_for_queue(&mut self, now: Time, image: ImageId) {
+        let Some(rec) = self.rec_mut(image) else {
+            return;
+        };
+        rec.holds = rec.holds.saturating_add(1);
+        rec.batch = None;
+        if rec.holds > MAX_QUEUE_HOLDS {
+            self.finish(now, image, Err(FailReason::QueueFull));
+        } else {
+            self.requeue_for_batch(image);
+        }
+    }
+
+    fn observe(&mut self, now: Time, observed: &Observed) {
+        if self.cfg.policy.client_pacing {
+            self.account.observe(now, observed);
+        }
+    }
+
+    // ---- bookkeeping ----------------------------------------------------------------------
+
+    fn workspace(&mut self, id: WorkspaceId) -> usize {
+        if let Some(&i) = self.workspace_index.get(&id) {
+            return i;
+        }
+        let p = &self.cfg.policy;
+        let nz = |v: Option<u64>| v.and_then(NonZeroU64::new);
+        let limits = match (nz(p.workspace_rpm), nz(p.workspace_tpm)) {
+            (None, None) => None,
+            (rpm, tpm) => Some(RateLimits::new(
+                rpm.unwrap_or(NonZeroU64::MAX),
+                tpm.unwrap_or(NonZeroU64::MAX),
+            )),
+        };
+        let hour = Duration::from_secs(3600);
+        let i = self.workspaces.len();
+        self.workspaces.push(WorkspaceState {
+            id,
+            limits,
+            realtime: VecDeque::new(),
+            batch: VecDeque::new(),
+            deficit: 0,
+            in_ring: false,
+            blocked_until: Time::ZERO,
+            batches_per_hour: nz(p.workspace_batches_per_hour).map(|n| Bucket::new(n, hour)),
+            images_per_hour: nz(p.workspace_images_per_hour).map(|n| Bucket::new(n, hour)),
+        });
+        self.workspace_index.insert(id, i);
+        i
+    }
+
+    fn rec(&self, image: ImageId) -> Option<&ImageRec> {
+        self.uploads
+            .get(image.upload.0 as usize)?
+            .images
+            .get(image.index as usize)
+    }
+
+    fn rec_mut(&mut self, image: ImageId) -> Option<&mut ImageRec> {
+        self.uploads
+            .get_mut(image.upload.0 as usize)?
+            .images
+            .get_mut(image.index as usize)
+    }
+
+    fn set_stage(&mut self, image: ImageId, stage: Stage) {
+        let u = &mut self.uploads[image.upload.0 as usize];
+        let rec = &mut u.images[image.index as usize];
+        if rec.stage == stage {
+            return;
+        }
+        debug_assert!(
+            !rec.stage.is_terminal(),
+            "{image} left terminal stage {:?}",
+            rec.stage
+        );
+        u.by_stage[rec.stage as usize] -= 1;
+        u.by_stage[stage as usize] += 1;
+        rec.stage = stage;
+        self.mark_dirty(image.upload);
+    }
+
+    /// Moves an image to its terminal stage, exactly once, and emits its event.
+    fn finish(&mut self, now: Time, image: ImageId, outcome: Result<(Channel, Usage), FailReason>) {
+        if self.rec(image).is_none_or(|r| r.stage.is_terminal()) {
+            return;
+        }
+        let event = match outcome {
+            Ok((channel, usage)) => {
+                self.set_stage(image, Stage::Completed);
+                Event::ImageTagged {
+                    image,
+                    at: now,
+                    channel,
+                    usage,
+                }
+            }
+            Err(reason) => {
+                self.set_stage(image, Stage::Failed);
+                Event::ImageFailed {
+                    image,
+                    at: now,
+                    reason,
+                }
+            }
+        };
+        self.events.push_back(event);
+        let u = &mut self.uploads[image.upload.0 as usize];
+        let terminal = u.by_stage[Stage::Completed as usize] + u.by_stage[Stage::Failed as usize];
+        if !u.done && terminal as usize == u.images.len() {
+            u.done = true;
+            self.events.push_back(Event::UploadComplete {
+                upload: image.upload,
+                at: now,
+            });
+        }
+    }
+
+    fn mark_dirty(&mut self, upload: UploadId) {
+        if !self.emit_progress {
+            return;
+        }
+        let u = &mut self.uploads[upload.0 as usize];
+        if !u.progress_dirty {
+            u.progress_dirty = true;
+            self.dirty_uploads.push(upload);
+        }
+    }
+
+    fn flush_progress(&mut self, now: Time) {
+        let dirty = std::mem::take(&mut self.dirty_uploads);
+        for upload in dirty {
+            self.uploads[upload.0 as usize].progress_dirty = false;
+            if let Some(p) = self.progress(now, upload) {
+                self.events.push_back(Event::Progress(p));
+            }
+        }
+    }
+
+    fn timer(&mut self, at: Time, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, timer)));
+    }
+}
+
+/// Re-labels a single-scope denial with the scope index it has in a multi-scope check.
+fn rescope(d: Denied, scope: usize) -> Denied {
+    match d {
+        Denied::NotUntil {
+            earliest,
+            dimension,
+            ..
+        } => Denied::NotUntil {
+            earliest,
+            scope,
+            dimension,
+        },
+        Denied::Never {
+            requested,
+            capacity,
+            dimension,
+            ..
+        } => Denied::Never {
+            requested,
+            capacity,
+            scope,
+            dimension,
+        },
+    }
+}

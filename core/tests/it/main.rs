@@ -1,0 +1,420 @@
+//! Integration tests of tagstorm-core: the engine driven through virtual time against a fake upstream.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Faults, Harness, image, low};
+use proptest::prelude::*;
+use tagstorm_core::config::Routing;
+use tagstorm_core::tokens::{Detail, Model};
+use tagstorm_core::{
+    AccountLimits, Action, BatchRef, Config, Engine, Event, FailReason, ImageId, Policy, Stage,
+    Time, Upload, UploadError, UpstreamError, WorkspaceId,
+};
+
+fn tier1() -> AccountLimits {
+    AccountLimits::tier(Model::Gpt4oMini, 1).unwrap()
+}
+
+fn harness(policy: Policy, seed: u64) -> Harness {
+    Harness::new(Config::new(policy, tier1()).with_seed(seed), seed)
+}
+
+#[test]
+fn ten_users_fifteen_images_at_tier1_get_zero_429s() {
+    let mut h = harness(Policy::tagstorm(), 1);
+    let uploads: Vec<_> = (0..10)
+        .map(|u| (h.upload(u, vec![low(); 15]), 15))
+        .collect();
+    h.run(Duration::from_secs(3600));
+    h.assert_all_terminal_once(&uploads);
+    assert_eq!(h.log.upstream_429, 0);
+    assert_eq!(h.log.tagged.len(), 150);
+    assert_eq!(
+        h.log.batches_created, 0,
+        "150 small images fit realtime well within the deadline"
+    );
+    // 150 × 2,880 tokens against a full 200,000 TPM bucket refilling at 3,333/s: the last
+    // request can go out at about 69.6 s, so the makespan is about that plus one latency.
+    let makespan = h.log.tagged.values().map(|t| t.0).max().unwrap();
+    assert!(makespan < Time::from_secs(76), "makespan {makespan:?}");
+}
+
+#[test]
+fn seed_current_blows_the_token_limit_with_the_same_load() {
+    let mut h = harness(Policy::seed_current(), 1);
+    let uploads: Vec<_> = (0..10)
+        .map(|u| (h.upload(u, vec![low(); 15]), 15))
+        .collect();
+    h.run(Duration::from_secs(3600));
+    h.assert_all_terminal_once(&uploads);
+    assert!(h.log.upstream_429 > 0);
+}
+
+#[test]
+fn a_small_workspace_is_not_starved_by_a_large_one() {
+    let all_realtime = |fair_share| Policy {
+        routing: Routing::Threshold,
+        realtime_max_images: 100_000,
+        realtime_chunked_max: 100_000,
+        fair_share,
+        ..Policy::tagstorm()
+    };
+    let mut waits = Vec::new();
+    for fair in [true, false] {
+        let mut h = harness(all_realtime(fair), 2);
+        let big = h.upload(1, vec![low(); 10_000]);
+        h.run(Duration::from_secs(10));
+        let small = h.upload(2, vec![low(); 5]);
+        h.run(Duration::from_secs(24 * 3600));
+        h.assert_all_terminal_once(&[(big, 10_000), (small, 5)]);
+        waits.push(h.log.upload_complete[&small] - h.log.upload_start[&small]);
+    }
+    assert!(
+        waits[0] < Duration::from_secs(30),
+        "fair share: small upload waited {:?}",
+        waits[0]
+    );
+    assert!(
+        waits[1] > Duration::from_secs(600),
+        "first come first served should starve it: {:?}",
+        waits[1]
+    );
+}
+
+#[test]
+fn three_hundred_images_get_a_fast_first_tag() {
+    let mut h = harness(Policy::tagstorm(), 3);
+    let up = h.upload(1, vec![low(); 300]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 300)]);
+    let first = h.log.tagged.values().map(|t| t.0).min().unwrap();
+    assert!(first < Time::from_secs(10), "first tag at {first:?}");
+    assert_eq!(h.log.upstream_429, 0);
+}
+
+#[test]
+fn seed_proposed_splits_large_uploads_into_parallel_batches_of_200() {
+    let mut h = harness(Policy::seed_proposed(), 4);
+    let up = h.upload(1, vec![low(); 450]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 450)]);
+    assert_eq!(h.log.batches_created, 3);
+}
+
+// ---- the seed's bookkeeping bugs (SPEC §1), one named regression each ------------------------
+
+/// Drives one batch by hand up to its `CreateBatch` action.
+fn up_to_create(policy: Policy) -> (Engine, BatchRef, Vec<ImageId>, String) {
+    let mut e = Engine::new(Config::new(policy, tier1())).unwrap();
+    let now = Time::ZERO;
+    e.handle_upload(
+        now,
+        Upload {
+            workspace: WorkspaceId(1),
+            images: vec![low(); 300],
+            deadline: None,
+        },
+    )
+    .unwrap();
+    let Some(Action::UploadBatchFile { batch, images, .. }) = e.poll_action() else {
+        panic!("expected a batch file")
+    };
+    for img in &images {
+        assert_eq!(
+            e.stage(*img),
+            Some(Stage::Preparing),
+            "not pending before upstream accepts"
+        );
+    }
+    e.handle_file_uploaded(now, batch, Ok("file-1".into()));
+    let file_id = std::iter::from_fn(|| e.poll_action())
+        .find_map(|a| match a {
+            Action::CreateBatch { batch: b, file_id } if b == batch => Some(file_id),
+            _ => None,
+        })
+        .expect("a create for the uploaded file");
+    (e, batch, images, file_id)
+}
+
+#[test]
+fn regression_batch_id_is_recorded_before_anything_waits_on_it() {
+    let (mut e, batch, images, _) = up_to_create(Policy::seed_proposed());
+    let now = Time::from_secs(1);
+    e.handle_batch_created(now, batch, Ok("batch_abc".into()));
+    assert_eq!(e.batch_id(batch), Some("batch_abc"));
+    assert!(images.iter().all(|i| e.stage(*i) == Some(Stage::Submitted)));
+    let wake = e.poll_timeout().expect("a poll is scheduled");
+    e.handle_timeout(wake);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::PollBatch {
+            batch,
+            batch_id: "batch_abc".into()
+        }),
+        "the poll carries the recorded id"
+    );
+}
+
+#[test]
+fn regression_pending_only_after_acceptance_and_rolled_back_on_failure() {
+    let (mut e, batch, images, _) = up_to_create(Policy::seed_proposed());
+    e.handle_batch_created(
+        Time::from_secs(1),
+        batch,
+        Err(UpstreamError {
+            status: Some(500),
+            message: "boom".into(),
+        }),
+    );
+    for img in &images {
+        assert_eq!(
+            e.stage(*img),
+            Some(Stage::Queued),
+            "{img} rolled back, not pending"
+        );
+    }
+    assert_eq!(e.batch_id(batch), None);
+    // The images are not lost: a new batch is built for them after a backoff.
+    let wake = e.poll_timeout().expect("a retry is scheduled");
+    e.handle_timeout(wake);
+    let Some(Action::UploadBatchFile { images: again, .. }) = e.poll_action() else {
+        panic!("expected a new batch")
+    };
+    assert_eq!(again, images);
+}
+
+#[test]
+fn regression_polling_continues_past_one_hour() {
+    let mut h = harness(Policy::tagstorm(), 5);
+    h.batch_turnaround = Duration::from_secs(5 * 3600);
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert!(h.log.batches_created > 0);
+    for (id, first) in &h.log.first_poll {
+        assert!(
+            h.log.last_poll[id] - *first > Duration::from_secs(4 * 3600),
+            "{id} stopped polling early"
+        );
+    }
+    assert!(
+        h.log.failed.is_empty(),
+        "{:?}",
+        h.log.failed.values().next()
+    );
+}
+
+#[test]
+fn seed_current_gives_up_after_an_hour_but_says_so() {
+    let mut h = harness(Policy::seed_current(), 6);
+    h.batch_turnaround = Duration::from_secs(5 * 3600);
+    let up = h.upload(1, vec![low(); 300]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 300)]);
+    assert!(
+        h.log
+            .failed
+            .values()
+            .all(|(r, _)| matches!(r, FailReason::PollingAbandoned { .. }))
+    );
+    assert_eq!(h.log.failed.len(), 300);
+}
+
+#[test]
+fn regression_failed_result_download_is_retried_and_surfaced() {
+    let mut h = harness(Policy::tagstorm(), 7);
+    h.fail_next_downloads = 2;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert_eq!(h.log.download_failures_surfaced, 2);
+    assert_eq!(h.log.tagged.len(), 3_000);
+
+    // When downloads keep failing, the images fail with that reason instead of staying pending.
+    let mut h = harness(Policy::tagstorm(), 7);
+    h.fail_next_downloads = 1_000;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert!(
+        h.log
+            .failed
+            .values()
+            .any(|(r, _)| matches!(r, FailReason::DownloadFailed { .. }))
+    );
+}
+
+// ---- bad input ------------------------------------------------------------------------------
+
+#[test]
+fn bad_uploads_are_refused_and_change_nothing() {
+    let mut e = Engine::new(Config::new(Policy::tagstorm(), tier1())).unwrap();
+    let now = Time::ZERO;
+    let up = |images| Upload {
+        workspace: WorkspaceId(1),
+        images,
+        deadline: None,
+    };
+    assert_eq!(e.handle_upload(now, up(vec![])), Err(UploadError::Empty));
+    assert_eq!(
+        e.handle_upload(now, up(vec![low(), image(0, 10, Detail::High)])),
+        Err(UploadError::ZeroSize { index: 1 })
+    );
+    assert_eq!(e.poll_action(), None);
+    assert_eq!(e.poll_event(), None);
+    assert!(e.is_idle());
+    assert_eq!(
+        e.handle_upload(now, up(vec![low()])).unwrap().0,
+        0,
+        "refused uploads took no id"
+    );
+}
+
+#[test]
+fn bad_policies_are_refused_with_the_field() {
+    let cases = [
+        (
+            Policy {
+                chunk_size: 0,
+                ..Policy::seed_proposed()
+            },
+            "chunk_size",
+        ),
+        (
+            Policy {
+                workspace_tpm: Some(0),
+                ..Policy::seed_proposed()
+            },
+            "workspace_tpm",
+        ),
+        (
+            Policy {
+                realtime_max_images: 60,
+                ..Policy::seed_proposed()
+            },
+            "realtime_chunked_max",
+        ),
+        (
+            Policy {
+                poll_interval_ms: 0,
+                ..Policy::tagstorm()
+            },
+            "poll_interval_ms",
+        ),
+    ];
+    for (policy, field) in cases {
+        let err = Engine::new(Config::new(policy, tier1()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(field), "{err:?} should name {field}");
+    }
+}
+
+#[test]
+fn answers_to_unknown_ids_are_ignored() {
+    let mut e = Engine::new(Config::new(Policy::tagstorm(), tier1())).unwrap();
+    let now = Time::ZERO;
+    e.handle_realtime_response(
+        now,
+        tagstorm_core::RequestId(99),
+        tagstorm_core::RealtimeOutcome::Timeout,
+    );
+    e.handle_batch_created(now, BatchRef(7), Ok("batch_x".into()));
+    e.handle_batch_results(now, BatchRef(7), Ok(vec![]));
+    assert_eq!(e.poll_action(), None);
+    assert!(e.is_idle());
+}
+
+// ---- faults ---------------------------------------------------------------------------------
+
+fn faults() -> impl Strategy<Value = Faults> {
+    let p = || prop_oneof![Just(0.0), 0.0..0.3f64];
+    ((p(), p(), p(), p(), p(), p()), (p(), p(), p(), p(), p())).prop_map(
+        |((a, b, c, d, e, f), (g, h, i, j, k))| Faults {
+            server_error: a,
+            timeout: b,
+            extra_429: c,
+            upload_fail: d,
+            create_fail: e,
+            poll_fail: f,
+            download_fail: g,
+            batch_validation_fail: h,
+            batch_token_limit: i,
+            batch_expire: j,
+            line_fail: k,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_image_ends_exactly_once_under_any_faults(
+        seed in any::<u64>(),
+        faults in faults(),
+        policy in prop_oneof![Just(Policy::seed_current()), Just(Policy::seed_proposed()), Just(Policy::tagstorm())],
+        sizes in prop::collection::vec(1u32..400, 1..6),
+    ) {
+        let mut h = harness(policy, seed);
+        h.faults = faults;
+        h.batch_turnaround = Duration::from_secs(1800);
+        let mut uploads = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let id = h.upload(i as u32 % 3, vec![low(); *n as usize]);
+            uploads.push((id, *n));
+            h.run(Duration::from_secs(5));
+        }
+        h.run(Duration::from_secs(30 * 86_400));
+        h.assert_all_terminal_once(&uploads);
+        let terminal = h.log.tagged.len() + h.log.failed.len();
+        prop_assert_eq!(terminal as u32, sizes.iter().sum::<u32>());
+    }
+}
+
+#[test]
+fn progress_counts_add_up_and_eta_appears() {
+    let mut e = Engine::new(Config::new(Policy::tagstorm(), tier1())).unwrap();
+    let up = e
+        .handle_upload(
+            Time::ZERO,
+            Upload {
+                workspace: WorkspaceId(1),
+                images: vec![low(); 10],
+                deadline: None,
+            },
+        )
+        .unwrap();
+    let mut sent = Vec::new();
+    while let Some(a) = e.poll_action() {
+        if let Action::SendRealtime { request, .. } = a {
+            sent.push(request);
+        }
+    }
+    let p = e.progress(Time::ZERO, up).unwrap();
+    assert_eq!(p.by_stage.iter().sum::<u32>(), 10);
+    assert_eq!(p.eta, None);
+    let t = Time::from_secs(2);
+    e.handle_realtime_response(
+        t,
+        sent[0],
+        tagstorm_core::RealtimeOutcome::Ok {
+            usage: Default::default(),
+            observed: Default::default(),
+        },
+    );
+    let p = e.progress(t, up).unwrap();
+    assert_eq!(p.count(Stage::Completed), 1);
+    assert_eq!(
+        p.eta,
+        Some(Duration::from_secs(18)),
+        "9 left at one per 2 s"
+    );
+    assert!((p.percent() - 10.0).abs() < 1e-9);
+    let progress_events = std::iter::from_fn(|| e.poll_event())
+        .filter(|ev| matches!(ev, Event::Progress(_)))
+        .count();
+    assert!(progress_events >= 2);
+}
