@@ -175,21 +175,28 @@ pub fn split(items: &[SplitItem], limits: &SplitLimits) -> Split {
             out.held.push(i);
             continue;
         }
-        let joined = Open {
-            requests: open.requests + 1,
-            bytes: open.bytes.saturating_add(item.line_bytes),
-            tokens: open.tokens.saturating_add(item.tokens),
+        // The item joins the open batch if every total stays within its cap. The sums are
+        // checked rather than trusted: the caps may be u64::MAX.
+        let joined = match (
+            open.bytes.checked_add(item.line_bytes),
+            open.tokens.checked_add(item.tokens),
+        ) {
+            (Some(bytes), Some(tokens))
+                if open.requests > 0
+                    && open.requests < max_requests
+                    && bytes <= max_bytes
+                    && tokens <= limits.max_tokens =>
+            {
+                Some(Open {
+                    requests: open.requests + 1,
+                    bytes,
+                    tokens,
+                })
+            }
+            _ => None,
         };
-        // Totals never saturate in practice (bytes ≤ 2·10^8 per batch, tokens ≤ the free
-        // queue), and a saturated total only compares as "does not fit" unless the cap is
-        // u64::MAX itself, which the checked sum below rules out.
-        let fits = open.requests > 0
-            && joined.requests <= max_requests
-            && joined.bytes <= max_bytes
-            && open.tokens.checked_add(item.tokens).is_some()
-            && joined.tokens <= limits.max_tokens;
-        match out.batches.last_mut() {
-            Some(batch) if fits => {
+        match (out.batches.last_mut(), joined) {
+            (Some(batch), Some(joined)) => {
                 batch.push(i);
                 open = joined;
             }
