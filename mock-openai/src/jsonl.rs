@@ -171,7 +171,13 @@ pub fn read_chat_body(
             _ => {}
         }
     }
-    Ok((model, max_tokens, text_chars, images, first_url))
+    Ok(ChatBody {
+        model,
+        max_tokens,
+        text_chars,
+        images,
+        image_url: first_url,
+    })
 }
 
 /// Parses and validates a batch input file against `endpoint`. Either every request, or
@@ -261,7 +267,13 @@ pub fn parse_batch_input(
             );
             continue;
         };
-        let (model, max_tokens, text_chars, images, image_url) = match read_chat_body(body) {
+        let ChatBody {
+            model,
+            max_tokens,
+            text_chars,
+            images,
+            image_url,
+        } = match read_chat_body(body) {
             Ok(parts) => parts,
             Err((param, message)) => {
                 let code = if param == "model" && message.contains("does not exist") {

@@ -1,0 +1,955 @@
+//! The Batch API lifecycle, evaluated lazily from `now`: a batch's whole timeline is sampled
+//! once at creation, and every view (status, counts, results) is a function of that timeline
+//! and `now`, so no ticking is needed and each call is O(1) or O(log n) apart from results.
+//!
+//! Timeline (facts §5, durations from [`crate::config::BatchConfig`]):
+//! `validating → in_progress → finalizing → completed`; `validating → failed` (input errors,
+//! `token_limit_exceeded`, scripted or random failure); `expired` at `expires_at` when
+//! `in_progress` would overrun the window (it does not pass through `finalizing`, an
+//! unconfirmed detail); `cancelling → cancelled` after a cancel in `validating` or
+//! `in_progress` (others get 409, also unconfirmed).
+//!
+//! Requests finish one by one, in input order, evenly spread over `in_progress`, so
+//! `request_counts` grows and expiry or cancellation leave real partial results. Work stops at
+//! `cancelling_at`; the unfinished requests get `batch_cancelled` (or `batch_expired`).
+//!
+//! Queue: a batch's input tokens are enqueued at creation (the check is made then; a batch that
+//! does not fit fails with `token_limit_exceeded` when validation ends and holds nothing) and
+//! released when it ends — failed, completed, expired or cancelled.
+
+use std::cmp::Reverse;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+use serde::Serialize;
+use tagstorm_core::Time;
+use tagstorm_core::tokens::{Model, Usage};
+
+use crate::error::ApiError;
+use crate::fault::BatchOutcomeKind;
+use crate::ids;
+use crate::jsonl::BatchError;
+use crate::latency::lognormal_ms;
+use crate::org::OrgId;
+use crate::upstream::Upstream;
+
+/// The only endpoint the model serves batches for.
+pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+
+/// One request of a structured batch (the simulator's path: no JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchLine {
+    /// The caller's id, unique within the batch.
+    pub custom_id: String,
+    /// The image the tags are derived from.
+    pub image_url: Arc<str>,
+    /// Input tokens this request counts against the enqueued-token limit.
+    pub charge_tokens: u64,
+    /// The billing usage the request reports when it succeeds.
+    pub usage: Usage,
+}
+
+/// A batch's status (facts §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Input being validated.
+    Validating,
+    /// Validation failed (or the enqueued-token limit was reached).
+    Failed,
+    /// Running.
+    InProgress,
+    /// Results being prepared.
+    Finalizing,
+    /// Results ready.
+    Completed,
+    /// Not completed within the window; partial results.
+    Expired,
+    /// Being cancelled.
+    Cancelling,
+    /// Cancelled; partial results.
+    Cancelled,
+}
+
+impl BatchStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Validating => "validating",
+            BatchStatus::Failed => "failed",
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Finalizing => "finalizing",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Expired => "expired",
+            BatchStatus::Cancelling => "cancelling",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the batch has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BatchStatus::Failed
+                | BatchStatus::Completed
+                | BatchStatus::Expired
+                | BatchStatus::Cancelled
+        )
+    }
+}
+
+/// `request_counts` of a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RequestCounts {
+    /// Requests in the batch.
+    pub total: u64,
+    /// Requests that succeeded so far.
+    pub completed: u64,
+    /// Requests that failed so far (at expiry/cancellation: including those never run).
+    pub failed: u64,
+}
+
+/// `errors` of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchErrors {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The errors.
+    pub data: Vec<BatchError>,
+}
+
+/// `usage` of a batch (filled once it has ended; zeros before).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BatchUsage {
+    /// Input tokens of the succeeded requests.
+    pub input_tokens: u64,
+    /// `{cached_tokens}`.
+    pub input_tokens_details: CachedTokens,
+    /// Output tokens of the succeeded requests.
+    pub output_tokens: u64,
+    /// `{reasoning_tokens}`.
+    pub output_tokens_details: ReasoningTokens,
+    /// Input + output.
+    pub total_tokens: u64,
+}
+
+/// `input_tokens_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CachedTokens {
+    /// Always 0 in the model.
+    pub cached_tokens: u64,
+}
+
+/// `output_tokens_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReasoningTokens {
+    /// Always 0 in the model.
+    pub reasoning_tokens: u64,
+}
+
+/// The batch object as `GET /v1/batches/{id}` shows it (facts §5); timestamps in Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Batch {
+    /// `batch_` + 32 hex.
+    pub id: String,
+    /// Always `batch`.
+    pub object: &'static str,
+    /// The endpoint its requests go to.
+    pub endpoint: String,
+    /// The model of its requests.
+    pub model: String,
+    /// Validation errors, if it failed validation.
+    pub errors: Option<BatchErrors>,
+    /// The input file (`file-…`, or a synthetic id on the structured path).
+    pub input_file_id: String,
+    /// Always `24h`.
+    pub completion_window: String,
+    /// Status at the time of the call.
+    pub status: BatchStatus,
+    /// The output file, once ended with at least one success.
+    pub output_file_id: Option<String>,
+    /// The error file, once ended with at least one failed request.
+    pub error_file_id: Option<String>,
+    /// Creation.
+    pub created_at: u64,
+    /// Validation passed.
+    pub in_progress_at: Option<u64>,
+    /// End of the completion window.
+    pub expires_at: Option<u64>,
+    /// All requests done.
+    pub finalizing_at: Option<u64>,
+    /// Results ready.
+    pub completed_at: Option<u64>,
+    /// Failed.
+    pub failed_at: Option<u64>,
+    /// Expired.
+    pub expired_at: Option<u64>,
+    /// Cancel requested.
+    pub cancelling_at: Option<u64>,
+    /// Cancelled.
+    pub cancelled_at: Option<u64>,
+    /// Counts at the time of the call.
+    pub request_counts: RequestCounts,
+    /// Token usage of succeeded requests (zeros until the batch ends).
+    pub usage: BatchUsage,
+    /// Always null in the model.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `GET /v1/batches`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Newest first.
+    pub data: Vec<Batch>,
+    /// Id of the first entry.
+    pub first_id: Option<String>,
+    /// Id of the last entry.
+    pub last_id: Option<String>,
+    /// Whether older batches follow.
+    pub has_more: bool,
+}
+
+/// What happened to one request of an ended batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// It succeeded.
+    Ok {
+        /// Billing usage.
+        usage: Usage,
+        /// `{"tags":[…]}` for its image.
+        content: String,
+    },
+    /// It failed or never ran.
+    Err {
+        /// HTTP status for a request that ran and failed (500); `None` if it never ran.
+        status: Option<u16>,
+        /// `server_error`, `batch_expired` or `batch_cancelled`.
+        code: &'static str,
+        /// The message.
+        message: &'static str,
+    },
+}
+
+/// One request's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineResult {
+    /// The caller's id.
+    pub custom_id: String,
+    /// Its outcome.
+    pub outcome: LineOutcome,
+}
+
+/// The results of an ended batch, in input order (a failed batch has none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchResults {
+    /// The final status.
+    pub status: BatchStatus,
+    /// One entry per request.
+    pub lines: Vec<LineResult>,
+}
+
+/// Message of a request that failed while running (facts §2, 500 body).
+pub(crate) const LINE_FAILED_MESSAGE: &str =
+    "The server had an error while processing your request. Sorry about that!";
+/// Message of an expired request (facts §5, verbatim).
+pub(crate) const EXPIRED_MESSAGE: &str =
+    "This request could not be executed before the completion window expired.";
+/// Message of a cancelled request (**[inferred]**, no verbatim source).
+pub(crate) const CANCELLED_MESSAGE: &str =
+    "This request was not executed because the batch was cancelled.";
+/// Message of a random or scripted batch failure (**[inferred]**).
+const BATCH_FAILED_MESSAGE: &str = "The batch failed due to an internal error. Please try again.";
+
+/// The sampled plan of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Fails when validation ends.
+    Fail { at: Time },
+    /// Runs: requests finish evenly over `[in_progress_at, finalizing_at]`.
+    Run {
+        in_progress_at: Time,
+        finalizing_at: Time,
+        completed_at: Time,
+    },
+}
+
+/// One batch's state.
+#[derive(Debug)]
+pub(crate) struct BatchState {
+    pub id: String,
+    pub org: OrgId,
+    pub endpoint: String,
+    pub input_file_id: String,
+    pub model: Model,
+    pub lines: Vec<BatchLine>,
+    /// Sorted indices of requests that fail while running.
+    pub failed_lines: Vec<u32>,
+    pub errors: Vec<BatchError>,
+    pub created: Time,
+    pub expires: Time,
+    pub plan: Plan,
+    /// (cancelling_at, cancelled_at).
+    pub cancel: Option<(Time, Time)>,
+    pub queued_tokens: u64,
+    pub released: bool,
+    pub output_file_id: String,
+    pub error_file_id: String,
+    /// Whether the result files have been registered in the file store.
+    pub files_registered: bool,
+    /// Usage of succeeded requests, computed once the batch has ended.
+    pub final_usage: Option<Usage>,
+}
+
+fn div_time(span: Duration, num: u64, den: u64) -> Duration {
+    if den == 0 {
+        return span;
+    }
+    let ns = span.as_nanos().saturating_mul(u128::from(num)) / u128::from(den);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
+impl BatchState {
+    /// When the batch ends (its tokens leave the queue).
+    pub fn end_time(&self) -> Time {
+        if let Some((_, cancelled)) = self.cancel {
+            return cancelled;
+        }
+        match self.plan {
+            Plan::Fail { at } => at,
+            Plan::Run { finalizing_at, .. } if finalizing_at > self.expires => self.expires,
+            Plan::Run { completed_at, .. } => completed_at,
+        }
+    }
+
+    pub fn status(&self, now: Time) -> BatchStatus {
+        if let Some((cancelling, cancelled)) = self.cancel {
+            if now >= cancelled {
+                return BatchStatus::Cancelled;
+            }
+            if now >= cancelling {
+                return BatchStatus::Cancelling;
+            }
+        }
+        match self.plan {
+            Plan::Fail { at } if now >= at => BatchStatus::Failed,
+            Plan::Fail { .. } => BatchStatus::Validating,
+            Plan::Run { finalizing_at, .. }
+                if finalizing_at > self.expires && now >= self.expires =>
+            {
+                BatchStatus::Expired
+            }
+            Plan::Run { in_progress_at, .. } if now < in_progress_at => BatchStatus::Validating,
+            Plan::Run { finalizing_at, .. } if finalizing_at > self.expires => {
+                BatchStatus::InProgress
+            }
+            Plan::Run { finalizing_at, .. } if now < finalizing_at => BatchStatus::InProgress,
+            Plan::Run { completed_at, .. } if now < completed_at => BatchStatus::Finalizing,
+            Plan::Run { .. } => BatchStatus::Completed,
+        }
+    }
+
+    /// Requests that have run (succeeded or failed) by `now`.
+    pub fn done(&self, now: Time) -> u64 {
+        let Plan::Run {
+            in_progress_at,
+            finalizing_at,
+            ..
+        } = self.plan
+        else {
+            return 0;
+        };
+        let mut stop = now.min(finalizing_at).min(self.expires);
+        if let Some((cancelling, _)) = self.cancel {
+            stop = stop.min(cancelling);
+        }
+        let n = self.lines.len() as u64;
+        if stop <= in_progress_at {
+            return 0;
+        }
+        let span = finalizing_at - in_progress_at;
+        if span.is_zero() {
+            return n;
+        }
+        let ns = (stop - in_progress_at)
+            .as_nanos()
+            .saturating_mul(u128::from(n))
+            / span.as_nanos();
+        u64::try_from(ns).unwrap_or(n).min(n)
+    }
+
+    /// When request `i` finishes (for `created` in output lines).
+    pub fn line_time(&self, i: u64) -> Time {
+        match self.plan {
+            Plan::Run {
+                in_progress_at,
+                finalizing_at,
+                ..
+            } => {
+                in_progress_at
+                    + div_time(
+                        finalizing_at - in_progress_at,
+                        i + 1,
+                        self.lines.len() as u64,
+                    )
+            }
+            Plan::Fail { at } => at,
+        }
+    }
+
+    fn failed_before(&self, done: u64) -> u64 {
+        self.failed_lines.partition_point(|&i| u64::from(i) < done) as u64
+    }
+
+    pub fn counts(&self, now: Time) -> RequestCounts {
+        let total = self.lines.len() as u64;
+        let done = self.done(now);
+        let failed_run = self.failed_before(done);
+        let status = self.status(now);
+        let never_run = if matches!(status, BatchStatus::Expired | BatchStatus::Cancelled) {
+            total - done
+        } else {
+            0
+        };
+        RequestCounts {
+            total,
+            completed: done - failed_run,
+            failed: failed_run + never_run,
+        }
+    }
+
+    pub fn line_outcome(
+        &self,
+        i: usize,
+        done: u64,
+        status: BatchStatus,
+        content: impl FnOnce() -> String,
+    ) -> LineOutcome {
+        if (i as u64) < done {
+            if self.failed_lines.binary_search(&(i as u32)).is_ok() {
+                LineOutcome::Err {
+                    status: Some(500),
+                    code: "server_error",
+                    message: LINE_FAILED_MESSAGE,
+                }
+            } else {
+                LineOutcome::Ok {
+                    usage: self.lines[i].usage,
+                    content: content(),
+                }
+            }
+        } else if status == BatchStatus::Cancelled {
+            LineOutcome::Err {
+                status: None,
+                code: "batch_cancelled",
+                message: CANCELLED_MESSAGE,
+            }
+        } else {
+            LineOutcome::Err {
+                status: None,
+                code: "batch_expired",
+                message: EXPIRED_MESSAGE,
+            }
+        }
+    }
+
+    fn usage_of_successes(&self, done: u64) -> Usage {
+        let mut sum = Usage::default();
+        let mut failed = self.failed_lines.iter().peekable();
+        for (i, line) in self
+            .lines
+            .iter()
+            .enumerate()
+            .take(usize::try_from(done).unwrap_or(usize::MAX))
+        {
+            if failed.peek().is_some_and(|&&f| f as usize == i) {
+                failed.next();
+                continue;
+            }
+            sum += line.usage;
+        }
+        sum
+    }
+}
+
+/// Why a batch is created already doomed.
+pub(crate) enum Doom {
+    None,
+    Invalid(Vec<BatchError>),
+}
+
+impl Upstream {
+    /// The structured path (the simulator's): creates a batch of `lines` for `org` at `now`.
+    /// Input problems (no lines, more than `max_requests`, duplicate `custom_id`s) make the
+    /// batch fail validation, as on the file path; an unknown organization is a 401.
+    pub fn submit_batch(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        lines: Vec<BatchLine>,
+    ) -> Result<Batch, ApiError> {
+        let mut errors = Vec::new();
+        if lines.is_empty() {
+            errors.push(BatchError {
+                code: "empty_file".into(),
+                message: "The input file has no requests.".into(),
+                param: None,
+                line: None,
+            });
+        } else if lines.len() as u64 > u64::from(self.config.batch.max_requests) {
+            errors.push(BatchError {
+                code: "too_many_tasks".into(),
+                message: format!(
+                    "The batch has {} requests; the limit is {} requests per batch.",
+                    lines.len(),
+                    self.config.batch.max_requests
+                ),
+                param: None,
+                line: None,
+            });
+        } else {
+            let mut seen = HashSet::with_capacity(lines.len());
+            for (i, l) in lines.iter().enumerate() {
+                if !seen.insert(l.custom_id.as_str()) {
+                    errors.push(BatchError {
+                        code: "duplicate_custom_id".into(),
+                        message: format!("The custom_id '{}' is a duplicate of an earlier request; custom_id must be unique within a batch.", l.custom_id),
+                        param: Some("custom_id".into()),
+                        line: Some(i as u64 + 1),
+                    });
+                    break;
+                }
+            }
+        }
+        let doom = if errors.is_empty() {
+            Doom::None
+        } else {
+            Doom::Invalid(errors)
+        };
+        let model = self
+            .org_limits(org)
+            .map(|l| l.model)
+            .ok_or_else(|| ApiError::invalid_api_key("sk-****"))?;
+        let idx = self.create_batch_state(now, org, model, String::new(), lines, doom)?;
+        Ok(self.batch_view(now, idx))
+    }
+
+    /// Creates the batch and samples its timeline. `input_file_id` empty = structured path.
+    pub(crate) fn create_batch_state(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        model: Model,
+        input_file_id: String,
+        lines: Vec<BatchLine>,
+        doom: Doom,
+    ) -> Result<usize, ApiError> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let idx = self.batches.len();
+        let Some(o) = self.orgs.get_mut(org.0 as usize) else {
+            return Err(ApiError::invalid_api_key("sk-****"));
+        };
+        let cfg = &self.config.batch;
+        let mut rng = Pcg64::seed_from_u64(ids::mix(self.seed, 0xba7c_0000, idx as u64));
+        let scripted = usize::try_from(o.batches_created)
+            .ok()
+            .and_then(|k| cfg.batch_outcomes.get(k).copied());
+        o.batches_created = o.batches_created.saturating_add(1);
+        // Every draw below is made whatever the outcome, so one batch's fate does not shift the
+        // timeline of another with the same index under a different configuration.
+        let validating = cfg.validating.sample(&mut rng);
+        let u_outcome: f64 = rng.random();
+        let n = lines.len() as f64;
+        let ip_median_s = cfg.in_progress_base_s + cfg.in_progress_s_per_request * n;
+        let ip_s = lognormal_ms(&mut rng, ip_median_s, cfg.in_progress_sigma);
+        let fin_median_s = cfg.finalizing_base_s + cfg.finalizing_s_per_request * n;
+        let fin_s = lognormal_ms(&mut rng, fin_median_s, 0.5).clamp(
+            cfg.finalizing_base_s,
+            cfg.finalizing_max_s.max(cfg.finalizing_base_s),
+        );
+        let expire_fraction: f64 = rng.random_range(0.3..0.95);
+
+        let created = now;
+        let expires = created + Duration::from_secs(cfg.completion_window_s);
+        let validated = created + validating;
+        let tokens: u64 = lines
+            .iter()
+            .fold(0u64, |a, l| a.saturating_add(l.charge_tokens));
+        let mut errors = Vec::new();
+        let mut queued_tokens = 0;
+        let secs = |s: f64| crate::latency::ms_to_duration(s * 1000.0);
+        let plan = match doom {
+            Doom::Invalid(e) => {
+                errors = e;
+                Plan::Fail { at: validated }
+            }
+            Doom::None => {
+                let outcome = scripted.unwrap_or(if u_outcome < cfg.fail_rate {
+                    BatchOutcomeKind::Failed
+                } else if u_outcome < cfg.fail_rate + cfg.expire_rate {
+                    BatchOutcomeKind::Expired
+                } else {
+                    BatchOutcomeKind::Completed
+                });
+                if !o.queue.try_enqueue(tokens) {
+                    errors.push(BatchError {
+                        code: "token_limit_exceeded".into(),
+                        message: format!(
+                            "Enqueued token limit reached for {model} in organization {}. Limit: {} enqueued tokens. Please try again once some in_progress batches have been completed.",
+                            o.name,
+                            thousands(o.queue.limit())
+                        ),
+                        param: None,
+                        line: None,
+                    });
+                    Plan::Fail { at: validated }
+                } else {
+                    queued_tokens = tokens;
+                    match outcome {
+                        BatchOutcomeKind::Failed => {
+                            errors.push(BatchError {
+                                code: "batch_failed".into(),
+                                message: BATCH_FAILED_MESSAGE.into(),
+                                param: None,
+                                line: None,
+                            });
+                            Plan::Fail { at: validated }
+                        }
+                        BatchOutcomeKind::Expired => {
+                            let left = expires - validated;
+                            let run =
+                                Duration::try_from_secs_f64(left.as_secs_f64() / expire_fraction)
+                                    .unwrap_or(left);
+                            let fin = validated + run;
+                            Plan::Run {
+                                in_progress_at: validated,
+                                finalizing_at: fin,
+                                completed_at: fin + secs(fin_s),
+                            }
+                        }
+                        BatchOutcomeKind::Completed => {
+                            let fin = validated + secs(ip_s);
+                            Plan::Run {
+                                in_progress_at: validated,
+                                finalizing_at: fin,
+                                completed_at: fin + secs(fin_s),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut failed_lines = Vec::new();
+        if cfg.line_failure_rate > 0.0 && matches!(plan, Plan::Run { .. }) {
+            for i in 0..lines.len() {
+                if rng.random::<f64>() < cfg.line_failure_rate {
+                    failed_lines.push(i as u32);
+                }
+            }
+        }
+        let id = self.fresh_batch_id();
+        let output_file_id = self.fresh_file_id();
+        let error_file_id = self.fresh_file_id();
+        let state = BatchState {
+            id: id.clone(),
+            org,
+            endpoint: CHAT_ENDPOINT.to_owned(),
+            input_file_id: if input_file_id.is_empty() {
+                format!(
+                    "file-{}",
+                    ids::alnum(ids::mix(self.seed, ids::ns::FILE, !(idx as u64)), 22)
+                )
+            } else {
+                input_file_id
+            },
+            model,
+            lines,
+            failed_lines,
+            errors,
+            created,
+            expires,
+            plan,
+            cancel: None,
+            queued_tokens,
+            released: queued_tokens == 0,
+            output_file_id,
+            error_file_id,
+            files_registered: false,
+            final_usage: None,
+        };
+        let end = state.end_time();
+        if let Some(o) = self.orgs.get_mut(org.0 as usize) {
+            if queued_tokens > 0 {
+                o.ending.push(Reverse((end, idx)));
+            }
+            o.batches.push(idx);
+        }
+        self.batches.push(state);
+        self.batch_by_id.insert(id, idx);
+        Ok(idx)
+    }
+
+    fn fresh_batch_id(&mut self) -> String {
+        let mut k = self.batches.len() as u64;
+        loop {
+            let id = format!(
+                "batch_{}",
+                ids::hex(ids::mix(self.seed, ids::ns::BATCH, k), 32)
+            );
+            // A collision of 128 random bits is practically impossible; the bound only
+            // guarantees termination.
+            if !self.batch_by_id.contains_key(&id) || k > self.batches.len() as u64 + 64 {
+                return id;
+            }
+            k += 1 << 32;
+        }
+    }
+
+    /// Finds `id` among `org`'s batches.
+    pub(crate) fn find_batch(&self, org: OrgId, id: &str) -> Result<usize, ApiError> {
+        match self.batch_by_id.get(id) {
+            Some(&idx) if self.batches.get(idx).is_some_and(|b| b.org == org) => Ok(idx),
+            _ => Err(ApiError::no_such_object("Batch", id)),
+        }
+    }
+
+    /// `GET /v1/batches/{id}`.
+    pub fn retrieve_batch(&mut self, now: Time, org: OrgId, id: &str) -> Result<Batch, ApiError> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let idx = self.find_batch(org, id)?;
+        Ok(self.batch_view(now, idx))
+    }
+
+    /// When the batch's status next changes after `now`, if it still will (lets the
+    /// simulator schedule a wake-up instead of polling).
+    pub fn next_batch_transition(&self, now: Time, org: OrgId, id: &str) -> Option<Time> {
+        let b = &self.batches[self.find_batch(org, id).ok()?];
+        let mut points = vec![b.expires, b.end_time()];
+        match b.plan {
+            Plan::Fail { at } => points.push(at),
+            Plan::Run {
+                in_progress_at,
+                finalizing_at,
+                completed_at,
+            } => points.extend([in_progress_at, finalizing_at, completed_at]),
+        }
+        if let Some((c, cd)) = b.cancel {
+            points.extend([c, cd]);
+        }
+        let end = b.end_time();
+        points.into_iter().filter(|t| *t > now && *t <= end).min()
+    }
+
+    /// `POST /v1/batches/{id}/cancel`: from `validating` or `in_progress` → `cancelling`;
+    /// `cancelling` again → unchanged; any other status → 409.
+    pub fn cancel_batch(&mut self, now: Time, org: OrgId, id: &str) -> Result<Batch, ApiError> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let idx = self.find_batch(org, id)?;
+        let status = self.batches[idx].status(now);
+        match status {
+            BatchStatus::Validating | BatchStatus::InProgress => {
+                let delay = Duration::from_millis(
+                    self.rng_batch
+                        .random_range(0..=self.config.batch.cancel_delay_s.saturating_mul(1000)),
+                );
+                let b = &mut self.batches[idx];
+                b.cancel = Some((now, now + delay));
+                // A doomed batch no longer fails later: cancellation takes over.
+                let end = b.end_time();
+                if !b.released {
+                    if let Some(o) = self.orgs.get_mut(org.0 as usize) {
+                        o.ending.push(Reverse((end, idx)));
+                    }
+                }
+                self.release_ended(now, org);
+                Ok(self.batch_view(now, idx))
+            }
+            BatchStatus::Cancelling => Ok(self.batch_view(now, idx)),
+            other => Err(ApiError::cannot_cancel(other.as_str())),
+        }
+    }
+
+    /// `GET /v1/batches?after=&limit=`: newest first; `limit` is clamped to 1..=100 (default
+    /// 20); an unknown `after` gives an empty page.
+    pub fn list_batches(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> BatchList {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let limit = limit.unwrap_or(20).clamp(1, 100) as usize;
+        let all: Vec<usize> = self
+            .orgs
+            .get(org.0 as usize)
+            .map(|o| o.batches.iter().rev().copied().collect())
+            .unwrap_or_default();
+        let start = match after {
+            None => 0,
+            Some(a) => match all.iter().position(|&i| self.batches[i].id == a) {
+                Some(p) => p + 1,
+                None => all.len(),
+            },
+        };
+        let page: Vec<usize> = all.iter().skip(start).take(limit).copied().collect();
+        let has_more = start + page.len() < all.len();
+        let data: Vec<Batch> = page.into_iter().map(|i| self.batch_view(now, i)).collect();
+        BatchList {
+            object: "list",
+            first_id: data.first().map(|b| b.id.clone()),
+            last_id: data.last().map(|b| b.id.clone()),
+            has_more,
+            data,
+        }
+    }
+
+    /// The structured results of an ended batch (`None` while it runs or if unknown).
+    pub fn batch_results(&mut self, now: Time, org: OrgId, id: &str) -> Option<BatchResults> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let idx = self.find_batch(org, id).ok()?;
+        let b = &self.batches[idx];
+        let status = b.status(now);
+        if !status.is_terminal() {
+            return None;
+        }
+        if status == BatchStatus::Failed {
+            return Some(BatchResults {
+                status,
+                lines: Vec::new(),
+            });
+        }
+        let done = b.done(now);
+        let lines = b
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LineResult {
+                custom_id: l.custom_id.clone(),
+                outcome: b.line_outcome(i, done, status, || crate::tags::tags_json(&l.image_url)),
+            })
+            .collect();
+        Some(BatchResults { status, lines })
+    }
+
+    /// The batch object at `now`; registers result files once it has ended.
+    pub(crate) fn batch_view(&mut self, now: Time, idx: usize) -> Batch {
+        let status = self.batches[idx].status(now);
+        let counts = self.batches[idx].counts(now);
+        if status.is_terminal()
+            && status != BatchStatus::Failed
+            && !self.batches[idx].files_registered
+        {
+            self.register_result_files(idx, counts);
+        }
+        let usage = if status.is_terminal() {
+            let b = &mut self.batches[idx];
+            let done = b.done(now);
+            let u = match b.final_usage {
+                Some(u) => u,
+                None => {
+                    let u = b.usage_of_successes(done);
+                    b.final_usage = Some(u);
+                    u
+                }
+            };
+            BatchUsage {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                total_tokens: u.total(),
+                ..BatchUsage::default()
+            }
+        } else {
+            BatchUsage::default()
+        };
+        let epoch = self.config.epoch_unix_s;
+        let unix = move |t: Time| epoch.saturating_add(t.as_nanos() / 1_000_000_000);
+        let b = &self.batches[idx];
+        let reached = |t: Time| (now >= t).then(|| unix(t));
+        let (
+            mut in_progress_at,
+            mut finalizing_at,
+            mut completed_at,
+            mut failed_at,
+            mut expired_at,
+        ) = (None, None, None, None, None);
+        match b.plan {
+            Plan::Fail { at } => {
+                if b.cancel.is_none_or(|(c, _)| c >= at) {
+                    failed_at = reached(at);
+                }
+            }
+            Plan::Run {
+                in_progress_at: ip,
+                finalizing_at: fin,
+                completed_at: done,
+            } => {
+                let stop = b.cancel.map_or(Time::MAX, |(c, _)| c);
+                in_progress_at = if ip < stop { reached(ip) } else { None };
+                if fin > b.expires {
+                    if b.expires < stop {
+                        expired_at = reached(b.expires);
+                    }
+                } else if fin < stop {
+                    finalizing_at = reached(fin);
+                    completed_at = if done < stop { reached(done) } else { None };
+                }
+            }
+        }
+        let ended_with_results = matches!(
+            status,
+            BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
+        );
+        Batch {
+            id: b.id.clone(),
+            object: "batch",
+            endpoint: b.endpoint.clone(),
+            model: b.model.as_str().to_owned(),
+            errors: (!b.errors.is_empty()).then(|| BatchErrors {
+                object: "list",
+                data: b.errors.clone(),
+            }),
+            input_file_id: b.input_file_id.clone(),
+            completion_window: "24h".to_owned(),
+            status,
+            output_file_id: (ended_with_results && counts.completed > 0)
+                .then(|| b.output_file_id.clone()),
+            error_file_id: (ended_with_results && counts.failed > 0)
+                .then(|| b.error_file_id.clone()),
+            created_at: unix(b.created),
+            in_progress_at,
+            expires_at: Some(unix(b.expires)),
+            finalizing_at,
+            completed_at,
+            failed_at,
+            expired_at,
+            cancelling_at: b.cancel.and_then(|(c, _)| reached(c)),
+            cancelled_at: b.cancel.and_then(|(_, cd)| reached(cd)),
+            request_counts: counts,
+            usage,
+            metadata: None,
+        }
+    }
+}
+
+/// `2000000` → `2,000,000`, as the queue-limit message prints it (facts §5).
+pub fn thousands(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,433 @@
+//! The Files API and the file path into batches: uploads, retrieval, deletion, batch creation
+//! from an uploaded JSONL file, and output/error files rendered as real JSONL on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tagstorm_core::Time;
+
+use crate::batch::{
+    Batch, BatchLine, BatchStatus, CHAT_ENDPOINT, Doom, LineOutcome, RequestCounts,
+};
+use crate::error::ApiError;
+use crate::ids;
+use crate::jsonl::{self, InputLimits};
+use crate::org::OrgId;
+use crate::upstream::Upstream;
+
+/// Largest upload, in bytes (facts §4: 512 MB).
+pub const MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+/// How long batch input and output files live, in seconds (facts §4: 30 days).
+const BATCH_FILE_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Purposes an upload may carry (facts §4).
+const UPLOAD_PURPOSES: [&str; 6] = [
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+];
+
+/// The file object (facts §4, `OpenAIFile`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileObject {
+    /// `file-` + 22 alphanumerics.
+    pub id: String,
+    /// Always `file`.
+    pub object: &'static str,
+    /// Size, in bytes.
+    pub bytes: u64,
+    /// Upload (or result) time, Unix seconds.
+    pub created_at: u64,
+    /// Expiry, Unix seconds (30 days after creation for batch files).
+    pub expires_at: Option<u64>,
+    /// The name given at upload (`batch_…_output.jsonl` for results).
+    pub filename: String,
+    /// `batch`, `batch_output`, …
+    pub purpose: String,
+    /// Always `processed` (deprecated field, still required).
+    pub status: &'static str,
+    /// Always null.
+    pub status_details: Option<String>,
+}
+
+/// `DELETE /v1/files/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileDeleted {
+    /// The deleted file.
+    pub id: String,
+    /// Always `file`.
+    pub object: &'static str,
+    /// Always true.
+    pub deleted: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum Content {
+    Uploaded(Vec<u8>),
+    Output(usize),
+    Errors(usize),
+}
+
+#[derive(Debug)]
+pub(crate) struct StoredFile {
+    pub org: OrgId,
+    pub id: String,
+    pub filename: String,
+    pub purpose: String,
+    pub created: Time,
+    pub content: Content,
+    /// Rendered result files, cached after the first request.
+    pub rendered: Option<Vec<u8>>,
+    pub deleted: bool,
+}
+
+impl Upstream {
+    pub(crate) fn fresh_file_id(&mut self) -> String {
+        let mut k = self.files.len() as u64 + (self.batches.len() as u64) * 2;
+        for _ in 0..64 {
+            let id = format!(
+                "file-{}",
+                ids::alnum(ids::mix(self.seed, ids::ns::FILE, k), 22)
+            );
+            if !self.file_by_id.contains_key(&id) {
+                self.file_by_id.insert(id.clone(), usize::MAX);
+                return id;
+            }
+            k = k.wrapping_add(1 << 40);
+        }
+        // 131 bits of randomness collided 64 times: give up gracefully with a counter id.
+        format!("file-{:022}", self.files.len())
+    }
+
+    fn store_file(&mut self, file: StoredFile) -> usize {
+        let idx = self.files.len();
+        self.file_by_id.insert(file.id.clone(), idx);
+        self.files.push(file);
+        idx
+    }
+
+    fn find_file(&self, org: OrgId, id: &str) -> Result<usize, ApiError> {
+        match self.file_by_id.get(id) {
+            Some(&idx)
+                if self
+                    .files
+                    .get(idx)
+                    .is_some_and(|f| f.org == org && !f.deleted) =>
+            {
+                Ok(idx)
+            }
+            _ => Err(ApiError::no_such_object("File", id)),
+        }
+    }
+
+    /// `POST /v1/files`. Malformed JSONL is accepted here and fails at batch validation
+    /// (facts §4).
+    pub fn upload_file(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        filename: &str,
+        purpose: &str,
+        bytes: Vec<u8>,
+    ) -> Result<FileObject, ApiError> {
+        let now = self.advance(now);
+        if self.orgs.get(org.0 as usize).is_none() {
+            return Err(ApiError::invalid_api_key("sk-****"));
+        }
+        if !UPLOAD_PURPOSES.contains(&purpose) {
+            return Err(ApiError::invalid_value(
+                "purpose",
+                &format!("'{purpose}' is not one of {UPLOAD_PURPOSES:?}."),
+            ));
+        }
+        if purpose == "batch" && !filename.ends_with(".jsonl") {
+            return Err(ApiError::invalid_batch_file_format());
+        }
+        if bytes.len() as u64 > MAX_UPLOAD_BYTES {
+            return Err(ApiError::invalid_value(
+                "file",
+                "files may be at most 512 MB.",
+            ));
+        }
+        let id = self.fresh_file_id();
+        let idx = self.store_file(StoredFile {
+            org,
+            id,
+            filename: filename.to_owned(),
+            purpose: purpose.to_owned(),
+            created: now,
+            content: Content::Uploaded(bytes),
+            rendered: None,
+            deleted: false,
+        });
+        Ok(self.file_view(idx))
+    }
+
+    /// `GET /v1/files/{id}`.
+    pub fn retrieve_file(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        id: &str,
+    ) -> Result<FileObject, ApiError> {
+        self.advance(now);
+        let idx = self.find_file(org, id)?;
+        Ok(self.file_view(idx))
+    }
+
+    /// `DELETE /v1/files/{id}`.
+    pub fn delete_file(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        id: &str,
+    ) -> Result<FileDeleted, ApiError> {
+        self.advance(now);
+        let idx = self.find_file(org, id)?;
+        let f = &mut self.files[idx];
+        f.deleted = true;
+        f.rendered = None;
+        if let Content::Uploaded(bytes) = &mut f.content {
+            *bytes = Vec::new();
+        }
+        Ok(FileDeleted {
+            id: id.to_owned(),
+            object: "file",
+            deleted: true,
+        })
+    }
+
+    /// `GET /v1/files/{id}/content`: the uploaded bytes, or the rendered JSONL of a batch
+    /// output or error file.
+    pub fn file_content(&mut self, now: Time, org: OrgId, id: &str) -> Result<&[u8], ApiError> {
+        self.advance(now);
+        let idx = self.find_file(org, id)?;
+        self.ensure_rendered(idx);
+        let f = &self.files[idx];
+        Ok(match (&f.content, &f.rendered) {
+            (Content::Uploaded(bytes), _) => bytes.as_slice(),
+            (_, Some(r)) => r.as_slice(),
+            (_, None) => &[],
+        })
+    }
+
+    fn file_view(&mut self, idx: usize) -> FileObject {
+        self.ensure_rendered(idx);
+        let epoch = self.config.epoch_unix_s;
+        let unix = |t: Time| epoch.saturating_add(t.as_nanos() / 1_000_000_000);
+        let f = &self.files[idx];
+        let bytes = match (&f.content, &f.rendered) {
+            (Content::Uploaded(b), _) => b.len(),
+            (_, Some(r)) => r.len(),
+            (_, None) => 0,
+        } as u64;
+        FileObject {
+            id: f.id.clone(),
+            object: "file",
+            bytes,
+            created_at: unix(f.created),
+            expires_at: f
+                .purpose
+                .starts_with("batch")
+                .then(|| unix(f.created + BATCH_FILE_TTL)),
+            filename: f.filename.clone(),
+            purpose: f.purpose.clone(),
+            status: "processed",
+            status_details: None,
+        }
+    }
+
+    /// Registers the output and error files of an ended batch.
+    pub(crate) fn register_result_files(&mut self, idx: usize, counts: RequestCounts) {
+        let b = &mut self.batches[idx];
+        b.files_registered = true;
+        let (org, end, bid) = (b.org, b.end_time(), b.id.clone());
+        let (out_id, err_id) = (b.output_file_id.clone(), b.error_file_id.clone());
+        if counts.completed > 0 {
+            self.store_file(StoredFile {
+                org,
+                id: out_id,
+                filename: format!("{bid}_output.jsonl"),
+                purpose: "batch_output".to_owned(),
+                created: end,
+                content: Content::Output(idx),
+                rendered: None,
+                deleted: false,
+            });
+        }
+        if counts.failed > 0 {
+            self.store_file(StoredFile {
+                org,
+                id: err_id,
+                filename: format!("{bid}_error.jsonl"),
+                purpose: "batch_output".to_owned(),
+                created: end,
+                content: Content::Errors(idx),
+                rendered: None,
+                deleted: false,
+            });
+        }
+    }
+
+    fn ensure_rendered(&mut self, idx: usize) {
+        let (batch_idx, want_ok) = match self.files[idx].content {
+            Content::Uploaded(_) => return,
+            Content::Output(b) => (b, true),
+            Content::Errors(b) => (b, false),
+        };
+        if self.files[idx].rendered.is_some() || self.files[idx].deleted {
+            return;
+        }
+        let text = self.render_results(batch_idx, want_ok);
+        self.files[idx].rendered = Some(text.into_bytes());
+    }
+
+    /// Renders the output (`want_ok`) or error file of an ended batch.
+    fn render_results(&self, idx: usize, want_ok: bool) -> String {
+        let b = &self.batches[idx];
+        let end = b.end_time();
+        let status = b.status(end);
+        let done = b.done(end);
+        let base = ids::mix(self.seed, ids::ns::BATCH_REQ, idx as u64);
+        let mut out = String::new();
+        for (i, line) in b.lines.iter().enumerate() {
+            let outcome =
+                b.line_outcome(i, done, status, || crate::tags::tags_json(&line.image_url));
+            let is_ok = matches!(outcome, LineOutcome::Ok { .. });
+            if is_ok != want_ok {
+                continue;
+            }
+            let k = base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let req_id = format!(
+                "batch_req_{}",
+                ids::hex(ids::mix(k, ids::ns::BATCH_REQ, 0), 32)
+            );
+            let request_id = format!("req_{}", ids::hex(ids::mix(k, ids::ns::REQUEST, 0), 32));
+            let text = match outcome {
+                LineOutcome::Ok { usage, content } => {
+                    let completion = format!(
+                        "chatcmpl-{}",
+                        ids::alnum(ids::mix(k, ids::ns::COMPLETION, 0), 29)
+                    );
+                    let created = self.unix_s(b.line_time(i as u64));
+                    let body = jsonl::chat_completion_json(
+                        &completion,
+                        created,
+                        b.model,
+                        &content,
+                        "stop",
+                        usage,
+                    );
+                    jsonl::output_line(&req_id, &line.custom_id, &request_id, body)
+                }
+                LineOutcome::Err {
+                    status: Some(code), ..
+                } => jsonl::http_error_line(
+                    &req_id,
+                    &line.custom_id,
+                    &request_id,
+                    code,
+                    &ApiError::server_error(),
+                ),
+                LineOutcome::Err {
+                    status: None,
+                    code,
+                    message,
+                } => jsonl::not_run_line(&req_id, &line.custom_id, code, message),
+            };
+            out.push_str(&text);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `POST /v1/batches`: creates a batch from an uploaded `purpose=batch` JSONL file. Request
+    /// problems (bad window or endpoint, unknown file) are 4xx; content problems make the
+    /// created batch fail validation (facts §5).
+    pub fn create_batch(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        input_file_id: &str,
+        endpoint: &str,
+        completion_window: &str,
+    ) -> Result<Batch, ApiError> {
+        let now = self.advance(now);
+        let org_model = self
+            .org_limits(org)
+            .map(|l| l.model)
+            .ok_or_else(|| ApiError::invalid_api_key("sk-****"))?;
+        if input_file_id.is_empty() {
+            return Err(ApiError::missing_parameter("input_file_id"));
+        }
+        if endpoint.is_empty() {
+            return Err(ApiError::missing_parameter("endpoint"));
+        }
+        if completion_window != "24h" {
+            return Err(ApiError::invalid_value(
+                "completion_window",
+                "only '24h' is supported.",
+            ));
+        }
+        if endpoint != CHAT_ENDPOINT {
+            return Err(ApiError::invalid_value(
+                "endpoint",
+                "the model serves only '/v1/chat/completions'.",
+            ));
+        }
+        let fidx = self.find_file(org, input_file_id)?;
+        if self.files[fidx].purpose != "batch" {
+            return Err(ApiError::invalid_value(
+                "input_file_id",
+                "the file's purpose must be 'batch'.",
+            ));
+        }
+        let limits = InputLimits {
+            max_requests: self.config.batch.max_requests,
+            max_bytes: self.config.batch.max_file_bytes,
+        };
+        let parsed = match &self.files[fidx].content {
+            Content::Uploaded(bytes) => jsonl::parse_batch_input(bytes, endpoint, limits),
+            _ => Err(vec![]),
+        };
+        let (model, lines, doom) = match parsed {
+            Ok(reqs) => {
+                let model = reqs.first().map_or(org_model, |r| r.model);
+                let lines = reqs
+                    .into_iter()
+                    .map(|r| {
+                        let (usage, _, _) = self.answer(
+                            r.model,
+                            r.max_tokens,
+                            r.text_chars,
+                            &r.images,
+                            &r.image_url,
+                        );
+                        BatchLine {
+                            charge_tokens: self.input_estimate(r.model, r.text_chars, &r.images),
+                            custom_id: r.custom_id,
+                            image_url: Arc::from(r.image_url),
+                            usage,
+                        }
+                    })
+                    .collect();
+                (model, lines, Doom::None)
+            }
+            Err(errors) => (org_model, Vec::new(), Doom::Invalid(errors)),
+        };
+        let idx =
+            self.create_batch_state(now, org, model, input_file_id.to_owned(), lines, doom)?;
+        Ok(self.batch_view(now, idx))
+    }
+}
+
+/// Whether a status has result files.
+pub fn has_results(status: BatchStatus) -> bool {
+    matches!(
+        status,
+        BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
+    )
+}

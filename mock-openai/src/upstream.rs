@@ -1,0 +1,143 @@
+//! [`Upstream`]: the whole modelled OpenAI service — organizations, realtime limits, batches
+//! and files — advanced lazily by the `now` each call passes in.
+
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+use tagstorm_core::Time;
+use tagstorm_core::account::AccountLimits;
+
+use crate::batch::BatchState;
+use crate::config::{AccountConfig, ConfigError, UpstreamConfig};
+use crate::files::StoredFile;
+use crate::ids;
+use crate::org::{Org, OrgId};
+
+/// Most organizations one model holds.
+pub const MAX_ORGS: usize = 1 << 16;
+
+/// The modelled OpenAI service. Sans-IO: every call takes `now`, nothing reads a clock, and
+/// all randomness comes from the seed given to [`Upstream::new`].
+///
+/// `now` should not go backwards between calls; an earlier `now` is treated as the latest one
+/// seen, so limits and batch states never run backwards either.
+#[derive(Debug)]
+pub struct Upstream {
+    pub(crate) config: UpstreamConfig,
+    pub(crate) seed: u64,
+    pub(crate) orgs: Vec<Org>,
+    pub(crate) batches: Vec<BatchState>,
+    pub(crate) batch_by_id: HashMap<String, usize>,
+    pub(crate) files: Vec<StoredFile>,
+    pub(crate) file_by_id: HashMap<String, usize>,
+    /// Realtime latencies and faults.
+    pub(crate) rng_chat: Pcg64,
+    /// Cancellation delays (batch timelines use one generator per batch).
+    pub(crate) rng_batch: Pcg64,
+    pub(crate) last_now: Time,
+}
+
+/// Seeds one named random stream, so streams are independent of each other's use.
+pub(crate) fn stream(seed: u64, name: u64) -> Pcg64 {
+    Pcg64::seed_from_u64(ids::mix(seed, 0x5eed_0000 + name, 0))
+}
+
+impl Upstream {
+    /// A model with no organizations yet; `config` is validated first.
+    pub fn new(config: UpstreamConfig, seed: u64) -> Result<Upstream, ConfigError> {
+        config.validate()?;
+        Ok(Upstream {
+            config,
+            seed,
+            orgs: Vec::new(),
+            batches: Vec::new(),
+            batch_by_id: HashMap::new(),
+            files: Vec::new(),
+            file_by_id: HashMap::new(),
+            rng_chat: stream(seed, 1),
+            rng_batch: stream(seed, 2),
+            last_now: Time::ZERO,
+        })
+    }
+
+    /// Adds an organization with the limits `account` resolves to.
+    pub fn add_org(&mut self, account: &AccountConfig) -> Result<OrgId, ConfigError> {
+        let limits = account.resolve()?;
+        self.add_org_with_limits(limits)
+    }
+
+    /// Adds an organization with explicit limits.
+    pub fn add_org_with_limits(&mut self, limits: AccountLimits) -> Result<OrgId, ConfigError> {
+        if self.orgs.len() >= MAX_ORGS {
+            return Err(ConfigError::invalid(
+                "account",
+                format!("at most {MAX_ORGS} organizations"),
+            ));
+        }
+        let index = u32::try_from(self.orgs.len()).unwrap_or(u32::MAX);
+        let name = format!(
+            "org-{}",
+            ids::alnum(ids::mix(self.seed, ids::ns::ORG, u64::from(index)), 24)
+        );
+        self.orgs.push(Org::new(name, limits));
+        Ok(OrgId(index))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// The organization's name (`org-…`), as 429 messages show it.
+    pub fn org_name(&self, org: OrgId) -> Option<&str> {
+        self.orgs.get(org.0 as usize).map(|o| o.name.as_str())
+    }
+
+    /// The organization's resolved limits.
+    pub fn org_limits(&self, org: OrgId) -> Option<&AccountLimits> {
+        self.orgs.get(org.0 as usize).map(|o| &o.limits)
+    }
+
+    /// Batch input tokens the organization has enqueued at `now`.
+    pub fn enqueued_tokens(&mut self, now: Time, org: OrgId) -> Option<u64> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        self.orgs.get(org.0 as usize).map(|o| o.queue.enqueued())
+    }
+
+    /// Unix seconds of `t` (facts §5 timestamps): `epoch_unix_s` plus whole seconds since
+    /// `Time::ZERO`.
+    pub fn unix_s(&self, t: Time) -> u64 {
+        self.config
+            .epoch_unix_s
+            .saturating_add(t.as_nanos() / 1_000_000_000)
+    }
+
+    /// Clamps `now` so it never goes backwards.
+    pub(crate) fn advance(&mut self, now: Time) -> Time {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
+    }
+
+    /// Releases the queue tokens of the organization's batches that ended by `now`.
+    pub(crate) fn release_ended(&mut self, now: Time, org: OrgId) {
+        let Some(o) = self.orgs.get_mut(org.0 as usize) else {
+            return;
+        };
+        while let Some(&std::cmp::Reverse((end, idx))) = o.ending.peek() {
+            if end > now {
+                break;
+            }
+            o.ending.pop();
+            if let Some(b) = self.batches.get_mut(idx) {
+                if !b.released && b.end_time() == end {
+                    b.released = true;
+                    o.queue.release(b.queued_tokens);
+                }
+            }
+        }
+    }
+}
