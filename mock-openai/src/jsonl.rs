@@ -93,11 +93,24 @@ pub fn image_spec_from_url(url: &str, detail: Detail) -> ImageSpec {
     }
 }
 
-/// Reads the parts of a chat-completions body the model needs; `Err((param, message))`
-/// when the body lacks them.
-pub fn read_chat_body(
-    body: &Value,
-) -> Result<(Model, u32, u64, Vec<ImageSpec>, String), (String, String)> {
+/// The parts of a chat-completions body the model needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatBody {
+    /// The body's model.
+    pub model: Model,
+    /// `max_tokens` (or `max_completion_tokens`), capped at [`MAX_OUTPUT_TOKENS`]; 0 when absent.
+    pub max_tokens: u32,
+    /// Characters of text content in the messages.
+    pub text_chars: u64,
+    /// Every image in the messages.
+    pub images: Vec<ImageSpec>,
+    /// The first image's URL; empty if none.
+    pub image_url: String,
+}
+
+/// Reads a chat-completions body (realtime or a batch line); `Err((param, message))` when it
+/// lacks what the model needs. An unknown model's message is the 404 `model_not_found` text.
+pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
     let model_name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
         (
             "model".to_owned(),

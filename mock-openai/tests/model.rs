@@ -1,0 +1,568 @@
+//! End-to-end tests of the behaviour model: realtime limits and faults, every batch path, the
+//! enqueued-token queue over time, the file path, and determinism.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock_openai::Upstream;
+use mock_openai::batch::{BatchLine, BatchStatus, LineOutcome};
+use mock_openai::chat::{ChatOutcome, ChatRequest};
+use mock_openai::config::{AccountConfig, UpstreamConfig};
+use mock_openai::error::LimitDimension;
+use mock_openai::fault::{BatchOutcomeKind, FaultKind, ScriptedFault};
+use mock_openai::org::OrgId;
+use mock_openai::tags;
+use tagstorm_core::Time;
+use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
+
+const LOW: [ImageSpec; 1] = [ImageSpec {
+    width_px: 1024,
+    height_px: 768,
+    detail: Detail::Low,
+}];
+
+fn upstream(cfg: UpstreamConfig, account: AccountConfig) -> (Upstream, OrgId) {
+    let mut up = Upstream::new(cfg, 42).unwrap();
+    let org = up.add_org(&account).unwrap();
+    (up, org)
+}
+
+fn tier1() -> AccountConfig {
+    AccountConfig::tier(Model::Gpt4oMini, 1)
+}
+
+fn req(url: &str) -> ChatRequest<'_> {
+    ChatRequest {
+        model: Model::Gpt4oMini,
+        max_tokens: 300,
+        text_chars: 40,
+        images: &LOW,
+        image_url: url,
+    }
+}
+
+#[test]
+fn rpm_exceeded_gives_requests_429_with_bucket_retry_after() {
+    let account = AccountConfig {
+        rpm: Some(3),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    for _ in 0..3 {
+        assert!(matches!(
+            up.chat(Time::ZERO, org, &req("u")),
+            ChatOutcome::Ok(_)
+        ));
+    }
+    let ChatOutcome::RateLimited(r) = up.chat(Time::ZERO, org, &req("u")) else {
+        panic!("expected 429")
+    };
+    assert_eq!(
+        (r.dimension, r.limit, r.used, r.requested),
+        (LimitDimension::Requests, 3, 3, 1)
+    );
+    assert_eq!(r.retry_after, Duration::from_secs(20));
+    let name = up.org_name(org).unwrap().to_owned();
+    let body = ChatOutcome::RateLimited(r)
+        .api_error(Model::Gpt4oMini, &name, "req_1")
+        .unwrap();
+    assert_eq!(
+        body.message,
+        format!(
+            "Rate limit reached for gpt-4o-mini in organization {name} on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+    );
+    // A 429 consumes nothing: retrying at the announced time is admitted.
+    assert!(matches!(
+        up.chat(Time::from_secs(20), org, &req("u")),
+        ChatOutcome::Ok(_)
+    ));
+}
+
+#[test]
+fn tpm_exceeded_gives_tokens_429() {
+    // Each request charges max(10 + 2833, 300) = 2843 tokens; TPM 6000 admits two.
+    let account = AccountConfig {
+        tpm: Some(6_000),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    assert_eq!(up.charge(&req("u")).tokens, 2_843);
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &req("u")),
+        ChatOutcome::Ok(_)
+    ));
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &req("u")),
+        ChatOutcome::Ok(_)
+    ));
+    let ChatOutcome::RateLimited(r) = up.chat(Time::ZERO, org, &req("u")) else {
+        panic!("expected 429")
+    };
+    assert_eq!(
+        (r.dimension, r.limit, r.used, r.requested),
+        (LimitDimension::Tokens, 6_000, 5_686, 2_843)
+    );
+    // 2843 - 314 free tokens refill at 100 tokens/s: 25.29 s.
+    assert_eq!(r.retry_after.as_millis(), 25_290);
+    assert!(matches!(
+        up.chat(Time::ZERO + r.retry_after, org, &req("u")),
+        ChatOutcome::Ok(_)
+    ));
+}
+
+#[test]
+fn request_larger_than_tpm_is_too_large() {
+    let account = AccountConfig {
+        tpm: Some(1_000),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    let out = up.chat(Time::ZERO, org, &req("u"));
+    assert_eq!(
+        out,
+        ChatOutcome::RequestTooLarge {
+            limit: 1_000,
+            requested: 2_843
+        }
+    );
+    let body = out.api_error(Model::Gpt4oMini, "org-X", "r").unwrap();
+    assert!(body.message.starts_with("Request too large for gpt-4o-mini in organization org-X on tokens per min (TPM): Limit 1000, Requested 2843."));
+}
+
+#[test]
+fn failed_requests_count_and_scripts_apply_in_order() {
+    let cfg = UpstreamConfig {
+        faults: vec![ScriptedFault {
+            after: 0,
+            outcome: None,
+            times: None,
+            sequence: vec![
+                FaultKind::ServerError,
+                FaultKind::RateLimited,
+                FaultKind::Overloaded,
+                FaultKind::Timeout,
+                FaultKind::Ok,
+            ],
+        }],
+        ..UpstreamConfig::default()
+    };
+    let (mut up, org) = upstream(
+        cfg,
+        AccountConfig {
+            rpm: Some(10),
+            ..tier1()
+        },
+    );
+    let statuses: Vec<Option<u16>> = (0..5)
+        .map(|_| up.chat(Time::ZERO, org, &req("u")).status())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![Some(500), Some(429), Some(503), None, Some(200)]
+    );
+    // 500, 503, timeout and ok were charged (4 of 10); the scripted 429 was not.
+    let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &req("u")) else {
+        panic!()
+    };
+    assert_eq!(ok.headers.remaining_requests, 5);
+}
+
+#[test]
+fn ok_carries_tags_usage_and_headers() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &req("https://img/1.jpg")) else {
+        panic!()
+    };
+    assert!(tags::content_matches("https://img/1.jpg", &ok.content));
+    assert_eq!(ok.usage.input_tokens, 10 + 2_833);
+    assert!(ok.usage.output_tokens > 0 && ok.usage.output_tokens <= 300);
+    assert!(ok.latency >= Duration::from_secs(1));
+    assert_eq!(ok.headers.limit_requests, 500);
+    assert_eq!(ok.headers.remaining_requests, 499);
+    assert_eq!(ok.headers.remaining_tokens, 200_000 - 2_843);
+    assert_eq!(ok.headers.reset_requests, Duration::from_millis(120));
+}
+
+fn lines(n: usize, tokens: u64) -> Vec<BatchLine> {
+    (0..n)
+        .map(|i| BatchLine {
+            custom_id: format!("img-{i}"),
+            image_url: Arc::from(format!("https://img/{i}.jpg")),
+            charge_tokens: tokens,
+            usage: Usage {
+                input_tokens: tokens,
+                output_tokens: 12,
+            },
+        })
+        .collect()
+}
+
+fn at_s(s: u64) -> Time {
+    Time::from_secs(s)
+}
+
+#[test]
+fn batch_completes_through_every_status() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(300, 2_900)).unwrap();
+    assert_eq!(b.status, BatchStatus::Validating);
+    assert!(b.id.starts_with("batch_") && b.id.len() == 38);
+    assert_eq!(b.expires_at, Some(b.created_at + 86_400));
+    let mut seen = vec![b.status];
+    let mut last_completed = 0;
+    let mut t = 0;
+    while t < 86_400 * 2 {
+        let v = up.retrieve_batch(at_s(t), org, &b.id).unwrap();
+        assert!(v.request_counts.completed >= last_completed);
+        last_completed = v.request_counts.completed;
+        if seen.last() != Some(&v.status) {
+            seen.push(v.status);
+        }
+        if v.status.is_terminal() {
+            break;
+        }
+        t += 5;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            BatchStatus::Validating,
+            BatchStatus::InProgress,
+            BatchStatus::Finalizing,
+            BatchStatus::Completed
+        ]
+    );
+    let v = up.retrieve_batch(at_s(t), org, &b.id).unwrap();
+    assert_eq!(
+        (
+            v.request_counts.total,
+            v.request_counts.completed,
+            v.request_counts.failed
+        ),
+        (300, 300, 0)
+    );
+    assert!(v.output_file_id.is_some() && v.error_file_id.is_none());
+    assert_eq!(v.usage.input_tokens, 300 * 2_900);
+    let res = up.batch_results(at_s(t), org, &b.id).unwrap();
+    assert_eq!(res.lines.len(), 300);
+    let LineOutcome::Ok { content, .. } = &res.lines[7].outcome else {
+        panic!()
+    };
+    assert!(tags::content_matches("https://img/7.jpg", content));
+}
+
+#[test]
+fn token_limit_exceeded_fails_at_validation_and_queue_releases_over_time() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    // 1.5 M of the 2 M queue.
+    let a = up.submit_batch(Time::ZERO, org, lines(500, 3_000)).unwrap();
+    assert_eq!(up.enqueued_tokens(Time::ZERO, org), Some(1_500_000));
+    let b = up.submit_batch(Time::ZERO, org, lines(200, 3_000)).unwrap();
+    let vb = up.retrieve_batch(at_s(3_600), org, &b.id).unwrap();
+    assert_eq!(vb.status, BatchStatus::Failed);
+    let err = &vb.errors.unwrap().data[0];
+    assert_eq!(err.code, "token_limit_exceeded");
+    let name = up.org_name(org).unwrap().to_owned();
+    assert_eq!(
+        err.message,
+        format!(
+            "Enqueued token limit reached for gpt-4o-mini in organization {name}. Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have been completed."
+        )
+    );
+    assert!(
+        up.batch_results(at_s(3_600), org, &b.id)
+            .unwrap()
+            .lines
+            .is_empty()
+    );
+    // Once `a` ends, its tokens leave the queue and the same batch fits.
+    let end = (0..)
+        .map(|k| at_s(k * 60))
+        .find(|t| {
+            up.retrieve_batch(*t, org, &a.id)
+                .unwrap()
+                .status
+                .is_terminal()
+        })
+        .unwrap();
+    assert_eq!(up.enqueued_tokens(end, org), Some(0));
+    let c = up.submit_batch(end, org, lines(200, 3_000)).unwrap();
+    assert_eq!(up.enqueued_tokens(end, org), Some(600_000));
+    assert_ne!(
+        up.retrieve_batch(end + Duration::from_secs(3_600), org, &c.id)
+            .unwrap()
+            .status,
+        BatchStatus::Failed
+    );
+}
+
+#[test]
+fn expired_batch_has_partial_results() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.batch_outcomes = vec![BatchOutcomeKind::Expired];
+    let (mut up, org) = upstream(cfg, tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(1_000, 100)).unwrap();
+    assert_eq!(
+        up.retrieve_batch(at_s(86_399), org, &b.id).unwrap().status,
+        BatchStatus::InProgress
+    );
+    let v = up.retrieve_batch(at_s(86_400), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Expired);
+    assert_eq!(v.expired_at, Some(v.created_at + 86_400));
+    let c = v.request_counts;
+    assert!(c.completed > 200 && c.completed < 1_000, "{c:?}");
+    assert_eq!(c.completed + c.failed, 1_000);
+    assert!(v.output_file_id.is_some() && v.error_file_id.is_some());
+    let res = up.batch_results(at_s(86_400), org, &b.id).unwrap();
+    let expired = res
+        .lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.outcome,
+                LineOutcome::Err {
+                    code: "batch_expired",
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(expired as u64, c.failed);
+    assert_eq!(up.enqueued_tokens(at_s(86_400), org), Some(0));
+}
+
+#[test]
+fn cancelled_batch_has_partial_results() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.validating = mock_openai::latency::LatencyConfig::Fixed { ms: 10_000.0 };
+    let (mut up, org) = upstream(cfg, tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(2_000, 100)).unwrap();
+    let before = up.retrieve_batch(at_s(600), org, &b.id).unwrap();
+    assert_eq!(before.status, BatchStatus::InProgress);
+    let v = up.cancel_batch(at_s(600), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Cancelling);
+    assert_eq!(
+        up.cancel_batch(at_s(601), org, &b.id).unwrap().status,
+        BatchStatus::Cancelling
+    );
+    let v = up.retrieve_batch(at_s(1_300), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Cancelled);
+    assert_eq!(v.request_counts.completed, before.request_counts.completed);
+    assert!(v.request_counts.completed > 0);
+    let res = up.batch_results(at_s(1_300), org, &b.id).unwrap();
+    assert!(res.lines.iter().any(|l| matches!(
+        l.outcome,
+        LineOutcome::Err {
+            code: "batch_cancelled",
+            ..
+        }
+    )));
+    assert_eq!(
+        up.cancel_batch(at_s(1_300), org, &b.id).unwrap_err().status,
+        409
+    );
+    assert_eq!(up.enqueued_tokens(at_s(1_300), org), Some(0));
+}
+
+#[test]
+fn line_failures_go_to_the_error_file() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.line_failure_rate = 0.1;
+    let (mut up, org) = upstream(cfg, tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(1_000, 100)).unwrap();
+    let v = up.retrieve_batch(at_s(7 * 86_400), org, &b.id).unwrap();
+    assert!(matches!(
+        v.status,
+        BatchStatus::Completed | BatchStatus::Expired
+    ));
+    assert!(
+        (50..150).contains(&v.request_counts.failed),
+        "{:?}",
+        v.request_counts
+    );
+    let err_file = up
+        .file_content(at_s(7 * 86_400), org, v.error_file_id.as_ref().unwrap())
+        .unwrap()
+        .to_vec();
+    let text = String::from_utf8(err_file).unwrap();
+    assert_eq!(text.lines().count() as u64, v.request_counts.failed);
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["response"]["status_code"], 500);
+    assert_eq!(first["response"]["body"]["error"]["type"], "server_error");
+}
+
+fn jsonl_line(id: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"gpt-4o-mini","max_tokens":60,"messages":[{{"role":"user","content":[{{"type":"text","text":"Tag this image."}},{{"type":"image_url","image_url":{{"url":"https://img/{id}.jpg","detail":"low"}}}}]}}]}}}}"#
+    )
+}
+
+#[test]
+fn file_path_end_to_end() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    assert_eq!(
+        up.upload_file(Time::ZERO, org, "in.csv", "batch", vec![])
+            .unwrap_err()
+            .message,
+        "Invalid file format for Batch API. Must be .jsonl"
+    );
+    let text = format!("{}\n{}\n", jsonl_line("a"), jsonl_line("b"));
+    let f = up
+        .upload_file(Time::ZERO, org, "in.jsonl", "batch", text.into_bytes())
+        .unwrap();
+    assert!(f.id.starts_with("file-") && f.id.len() == 27);
+    assert_eq!(f.expires_at, Some(f.created_at + 30 * 86_400));
+    let b = up
+        .create_batch(Time::ZERO, org, &f.id, "/v1/chat/completions", "24h")
+        .unwrap();
+    let v = up.retrieve_batch(at_s(86_400), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Completed);
+    let out_id = v.output_file_id.unwrap();
+    let out = String::from_utf8(
+        up.file_content(at_s(86_400), org, &out_id)
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["id"].as_str().unwrap().starts_with("batch_req_"));
+    assert_eq!(rows[0]["custom_id"], "a");
+    assert_eq!(rows[0]["response"]["status_code"], 200);
+    let body = &rows[0]["response"]["body"];
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["prompt_tokens"], 4 + 2_833);
+    assert!(tags::content_matches(
+        "https://img/a.jpg",
+        body["choices"][0]["message"]["content"].as_str().unwrap()
+    ));
+    assert_eq!(
+        up.retrieve_file(at_s(86_400), org, &out_id).unwrap().bytes as usize,
+        out.len()
+    );
+    assert!(up.delete_file(at_s(86_400), org, &out_id).unwrap().deleted);
+    assert_eq!(
+        up.file_content(at_s(86_400), org, &out_id)
+            .unwrap_err()
+            .status,
+        404
+    );
+}
+
+#[test]
+fn file_validation_failure_names_the_line() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let text = format!("{}\n{{oops\n", jsonl_line("a"));
+    let f = up
+        .upload_file(Time::ZERO, org, "in.jsonl", "batch", text.into_bytes())
+        .unwrap();
+    let b = up
+        .create_batch(Time::ZERO, org, &f.id, "/v1/chat/completions", "24h")
+        .unwrap();
+    assert_eq!(b.status, BatchStatus::Validating);
+    let v = up.retrieve_batch(at_s(120), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Failed);
+    let e = &v.errors.unwrap().data[0];
+    assert_eq!(
+        (e.code.as_str(), e.line, e.message.as_str()),
+        (
+            "invalid_json_line",
+            Some(2),
+            "This line is not parseable as valid JSON."
+        )
+    );
+    assert_eq!(
+        up.create_batch(Time::ZERO, org, &f.id, "/v1/chat/completions", "1h")
+            .unwrap_err()
+            .status,
+        400
+    );
+    assert_eq!(
+        up.create_batch(Time::ZERO, org, "file-nope", "/v1/chat/completions", "24h")
+            .unwrap_err()
+            .status,
+        404
+    );
+}
+
+#[test]
+fn list_batches_newest_first_with_pages() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let ids: Vec<String> = (0..5)
+        .map(|i| up.submit_batch(at_s(i), org, lines(1, 10)).unwrap().id)
+        .collect();
+    let page = up.list_batches(at_s(10), org, None, Some(2));
+    assert_eq!(
+        page.data.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+        vec![ids[4].clone(), ids[3].clone()]
+    );
+    assert!(page.has_more);
+    let page = up.list_batches(at_s(10), org, page.last_id.as_deref(), Some(10));
+    assert_eq!(page.data.len(), 3);
+    assert!(!page.has_more);
+}
+
+/// Runs a mixed workload and renders everything observable into one string.
+fn run(seed: u64) -> String {
+    let cfg = UpstreamConfig {
+        server_error_rate: 0.05,
+        timeout_rate: 0.02,
+        ..UpstreamConfig::default()
+    };
+    let mut up = Upstream::new(cfg, seed).unwrap();
+    let org = up.add_org(&tier1()).unwrap();
+    let mut out = String::new();
+    for i in 0..200u64 {
+        let url = format!("https://img/{i}.jpg");
+        out.push_str(&format!(
+            "{:?}\n",
+            up.chat(Time::from_millis(i * 50), org, &req(&url))
+        ));
+    }
+    let b = up.submit_batch(at_s(20), org, lines(50, 3_000)).unwrap();
+    out.push_str(&format!(
+        "{:?}\n",
+        up.retrieve_batch(at_s(3 * 86_400), org, &b.id).unwrap()
+    ));
+    out.push_str(&format!(
+        "{:?}\n",
+        up.batch_results(at_s(3 * 86_400), org, &b.id)
+    ));
+    out
+}
+
+#[test]
+fn same_seed_same_outputs() {
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
+
+#[test]
+fn a_million_images_through_the_structured_path_stay_cheap() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.line_failure_rate = 0.01;
+    let account = AccountConfig {
+        batch_queue_tokens: Some(u64::MAX / 4),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(cfg, account);
+    let mut ids = Vec::new();
+    for k in 0..20u64 {
+        ids.push(
+            up.submit_batch(at_s(k * 60), org, lines(50_000, 2_900))
+                .unwrap()
+                .id,
+        );
+    }
+    let mut total = 0;
+    for id in &ids {
+        if let Some(r) = up.batch_results(at_s(30 * 86_400), org, id) {
+            total += r.lines.len();
+        }
+    }
+    assert_eq!(total, 1_000_000);
+}
