@@ -1244,7 +1244,7 @@ impl Engine {
                 if pacing {
                     let checked = match w.limits.as_mut() {
                         Some(wl) => limit::check_all(&mut [wl, &mut self.account], now, charge),
-                        None => self.account.check(now, charge).map_err(|d| rescope(d, 1)),
+                        None => self.account.check(now, charge).map_err(|d| d.with_scope(1)),
                     };
                     match checked {
                         Ok(()) => {}
@@ -1740,31 +1740,5 @@ impl Engine {
     fn timer(&mut self, at: Time, timer: Timer) {
         self.timer_seq += 1;
         self.timers.push(Reverse((at, self.timer_seq, timer)));
-    }
-}
-
-/// Re-labels a single-scope denial with the scope index it has in a multi-scope check.
-fn rescope(d: Denied, scope: usize) -> Denied {
-    match d {
-        Denied::NotUntil {
-            earliest,
-            dimension,
-            ..
-        } => Denied::NotUntil {
-            earliest,
-            scope,
-            dimension,
-        },
-        Denied::Never {
-            requested,
-            capacity,
-            dimension,
-            ..
-        } => Denied::Never {
-            requested,
-            capacity,
-            scope,
-            dimension,
-        },
     }
 }
