@@ -388,6 +388,10 @@ pub struct Engine {
     front_credited: bool,
     /// Workspaces with images waiting for a batch, by first arrival.
     batch_waiting: VecDeque<usize>,
+    /// Something that can change a batch plan happened (new images, queue room, a hold ended)
+    /// since the last plan. Without it, a full queue would re-plan every waiting image on every
+    /// event.
+    batch_dirty: bool,
     in_flight: HashMap<RequestId, InFlight>,
     batches: Vec<BatchRec>,
     timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
@@ -450,6 +454,7 @@ impl Engine {
             ring: VecDeque::new(),
             front_credited: false,
             batch_waiting: VecDeque::new(),
+            batch_dirty: false,
             in_flight: HashMap::new(),
             batches: Vec::new(),
             timers: BinaryHeap::new(),
@@ -983,6 +988,7 @@ impl Engine {
                     if self.batch_hold_until == Some(at) {
                         self.batch_hold_until = None;
                     }
+                    self.batch_dirty = true;
                 }
             }
         }
@@ -1179,6 +1185,7 @@ impl Engine {
             self.batch_waiting.push_back(ws);
         }
         w.batch.push_back(image);
+        self.batch_dirty = true;
     }
 
     fn requeue_for_batch(&mut self, image: ImageId) {
@@ -1360,9 +1367,13 @@ impl Engine {
     }
 
     fn dispatch_batches(&mut self, now: Time) {
-        if self.batch_waiting.is_empty() || self.batch_hold_until.is_some_and(|t| t > now) {
+        if !self.batch_dirty
+            || self.batch_waiting.is_empty()
+            || self.batch_hold_until.is_some_and(|t| t > now)
+        {
             return;
         }
+        self.batch_dirty = false;
         self.batch_hold_until = None;
         let mut next_try: Option<Time> = None;
         let rounds = self.batch_waiting.len();
@@ -1515,6 +1526,7 @@ impl Engine {
         if !b.queue_released {
             b.queue_released = true;
             self.queue.release(b.tokens);
+            self.batch_dirty = true;
             // Room freed by our own batch ends any token-limit hold.
             self.queue_blocked_until = Time::ZERO;
         }
