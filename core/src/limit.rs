@@ -47,8 +47,9 @@ use crate::time::{Time, duration_nanos};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// Would pass at `earliest` (if nothing else is taken meanwhile). `scope` is the index of the
-    /// scope that denied in a multi-scope check (0 for a single bucket); `dimension` says which
-    /// of its limits.
+    /// scope that denied in a multi-scope check (0 for a single bucket); when several deny, it is
+    /// the one whose limit binds longest, the first such on ties. `dimension` says which of its
+    /// limits.
     #[error("{dimension} limit of scope {scope} allows this at {earliest}")]
     NotUntil {
         /// The first instant at which the same check passes.
