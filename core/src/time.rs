@@ -112,7 +112,13 @@ mod tests {
     fn arithmetic_saturates() {
         assert_eq!(Time::MAX + Duration::from_secs(1), Time::MAX);
         assert_eq!(Time::ZERO - Time::from_secs(1), Duration::ZERO);
-        assert_eq!(Time::from_secs(2) - Time::from_millis(500), Duration::from_millis(1500));
-        assert_eq!(Time::from_secs(1).saturating_sub(Duration::from_secs(5)), Time::ZERO);
+        assert_eq!(
+            Time::from_secs(2) - Time::from_millis(500),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            Time::from_secs(1).saturating_sub(Duration::from_secs(5)),
+            Time::ZERO
+        );
     }
 }
