@@ -1,0 +1,443 @@
+//! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `validate`
+//! and `bench`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit code.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use tagstorm_core::Policy;
+use tagstorm_core::config::PRESETS;
+
+use crate::report;
+use crate::results::{Results, hgrm};
+use crate::scenario::{Scenario, ScenarioError, SetArg};
+use crate::sim::{self, Progress, RunOutput};
+
+const AFTER_HELP: &str = "\
+Examples:
+  tagstorm-sim compare scenarios/ten-users-fifteen-images.toml
+  tagstorm-sim run scenarios/single-300-upload.toml --policy seed-proposed
+  tagstorm-sim run scenarios/*.toml --json > results.ndjson
+  tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
+  tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
+  tagstorm-sim validate scenarios/*.toml
+  tagstorm-sim bench scenarios/workday.toml --images 1000000
+
+--set KEY=VALUE edits the scenario before it is validated; KEY is a dotted path
+(account.tier, uploads.0.images, sim.max_duration_s, policy.chunk_size) and VALUE is TOML
+(30, \"high\", { kind = \"pareto\", min = 5, alpha = 1.2, max = 5000 }).
+
+Exit codes (stable):
+  0  success
+  1  the run finished but an invariant failed: images still pending at the end, or tag mismatches
+  2  bad input: usage, an unreadable or invalid scenario or policy
+  3  the output could not be written";
+
+/// `tagstorm-sim`: a deterministic simulator of tagstorm-core against a model of the OpenAI API.
+#[derive(Debug, Parser)]
+#[command(name = "tagstorm-sim", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run scenarios under one policy and print their results.
+    Run(RunArgs),
+    /// Run one scenario under several policies and print them side by side.
+    Compare(CompareArgs),
+    /// Check scenario files without running them.
+    Validate(ValidateArgs),
+    /// Measure the simulator's speed on a scenario scaled to a number of images.
+    Bench(BenchArgs),
+}
+
+/// Flags every command that reads scenarios takes.
+#[derive(Debug, Args)]
+pub struct ScenarioFlags {
+    /// Override the scenario's seed.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Override any scenario or policy field by dotted path (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario files.
+    #[arg(required = true, value_name = "SCENARIO")]
+    pub scenarios: Vec<PathBuf>,
+    /// A preset (seed-current, seed-proposed, tagstorm) or a policy TOML file.
+    #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]
+    pub policy: String,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+    /// Print each results object as one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write results.json, summary.md and .hgrm files into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The scenario file.
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: PathBuf,
+    /// Policies to compare, comma-separated presets or policy TOML files.
+    #[arg(
+        long,
+        value_name = "P1,P2,...",
+        default_value = "seed-current,seed-proposed,tagstorm",
+        value_delimiter = ','
+    )]
+    pub policies: Vec<String>,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+    /// Print each results object as one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write summary.md and one folder of results per policy into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Scenario files.
+    #[arg(required = true, value_name = "SCENARIO")]
+    pub scenarios: Vec<PathBuf>,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The scenario to scale.
+    #[arg(value_name = "SCENARIO", default_value = "scenarios/workday.toml")]
+    pub scenario: PathBuf,
+    /// Scale the scenario's uploads so the workload has about this many images.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub images: u64,
+    /// A preset or a policy TOML file.
+    #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]
+    pub policy: String,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+}
+
+/// How a command ended, when it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything held.
+    Ok,
+    /// A run finished with images pending or tag mismatches.
+    InvariantFailed,
+}
+
+/// A command that could not run, or whose output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A scenario is unreadable or invalid.
+    #[error("{0}")]
+    Scenario(#[from] ScenarioError),
+    /// A policy name or file is unusable.
+    #[error("{0}")]
+    Policy(String),
+    /// Core or the model refused the configuration.
+    #[error("{0}")]
+    Setup(#[from] sim::SimError),
+    /// Writing results failed.
+    #[error("{path}: cannot write: {message}")]
+    Output {
+        /// The file or folder.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl CliError {
+    /// The documented exit code: 2 for bad input, 3 for output that could not be written.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Output { .. } => 3,
+            _ => 2,
+        }
+    }
+}
+
+impl Outcome {
+    /// The documented exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::InvariantFailed => 1,
+        }
+    }
+}
+
+/// Runs the parsed command line, writing to `out` (results) and `err` (progress, warnings).
+pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outcome, CliError> {
+    match &cli.command {
+        Command::Run(a) => cmd_run(a, out, err),
+        Command::Compare(a) => cmd_compare(a, out, err),
+        Command::Validate(a) => cmd_validate(a, out),
+        Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
+    }
+}
+
+/// The `--set` arguments, with `--seed` as the last one.
+pub fn set_args(flags: &ScenarioFlags) -> Result<Vec<SetArg>, CliError> {
+    let mut sets = flags
+        .set
+        .iter()
+        .map(|s| SetArg::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(seed) = flags.seed {
+        sets.push(SetArg::parse(&format!("seed={seed}"))?);
+    }
+    Ok(sets)
+}
+
+/// A preset by name, or a policy TOML file (which may `extends` a preset).
+pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
+    if let Some(p) = Policy::preset(spec) {
+        return Ok(p);
+    }
+    let path = Path::new(spec);
+    if spec.ends_with(".toml") || path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Policy(format!(
+                "{spec}: cannot read: {}",
+                e.to_string().to_lowercase()
+            ))
+        })?;
+        return Policy::from_toml_str(&text).map_err(|e| CliError::Policy(format!("{spec}: {e}")));
+    }
+    Err(CliError::Policy(format!(
+        "--policy {spec}: not a preset ({}) or a .toml file",
+        PRESETS.join(", ")
+    )))
+}
+
+fn display_path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn show_progress(err: &mut dyn Write) -> impl FnMut(&Progress) + '_ {
+    let tty = std::io::stderr().is_terminal();
+    move |p: &Progress| {
+        if tty {
+            let _ = write!(
+                err,
+                "\r  t = {:>10}  {} / {} images terminal  {} events ",
+                report::fmt_ms(p.now_ms),
+                report::thousands(p.terminal),
+                report::thousands(p.total),
+                report::thousands(p.events)
+            );
+        }
+    }
+}
+
+fn clear_progress(err: &mut dyn Write) {
+    if std::io::stderr().is_terminal() {
+        let _ = write!(err, "\r{:80}\r", "");
+    }
+}
+
+/// Runs one scenario under one policy (the scenario's overrides applied on top).
+pub fn run_one(s: &Scenario, base: &Policy, err: &mut dyn Write) -> Result<RunOutput, CliError> {
+    let policy = s.policy(base)?;
+    let out = {
+        let mut progress = show_progress(err);
+        sim::run_with_progress(s, &policy, &mut progress)?
+    };
+    clear_progress(err);
+    Ok(out)
+}
+
+fn check_invariants(runs: &[&Results], err: &mut dyn Write) -> Outcome {
+    let mut outcome = Outcome::Ok;
+    for r in runs {
+        for why in r.invariant_failures() {
+            let _ = writeln!(
+                err,
+                "invariant failed: {} under {}: {why}",
+                r.scenario, r.policy
+            );
+            outcome = Outcome::InvariantFailed;
+        }
+    }
+    outcome
+}
+
+fn cmd_run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outcome, CliError> {
+    let sets = set_args(&a.flags)?;
+    let base = load_policy(&a.policy)?;
+    // Every input is checked before anything runs, so bad input never produces output.
+    let scenarios = a
+        .scenarios
+        .iter()
+        .map(|p| Scenario::load(&display_path(p), &sets))
+        .collect::<Result<Vec<_>, _>>()?;
+    for s in &scenarios {
+        s.policy(&base)?;
+    }
+    let mut runs = Vec::new();
+    for s in &scenarios {
+        runs.push(run_one(s, &base, err)?);
+    }
+    let mut files = Vec::new();
+    let many = scenarios.len() > 1;
+    let mut summary = String::new();
+    for (s, r) in scenarios.iter().zip(&runs) {
+        if a.json {
+            write_line(out, &json_line(&r.results))?;
+        } else {
+            write_line(out, &report::table(s, &[&r.results]))?;
+        }
+        summary.push_str(&report::markdown(s, &[&r.results]));
+        summary.push('\n');
+        if let Some(dir) = &a.out {
+            let dir = if many {
+                dir.join(&s.spec.name)
+            } else {
+                dir.clone()
+            };
+            files.extend(run_files(&dir, r)?);
+        }
+    }
+    if let Some(dir) = &a.out {
+        files.push((dir.join("summary.md"), summary));
+        write_all(&files)?;
+    }
+    let all: Vec<&Results> = runs.iter().map(|r| &r.results).collect();
+    Ok(check_invariants(&all, err))
+}
+
+fn cmd_compare(
+    a: &CompareArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let sets = set_args(&a.flags)?;
+    let bases = a
+        .policies
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| load_policy(p.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if bases.is_empty() {
+        return Err(CliError::Policy(
+            "--policies: name at least one policy".into(),
+        ));
+    }
+    let s = Scenario::load(&display_path(&a.scenario), &sets)?;
+    for b in &bases {
+        s.policy(b)?;
+    }
+    let mut runs = Vec::new();
+    for b in &bases {
+        runs.push(run_one(&s, b, err)?);
+    }
+    let all: Vec<&Results> = runs.iter().map(|r| &r.results).collect();
+    if a.json {
+        for r in &all {
+            write_line(out, &json_line(r))?;
+        }
+    } else {
+        write_line(out, &report::table(&s, &all))?;
+    }
+    if let Some(dir) = &a.out {
+        let mut files = Vec::new();
+        for r in &runs {
+            files.extend(run_files(&dir.join(&r.results.policy), r)?);
+        }
+        files.push((dir.join("summary.md"), report::markdown(&s, &all)));
+        write_all(&files)?;
+    }
+    Ok(check_invariants(&all, err))
+}
+
+fn cmd_validate(a: &ValidateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let sets = set_args(&a.flags)?;
+    for p in &a.scenarios {
+        let s = Scenario::load(&display_path(p), &sets)?;
+        for name in PRESETS {
+            if let Some(base) = Policy::preset(name) {
+                s.policy(&base)?;
+            }
+        }
+        let images = crate::workload::generate(&s.spec);
+        let total: u64 = images.iter().map(|a| u64::from(a.images)).sum();
+        write_line(
+            out,
+            &format!(
+                "{}: ok ({}, {} uploads, {} images)",
+                s.file,
+                s.spec.name,
+                report::thousands(images.len() as u64),
+                report::thousands(total)
+            ),
+        )?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn json_line(r: &Results) -> String {
+    serde_json::to_string(r).unwrap_or_default()
+}
+
+fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
+    writeln!(out, "{}", s.trim_end()).map_err(|e| CliError::Output {
+        path: "stdout".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The files one run writes into `dir`.
+fn run_files(dir: &Path, r: &RunOutput) -> Result<Vec<(PathBuf, String)>, CliError> {
+    let json = serde_json::to_string_pretty(&r.results).map_err(|e| CliError::Output {
+        path: display_path(&dir.join("results.json")),
+        message: e.to_string(),
+    })?;
+    Ok(vec![
+        (dir.join("results.json"), json + "\n"),
+        (dir.join("image_tagged.hgrm"), hgrm(&r.image_tagged)),
+        (dir.join("upload_first_tag.hgrm"), hgrm(&r.upload_first_tag)),
+        (dir.join("upload_complete.hgrm"), hgrm(&r.upload_complete)),
+    ])
+}
+
+/// Writes every file through a temporary file and a rename, so no file is ever half-written.
+pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
+    let fail = |p: &Path, e: std::io::Error| CliError::Output {
+        path: display_path(p),
+        message: e.to_string().to_lowercase(),
+    };
+    for (path, text) in files {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        }
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, text).map_err(|e| fail(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(path, e)
+        })?;
+    }
+    Ok(())
+}

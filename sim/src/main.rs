@@ -1,0 +1,19 @@
+//! The `tagstorm-sim` binary: parses flags, calls the library, maps the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tagstorm_sim::cli::{Cli, execute};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    match execute(&cli, &mut stdout, &mut stderr) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Human output: the side-by-side table `run` and `compare` print, its Markdown twin for
+//! `summary.md`, and a compact one-line summary per run for snapshot tests.
+
+use std::fmt::Write as _;
+
+use crate::results::Results;
+use crate::scenario::Scenario;
+
+/// `ms` in the unit a person reads fastest: `850 ms`, `3.2 s`, `4m 05s`, `2h 05m`, `1d 02h`.
+pub fn fmt_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(v: u64) -> String {
+    let d = v.to_string();
+    let mut out = String::with_capacity(d.len() + d.len() / 3);
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn usd(v: f64) -> String {
+    if v >= 100.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.4}")
+    }
+}
+
+fn latency(count: u64, v: u64) -> String {
+    if count == 0 { "–".into() } else { fmt_ms(v) }
+}
+
+/// The metric rows: (label, one cell per run).
+fn rows(runs: &[&Results]) -> Vec<(&'static str, Vec<String>)> {
+    let col = |f: &dyn Fn(&Results) -> String| runs.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let l = |r: &Results| r.latency_ms.clone();
+    vec![
+        (
+            "first tag, p50 (per upload)",
+            col(&|r| latency(l(r).upload_first_tag.count, l(r).upload_first_tag.p50)),
+        ),
+        (
+            "first tag, p95",
+            col(&|r| latency(l(r).upload_first_tag.count, l(r).upload_first_tag.p95)),
+        ),
+        (
+            "upload complete, p50",
+            col(&|r| latency(l(r).upload_complete.count, l(r).upload_complete.p50)),
+        ),
+        (
+            "upload complete, p95",
+            col(&|r| latency(l(r).upload_complete.count, l(r).upload_complete.p95)),
+        ),
+        (
+            "image tagged, p95 (per image)",
+            col(&|r| latency(l(r).image_tagged.count, l(r).image_tagged.p95)),
+        ),
+        ("makespan", col(&|r| fmt_ms(r.makespan_ms))),
+        (
+            "makespan / bound (1.00 = ideal)",
+            col(&|r| {
+                if r.bound_ms == 0 {
+                    "–".into()
+                } else {
+                    format!("{:.2}", r.bound_ratio)
+                }
+            }),
+        ),
+        (
+            "429 responses",
+            col(&|r| thousands(r.upstream.rate_limited)),
+        ),
+        (
+            "5xx / timeouts",
+            col(&|r| {
+                format!(
+                    "{} / {}",
+                    thousands(r.upstream.server_errors),
+                    thousands(r.upstream.timeouts)
+                )
+            }),
+        ),
+        ("retries", col(&|r| thousands(r.upstream.retries))),
+        (
+            "batches created (failed, expired)",
+            col(&|r| {
+                format!(
+                    "{} ({}, {})",
+                    r.upstream.batches_created,
+                    r.upstream.batches_failed,
+                    r.upstream.batches_expired
+                )
+            }),
+        ),
+        (
+            "tagged: realtime / batch",
+            col(&|r| {
+                format!(
+                    "{} / {}",
+                    thousands(r.images.tagged_realtime),
+                    thousands(r.images.tagged_batch)
+                )
+            }),
+        ),
+        ("failed (reasons below)", col(&|r| thousands(r.images.failed))),
+        ("pending (must be 0)", col(&|r| thousands(r.images.pending))),
+        ("cost", col(&|r| usd(r.cost_usd))),
+    ]
+}
+
+fn header(s: &Scenario, first: &Results) -> String {
+    let spec = &s.spec;
+    let a = &first.account;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scenario  {} (seed {}, {})",
+        spec.name, spec.seed, s.file
+    );
+    if !spec.description.trim().is_empty() {
+        let _ = writeln!(out, "          {}", spec.description.trim());
+    }
+    let tier = a.tier.map_or(String::new(), |t| format!(" tier {t}"));
+    let rpd = a
+        .rpd
+        .map_or(String::new(), |v| format!(", {} RPD", thousands(v)));
+    let _ = writeln!(
+        out,
+        "account   {}{tier}: {} RPM, {} TPM{rpd}, batch queue {} tokens",
+        a.model,
+        thousands(a.rpm),
+        thousands(a.tpm),
+        thousands(a.batch_queue_tokens)
+    );
+    let _ = writeln!(
+        out,
+        "workload  {} images in {} uploads",
+        thousands(first.images.total),
+        thousands(first.uploads.total),
+    );
+    out
+}
+
+/// The side-by-side table, one column per run of the same scenario, with a short guide.
+pub fn table(s: &Scenario, runs: &[&Results]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut out = header(s, first);
+    out.push('\n');
+    let rows = rows(runs);
+    let label_w = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = (0..runs.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(_, c)| c[i].chars().count())
+                .chain([runs[i].policy.chars().count()])
+                .max()
+                .unwrap_or(0)
+                .max(10)
+        })
+        .collect();
+    let _ = write!(out, "{:label_w$}", "");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = write!(out, "   {:>w$}", r.policy, w = widths[i]);
+    }
+    out.push('\n');
+    for (label, cells) in &rows {
+        let _ = write!(out, "{label:label_w$}");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            let _ = write!(out, "   {}{c}", " ".repeat(pad));
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    for r in runs {
+        if !r.images.failures.is_empty() {
+            let why: Vec<String> = r
+                .images
+                .failures
+                .iter()
+                .map(|(k, v)| format!("{} {k}", thousands(*v)))
+                .collect();
+            let _ = writeln!(out, "failed under {}: {}", r.policy, why.join(", "));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "bound = {}: the shortest makespan the account's RPM/TPM allow for this work (every image",
+        fmt_ms(first.bound_ms)
+    );
+    let _ = writeln!(
+        out,
+        "admitted as early as full-then-refilling buckets permit, plus the fastest request)."
+    );
+    let _ = writeln!(
+        out,
+        "Lower is better in every row; 429s waste quota, pending must be 0. Latencies run from the"
+    );
+    let _ = writeln!(
+        out,
+        "upload's start; \"first tag\" is when the user first sees a result, \"complete\" when all are."
+    );
+    out
+}
+
+/// The same table in Markdown, for `summary.md` and CI step summaries.
+pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "## {} (seed {})\n", s.spec.name, s.spec.seed);
+    if !s.spec.description.trim().is_empty() {
+        let _ = writeln!(out, "{}\n", s.spec.description.trim());
+    }
+    let _ = writeln!(
+        out,
+        "{} images in {} uploads; {} tier {}: {} RPM, {} TPM. Bound: {}.\n",
+        thousands(first.images.total),
+        thousands(first.uploads.total),
+        first.account.model,
+        first.account.tier.map_or("–".into(), |t| t.to_string()),
+        thousands(first.account.rpm),
+        thousands(first.account.tpm),
+        fmt_ms(first.bound_ms)
+    );
+    out.push_str("| metric |");
+    for r in runs {
+        let _ = write!(out, " {} |", r.policy);
+    }
+    out.push_str("\n|---|");
+    for _ in runs {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for (label, cells) in rows(runs) {
+        let _ = write!(out, "| {label} |");
+        for c in cells {
+            let _ = write!(out, " {c} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One compact line per run, for snapshot tests: a behaviour change shows up as a diff.
+pub fn summary_line(r: &Results) -> String {
+    let l = &r.latency_ms;
+    let failures = crate::sim::failures_line(&r.images.failures);
+    format!(
+        "{} {}: tagged={}/{} rt={} batch={} failed={}{} pending={} first_p50={} complete_p95={} makespan={} ratio={:.2} 429={} retries={} batches={} cost=${:.4}",
+        r.scenario,
+        r.policy,
+        r.images.tagged,
+        r.images.total,
+        r.images.tagged_realtime,
+        r.images.tagged_batch,
+        r.images.failed,
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!("({failures})")
+        },
+        r.images.pending,
+        fmt_ms(l.upload_first_tag.p50),
+        fmt_ms(l.upload_complete.p95),
+        fmt_ms(r.makespan_ms),
+        r.bound_ratio,
+        r.upstream.rate_limited,
+        r.upstream.retries,
+        r.upstream.batches_created,
+        r.cost_usd,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        let got: Vec<String> = [0, 850, 3_140, 65_000, 7_500_000, 90_000_000]
+            .into_iter()
+            .map(fmt_ms)
+            .collect();
+        assert_eq!(
+            got,
+            ["0 ms", "850 ms", "3.1 s", "1m 05s", "2h 05m", "1d 01h"]
+        );
+        assert_eq!(thousands(2_000_000), "2,000,000");
+        assert_eq!(thousands(999), "999");
+    }
+}

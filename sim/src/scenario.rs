@@ -1,0 +1,1225 @@
+//! Scenario files: the TOML schema, `--set` overrides, and validation errors that name the file, line and field.
+//!
+//! A scenario is read in three steps, all on the same path whether or not `--set` is used:
+//!
+//! 1. the text is parsed into a spanned document ([`toml::de::DeTable`]);
+//! 2. every `--set path=value` edits that document (the value is parsed as TOML and given a
+//!    span past the end of the file, so an error in it is reported against the `--set`);
+//! 3. the typed [`ScenarioFile`] is deserialized from the edited document and checked field
+//!    by field.
+//!
+//! Every error becomes one [`ScenarioError`] line: `file:line: field: message`.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use mock_openai::config::{AccountConfig, ConfigError, UpstreamConfig};
+use serde::de;
+use serde::{Deserialize, Serialize};
+use tagstorm_core::cost::PriceTable;
+use tagstorm_core::engine::MAX_IMAGES_PER_UPLOAD;
+use tagstorm_core::tokens::Detail;
+use tagstorm_core::{Policy, PolicyError};
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
+
+/// Longest time a scenario may mention (arrival offsets, durations), in seconds: 365 days.
+/// Keeps every conversion to nanoseconds far from overflow.
+pub const MAX_TIME_S: f64 = 365.0 * 86_400.0;
+
+/// Most uploads one scenario may generate, so a typo in a rate can't exhaust memory.
+pub const MAX_UPLOADS: u64 = 20_000_000;
+
+/// A scenario as written in its file. Every field is documented with its unit; see
+/// `scenarios/*.toml` for commented examples.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Short identifier, shown in reports.
+    pub name: String,
+    /// Seed of every random choice of the run (workload, upstream model, core's jitter).
+    pub seed: u64,
+    /// One or two sentences on what the scenario models.
+    #[serde(default)]
+    pub description: String,
+    /// The OpenAI organization: model and tier or explicit limits (mock-openai's section).
+    pub account: AccountConfig,
+    /// How the modelled OpenAI behaves: latency, faults, Batch API (mock-openai's section).
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// What one image request looks like.
+    pub images: ImagesConfig,
+    /// Who uploads what, when.
+    pub uploads: Vec<UploadGroup>,
+    /// Overrides applied on top of the chosen policy (same keys as core's `Policy`).
+    #[serde(default)]
+    pub policy: Option<toml::Table>,
+    /// Prices in US dollars per million tokens and the batch discount (core's price table).
+    #[serde(default)]
+    pub prices: PriceTable,
+    /// Simulator settings.
+    #[serde(default)]
+    pub sim: SimConfig,
+}
+
+/// The `[images]` section: what one image request looks like (core's `RequestShape` and
+/// `ImageInput`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Width of each image, in pixels.
+    pub width_px: u32,
+    /// Height of each image, in pixels.
+    pub height_px: u32,
+    /// `low`, `high` or `auto`.
+    #[serde(default)]
+    pub detail: Detail,
+    /// The request's `max_tokens`: the output tokens one answer may use, in tokens.
+    pub output_tokens: u32,
+    /// The text prompt sent with each image (default: core's tagging prompt).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Bytes of each image URL as it appears in a batch line (default 200, a signed URL).
+    #[serde(default = "default_url_bytes")]
+    pub url_bytes: u32,
+}
+
+fn default_url_bytes() -> u32 {
+    200
+}
+
+/// One `[[uploads]]` group: who uploads, how many images, and when. Exactly one arrival
+/// pattern: `at_s`, `every_s`, `poisson` or `daily`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadGroup {
+    /// Uploads of an `at_s` or `every_s` group: each user uploads once.
+    #[serde(default)]
+    pub users: Option<u64>,
+    /// Workspaces the uploads belong to (default: one per user, or 1 for `poisson`/`daily`).
+    /// Users take workspaces in turn; random arrivals pick one at random.
+    #[serde(default)]
+    pub workspaces: Option<u32>,
+    /// Images per upload: a number, or a distribution.
+    pub images: ImageCount,
+    /// Every user uploads at this time, in seconds after the start.
+    #[serde(default)]
+    pub at_s: Option<f64>,
+    /// User `i` uploads at `start_s + i × every_s`, in seconds.
+    #[serde(default)]
+    pub every_s: Option<f64>,
+    /// Uploads arrive as a Poisson process.
+    #[serde(default)]
+    pub poisson: Option<Poisson>,
+    /// Uploads arrive by a daily curve: a Poisson process whose rate follows hourly weights.
+    #[serde(default)]
+    pub daily: Option<Daily>,
+    /// Start of `every_s`, `poisson` and `daily` arrivals, in seconds (default 0).
+    #[serde(default)]
+    pub start_s: Option<f64>,
+    /// When each upload should be complete, in seconds after it starts (default: the policy's
+    /// `deadline_ms`).
+    #[serde(default)]
+    pub deadline_s: Option<f64>,
+}
+
+/// Poisson arrivals: `{ per_hour = 120, for_s = 3600 }`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poisson {
+    /// Mean uploads per hour.
+    pub per_hour: f64,
+    /// How long arrivals last, in seconds.
+    pub for_s: f64,
+}
+
+/// A daily curve: `{ uploads_per_day = 2000, hourly_weights = [24 numbers], days = 1 }`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Daily {
+    /// Mean uploads per day.
+    pub uploads_per_day: f64,
+    /// Relative arrival rate of each hour of the day, 24 non-negative numbers (hour 0 first).
+    pub hourly_weights: Vec<f64>,
+    /// Days simulated (default 1).
+    #[serde(default = "one")]
+    pub days: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Images per upload: a fixed number or a heavy-tailed distribution.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ImageCount {
+    /// Every upload has this many images.
+    Fixed(u32),
+    /// Each upload draws its size.
+    Dist(SizeDist),
+}
+
+/// A distribution of upload sizes, in images. Draws are rounded and clamped to `[min, max]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SizeDist {
+    /// Lognormal by median and 99th percentile: `{ kind = "lognormal", median = 20, p99 = 2000, max = 10000 }`.
+    Lognormal {
+        /// Median, in images.
+        median: f64,
+        /// 99th percentile, in images.
+        p99: f64,
+        /// Smallest upload, in images (default 1).
+        #[serde(default = "one")]
+        min: u32,
+        /// Largest upload, in images.
+        max: u32,
+    },
+    /// Pareto with scale `min` and shape `alpha`: `{ kind = "pareto", min = 5, alpha = 1.2, max = 10000 }`.
+    Pareto {
+        /// Smallest upload and the distribution's scale, in images.
+        min: u32,
+        /// Shape; smaller is heavier-tailed (must be > 0).
+        alpha: f64,
+        /// Largest upload, in images.
+        max: u32,
+    },
+    /// Uniform between `min` and `max` images.
+    Uniform {
+        /// Smallest upload, in images.
+        min: u32,
+        /// Largest upload, in images.
+        max: u32,
+    },
+}
+
+impl<'de> Deserialize<'de> for ImageCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ImageCount, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ImageCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of images or a table like { kind = \"lognormal\", median = 20, p99 = 2000, max = 10000 }")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ImageCount, E> {
+                if v < 1 {
+                    return Err(E::custom(format!("must be at least 1, got {v}")));
+                }
+                self.visit_u64(v as u64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ImageCount, E> {
+                u32::try_from(v)
+                    .map(ImageCount::Fixed)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ImageCount, A::Error> {
+                SizeDist::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ImageCount::Dist)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `[sim]` section: the simulator's own settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Hard bound on virtual time, in seconds (default 259,200 = 3 days). Images still pending
+    /// at the bound are reported as pending.
+    pub max_duration_s: f64,
+    /// Time to upload one batch input file, in milliseconds (default 1,000).
+    pub file_upload_ms: f64,
+    /// Time of one Batch API call (create, retrieve, download), in milliseconds (default 200).
+    pub api_call_ms: f64,
+    /// Time until a 429 reaches the client, in milliseconds (default 50: it is refused before
+    /// any work).
+    pub rate_limited_ms: f64,
+    /// Enqueued batch tokens another client of the same organization holds at t = 0, in a
+    /// batch of its own that runs its normal lifecycle (default 0). Core does not know.
+    pub foreign_batch_tokens: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            max_duration_s: 3.0 * 86_400.0,
+            file_upload_ms: 1_000.0,
+            api_call_ms: 200.0,
+            rate_limited_ms: 50.0,
+            foreign_batch_tokens: 0,
+        }
+    }
+}
+
+/// One step of a field path: a key or an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    /// A table key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+/// A field path such as `uploads[0].images`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(pub Vec<Seg>);
+
+impl FieldPath {
+    /// Parses `uploads[0].images`, `uploads.0.images` or `upstream.faults[1]`.
+    pub fn parse(s: &str) -> FieldPath {
+        let mut segs = Vec::new();
+        for part in s.split('.').filter(|p| !p.is_empty()) {
+            let (key, mut rest) = match part.find('[') {
+                Some(i) => (&part[..i], &part[i..]),
+                None => (part, ""),
+            };
+            if !key.is_empty() {
+                match key.parse::<usize>() {
+                    Ok(i) if key.bytes().all(|b| b.is_ascii_digit()) => segs.push(Seg::Index(i)),
+                    _ => segs.push(Seg::Key(key.to_owned())),
+                }
+            }
+            while let Some(end) = rest.find(']') {
+                if let Ok(i) = rest[1..end].parse::<usize>() {
+                    segs.push(Seg::Index(i));
+                }
+                rest = &rest[end + 1..];
+            }
+        }
+        FieldPath(segs)
+    }
+
+    fn key(mut self, k: &str) -> FieldPath {
+        self.0.push(Seg::Key(k.to_owned()));
+        self
+    }
+
+    fn index(mut self, i: usize) -> FieldPath {
+        self.0.push(Seg::Index(i));
+        self
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A scenario that can't be used, located as precisely as the input allows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{file}: {message}")]
+    Io {
+        /// The file.
+        file: String,
+        /// Why.
+        message: String,
+    },
+    /// A `--set` argument is malformed or names no field.
+    #[error("--set {arg}: {message}")]
+    BadSet {
+        /// The argument as given.
+        arg: String,
+        /// Why.
+        message: String,
+    },
+    /// The scenario is invalid: bad TOML, a wrong type, an unknown field or an impossible value.
+    #[error("{}", located(.file, *.line, .set.as_deref(), .field, .message))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The 1-based line, when the fault is in the file.
+        line: Option<usize>,
+        /// The `--set` argument at fault, when the fault is in one.
+        set: Option<String>,
+        /// The field, e.g. `uploads[0].images` (empty for a syntax error).
+        field: String,
+        /// What is wrong, lower-case.
+        message: String,
+    },
+}
+
+fn located(file: &str, line: Option<usize>, set: Option<&str>, field: &str, msg: &str) -> String {
+    let mut out = file.to_owned();
+    if let Some(l) = line {
+        out.push_str(&format!(":{l}"));
+    }
+    if let Some(s) = set {
+        out.push_str(&format!(": --set {s}"));
+    }
+    if !field.is_empty() {
+        out.push_str(&format!(": {field}"));
+    }
+    out.push_str(&format!(": {msg}"));
+    out
+}
+
+/// One `--set path=value` override.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetArg {
+    /// The argument as given.
+    pub raw: String,
+    /// The dotted path.
+    pub path: FieldPath,
+    /// The value's TOML text.
+    pub value: String,
+}
+
+impl SetArg {
+    /// Parses `path=value`.
+    pub fn parse(raw: &str) -> Result<SetArg, ScenarioError> {
+        let bad = |message: &str| ScenarioError::BadSet {
+            arg: raw.to_owned(),
+            message: message.to_owned(),
+        };
+        let (path, value) = raw
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value, e.g. --set account.tier=2"))?;
+        let path = path.trim();
+        if path.is_empty() {
+            return Err(bad("the key is empty"));
+        }
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(bad("the value is empty"));
+        }
+        Ok(SetArg {
+            raw: raw.to_owned(),
+            path: FieldPath::parse(path),
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// A parsed scenario and what is needed to locate later errors in it (the policy is resolved
+/// against a base chosen at run time).
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file as named on the command line.
+    pub file: String,
+    /// The typed scenario, with `--set` applied.
+    pub spec: ScenarioFile,
+    text: String,
+    sets: Vec<SetArg>,
+}
+
+/// Time in seconds as a `Duration` (the value is validated to be finite and in range).
+pub fn secs(s: f64) -> Duration {
+    Duration::from_nanos((s.clamp(0.0, MAX_TIME_S) * 1e9) as u64)
+}
+
+/// Time in milliseconds as a `Duration`.
+pub fn millis(ms: f64) -> Duration {
+    Duration::from_nanos((ms.clamp(0.0, MAX_TIME_S * 1e3) * 1e6) as u64)
+}
+
+impl Scenario {
+    /// Reads and validates `file`, applying `sets` in order.
+    pub fn load(file: &str, sets: &[SetArg]) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ScenarioError::Io {
+            file: file.to_owned(),
+            message: format!("cannot read: {}", e.to_string().to_lowercase()),
+        })?;
+        Scenario::from_text(file, &text, sets)
+    }
+
+    /// Validates a scenario given as text; `file` is only used in messages.
+    pub fn from_text(file: &str, text: &str, sets: &[SetArg]) -> Result<Scenario, ScenarioError> {
+        let loc = Locator { file, text, sets };
+        let doc = loc.document()?;
+        let spec: ScenarioFile = ScenarioFile::deserialize(toml::de::Deserializer::from(doc))
+            .map_err(|e| loc.serde_error(&e))?;
+        let s = Scenario {
+            file: file.to_owned(),
+            spec,
+            text: text.to_owned(),
+            sets: sets.to_vec(),
+        };
+        s.check()
+            .map_err(|(path, msg)| s.locator().at(&path, msg))?;
+        // Every preset must accept the scenario's policy overrides.
+        s.policy(&Policy::tagstorm())?;
+        Ok(s)
+    }
+
+    fn locator(&self) -> Locator<'_> {
+        Locator {
+            file: &self.file,
+            text: &self.text,
+            sets: &self.sets,
+        }
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// `base` with the scenario's `[policy]` overrides applied, validated.
+    pub fn policy(&self, base: &Policy) -> Result<Policy, ScenarioError> {
+        let loc = self.locator();
+        let Some(over) = &self.spec.policy else {
+            return Ok(base.clone());
+        };
+        let err =
+            |key: &str, msg: String| loc.at(&FieldPath::default().key("policy").key(key), msg);
+        let mut merged = toml::Table::try_from(base).map_err(|e| ScenarioError::Invalid {
+            file: self.file.clone(),
+            line: None,
+            set: None,
+            field: "policy".into(),
+            message: e.to_string(),
+        })?;
+        for key in over.keys() {
+            if !merged.contains_key(key) && !optional_policy_key(key) {
+                return Err(err(key, format!("unknown policy field `{key}`")));
+            }
+        }
+        for (key, value) in over {
+            let mut one = merged.clone();
+            one.insert(key.clone(), value.clone());
+            if let Err(e) = Policy::deserialize(toml::Value::Table(one)) {
+                return Err(err(key, first_line(&e.to_string())));
+            }
+        }
+        merged.extend(over.clone());
+        let policy = Policy::deserialize(toml::Value::Table(merged))
+            .map_err(|e| err("", first_line(&e.to_string())))?;
+        policy.validate().map_err(|e| match e {
+            PolicyError::Invalid { field, message } if over.contains_key(&field) => {
+                err(&field, message)
+            }
+            other => ScenarioError::Invalid {
+                file: self.file.clone(),
+                line: None,
+                set: None,
+                field: String::new(),
+                message: format!("policy {:?}: {other}", base.name),
+            },
+        })?;
+        Ok(policy)
+    }
+
+    /// Checks every value the types can't; the error names the field.
+    fn check(&self) -> Result<(), (FieldPath, String)> {
+        let s = &self.spec;
+        let root = FieldPath::default;
+        let cfg = |e: ConfigError| match e {
+            ConfigError::Invalid { field, reason } => (FieldPath::parse(&field), reason),
+            ConfigError::Parse { section, message } => (root().key(section), message),
+        };
+        if s.name.trim().is_empty() {
+            return Err((root().key("name"), "must not be empty".into()));
+        }
+        s.account.validate().map_err(cfg)?;
+        s.upstream.validate().map_err(cfg)?;
+        s.prices
+            .validate()
+            .map_err(|e| (root().key("prices"), e.to_string()))?;
+        let img = root().key("images");
+        if s.images.width_px == 0 {
+            return Err((img.key("width_px"), "must be at least 1".into()));
+        }
+        if s.images.height_px == 0 {
+            return Err((img.key("height_px"), "must be at least 1".into()));
+        }
+        if s.images.output_tokens == 0 {
+            return Err((img.key("output_tokens"), "must be at least 1".into()));
+        }
+        if s.images
+            .prompt
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err((img.key("prompt"), "must not be empty when given".into()));
+        }
+        let sim = root().key("sim");
+        check_time(
+            sim.clone().key("max_duration_s"),
+            s.sim.max_duration_s,
+            true,
+        )?;
+        for (k, v) in [
+            ("file_upload_ms", s.sim.file_upload_ms),
+            ("api_call_ms", s.sim.api_call_ms),
+            ("rate_limited_ms", s.sim.rate_limited_ms),
+        ] {
+            check_time(sim.clone().key(k), v / 1000.0, false)?;
+        }
+        if s.uploads.is_empty() {
+            return Err((
+                root().key("uploads"),
+                "needs at least one [[uploads]] group".into(),
+            ));
+        }
+        let mut expected = 0.0;
+        for (i, g) in s.uploads.iter().enumerate() {
+            expected += check_group(root().key("uploads").index(i), g)?;
+        }
+        if expected > MAX_UPLOADS as f64 {
+            return Err((
+                root().key("uploads"),
+                format!(
+                    "about {expected:.0} uploads expected; at most {MAX_UPLOADS} are supported"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn optional_policy_key(key: &str) -> bool {
+    // `Option` fields that a preset leaves unset do not appear in its serialized table.
+    matches!(
+        key,
+        "workspace_rpm"
+            | "workspace_tpm"
+            | "poll_give_up_ms"
+            | "workspace_batches_per_hour"
+            | "workspace_images_per_hour"
+    )
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn check_time(path: FieldPath, v: f64, positive: bool) -> Result<(), (FieldPath, String)> {
+    if !v.is_finite() || v < 0.0 {
+        return Err((path, format!("must be a finite number ≥ 0, got {v}")));
+    }
+    if positive && v == 0.0 {
+        return Err((path, "must be greater than 0".into()));
+    }
+    if v > MAX_TIME_S {
+        return Err((
+            path,
+            format!("must be at most {MAX_TIME_S} seconds, got {v}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one group; returns the number of uploads it is expected to generate.
+fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)> {
+    let arrivals = [
+        g.at_s.is_some(),
+        g.every_s.is_some(),
+        g.poisson.is_some(),
+        g.daily.is_some(),
+    ];
+    match arrivals.iter().filter(|b| **b).count() {
+        0 => {
+            return Err((
+                p,
+                "needs an arrival pattern: at_s, every_s, poisson or daily".into(),
+            ));
+        }
+        1 => {}
+        _ => {
+            return Err((
+                p,
+                "give exactly one of at_s, every_s, poisson and daily".into(),
+            ));
+        }
+    }
+    if g.workspaces == Some(0) {
+        return Err((p.key("workspaces"), "must be at least 1".into()));
+    }
+    if let Some(d) = g.deadline_s {
+        check_time(p.clone().key("deadline_s"), d, true)?;
+    }
+    if let Some(s) = g.start_s {
+        check_time(p.clone().key("start_s"), s, false)?;
+    }
+    check_count(p.clone().key("images"), &g.images)?;
+    let needs_users = g.at_s.is_some() || g.every_s.is_some();
+    let expected = match (needs_users, g.users) {
+        (true, None) => {
+            return Err((
+                p.key("users"),
+                "required with at_s and every_s (each user uploads once)".into(),
+            ));
+        }
+        (true, Some(0)) => return Err((p.key("users"), "must be at least 1".into())),
+        (true, Some(u)) => u as f64,
+        (false, Some(_)) => {
+            return Err((
+                p.key("users"),
+                "only applies to at_s and every_s; poisson and daily set a rate".into(),
+            ));
+        }
+        (false, None) => 0.0,
+    };
+    if let Some(t) = g.at_s {
+        check_time(p.clone().key("at_s"), t, false)?;
+        return Ok(expected);
+    }
+    if let Some(e) = g.every_s {
+        check_time(p.clone().key("every_s"), e, true)?;
+        if e * expected > MAX_TIME_S {
+            return Err((
+                p.key("every_s"),
+                format!("users × every_s must be at most {MAX_TIME_S} seconds"),
+            ));
+        }
+        return Ok(expected);
+    }
+    if let Some(pp) = &g.poisson {
+        let q = p.clone().key("poisson");
+        check_rate(q.clone().key("per_hour"), pp.per_hour)?;
+        check_time(q.key("for_s"), pp.for_s, true)?;
+        return Ok(pp.per_hour * pp.for_s / 3600.0);
+    }
+    if let Some(d) = &g.daily {
+        let q = p.key("daily");
+        check_rate(q.clone().key("uploads_per_day"), d.uploads_per_day)?;
+        if d.hourly_weights.len() != 24 {
+            return Err((
+                q.key("hourly_weights"),
+                format!(
+                    "needs 24 values (one per hour), got {}",
+                    d.hourly_weights.len()
+                ),
+            ));
+        }
+        for (h, w) in d.hourly_weights.iter().enumerate() {
+            if !w.is_finite() || *w < 0.0 {
+                return Err((
+                    q.clone().key("hourly_weights").index(h),
+                    format!("must be a finite number ≥ 0, got {w}"),
+                ));
+            }
+        }
+        if d.hourly_weights.iter().sum::<f64>() <= 0.0 {
+            return Err((
+                q.key("hourly_weights"),
+                "at least one weight must be greater than 0".into(),
+            ));
+        }
+        if d.days == 0 || f64::from(d.days) * 86_400.0 > MAX_TIME_S {
+            return Err((q.key("days"), "must be within 1..=365".into()));
+        }
+        return Ok(d.uploads_per_day * f64::from(d.days));
+    }
+    Ok(expected)
+}
+
+fn check_rate(path: FieldPath, v: f64) -> Result<(), (FieldPath, String)> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err((path, format!("must be a finite number > 0, got {v}")));
+    }
+    if v > MAX_UPLOADS as f64 {
+        return Err((path, format!("must be at most {MAX_UPLOADS}, got {v}")));
+    }
+    Ok(())
+}
+
+fn check_count(p: FieldPath, c: &ImageCount) -> Result<(), (FieldPath, String)> {
+    let max_ok = MAX_IMAGES_PER_UPLOAD as u32;
+    let check_max = |min: u32, max: u32| -> Result<(), (FieldPath, String)> {
+        if max < min.max(1) {
+            return Err((
+                p.clone().key("max"),
+                format!("must be at least min ({}), got {max}", min.max(1)),
+            ));
+        }
+        if max > max_ok {
+            return Err((
+                p.clone().key("max"),
+                format!("an upload carries at most {max_ok} images, got {max}"),
+            ));
+        }
+        Ok(())
+    };
+    match c {
+        ImageCount::Fixed(0) => Err((p, "must be at least 1".into())),
+        ImageCount::Fixed(n) if *n > max_ok => Err((
+            p,
+            format!("an upload carries at most {max_ok} images, got {n}"),
+        )),
+        ImageCount::Fixed(_) => Ok(()),
+        ImageCount::Dist(SizeDist::Lognormal {
+            median,
+            p99,
+            min,
+            max,
+        }) => {
+            if !median.is_finite() || *median < 1.0 {
+                return Err((p.key("median"), format!("must be at least 1, got {median}")));
+            }
+            if !p99.is_finite() || p99 < median {
+                return Err((
+                    p.key("p99"),
+                    format!("must be at least median ({median}), got {p99}"),
+                ));
+            }
+            if *min == 0 {
+                return Err((p.key("min"), "must be at least 1".into()));
+            }
+            check_max(*min, *max)
+        }
+        ImageCount::Dist(SizeDist::Pareto { min, alpha, max }) => {
+            if *min == 0 {
+                return Err((p.key("min"), "must be at least 1".into()));
+            }
+            if !alpha.is_finite() || *alpha <= 0.0 {
+                return Err((
+                    p.key("alpha"),
+                    format!("must be a finite number > 0, got {alpha}"),
+                ));
+            }
+            check_max(*min, *max)
+        }
+        ImageCount::Dist(SizeDist::Uniform { min, max }) => {
+            if *min == 0 {
+                return Err((p.key("min"), "must be at least 1".into()));
+            }
+            check_max(*min, *max)
+        }
+    }
+}
+
+/// Finds where a field or a parse error is, in the file or in a `--set`.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+    sets: &'a [SetArg],
+}
+
+impl<'a> Locator<'a> {
+    /// Where `--set` number `k` lives in span space: past the end of the file.
+    fn set_base(&self, k: usize) -> usize {
+        self.text.len()
+            + 1
+            + self.sets[..k]
+                .iter()
+                .map(|s| s.value.len() + 1)
+                .sum::<usize>()
+    }
+
+    fn set_at(&self, offset: usize) -> Option<&SetArg> {
+        (0..self.sets.len())
+            .find(|&k| {
+                let b = self.set_base(k);
+                offset >= b && offset <= b + self.sets[k].value.len()
+            })
+            .map(|k| &self.sets[k])
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn invalid(&self, span: Option<Range<usize>>, field: String, message: String) -> ScenarioError {
+        let (line, set) = match span {
+            Some(r) if r.start > self.text.len() => (None, self.set_at(r.start)),
+            Some(r) => (Some(self.line_of(r.start)), None),
+            None => (None, None),
+        };
+        ScenarioError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            set: set.map(|s| s.raw.clone()),
+            field,
+            message,
+        }
+    }
+
+    /// The document with every `--set` applied.
+    fn document(&self) -> Result<Spanned<DeTable<'a>>, ScenarioError> {
+        let mut doc = DeTable::parse(self.text)
+            .map_err(|e| self.invalid(e.span(), String::new(), clean_message(e.message())))?;
+        for (k, set) in self.sets.iter().enumerate() {
+            let base = self.set_base(k);
+            let value = DeValue::parse(&set.value).map_err(|e| ScenarioError::BadSet {
+                arg: set.raw.clone(),
+                message: format!("the value is not TOML: {}", clean_message(e.message())),
+            })?;
+            let value = reoffset(value, base);
+            apply_set(
+                doc.get_mut(),
+                &set.path.0,
+                value,
+                base..base + set.value.len(),
+            )
+            .map_err(|message| ScenarioError::BadSet {
+                arg: set.raw.clone(),
+                message,
+            })?;
+        }
+        Ok(doc)
+    }
+
+    /// A serde error from the typed deserialization, with its field named.
+    fn serde_error(&self, e: &toml::de::Error) -> ScenarioError {
+        let message = clean_message(e.message());
+        let Some(span) = e.span() else {
+            return self.invalid(None, String::new(), message);
+        };
+        let Ok(doc) = self.document() else {
+            return self.invalid(Some(span), String::new(), message);
+        };
+        let mut path = FieldPath::default();
+        path_at(doc.get_ref(), span.start, &mut path);
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            path = path.key(missing);
+        }
+        self.invalid(Some(span), path.to_string(), message)
+    }
+
+    /// An error about `path`, located at its key (or the nearest enclosing one present).
+    fn at(&self, path: &FieldPath, message: String) -> ScenarioError {
+        let span = self
+            .document()
+            .ok()
+            .and_then(|doc| span_of(doc.get_ref(), &path.0));
+        self.invalid(span, path.to_string(), message)
+    }
+}
+
+/// toml's messages end with a newline and sometimes start upper-case; one lower-case line.
+fn clean_message(m: &str) -> String {
+    let line = m
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    let mut c = line.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn reoffset<'i>(v: Spanned<DeValue<'i>>, base: usize) -> Spanned<DeValue<'i>> {
+    let span = v.span();
+    let shifted = base + span.start..base + span.end;
+    let inner = match v.into_inner() {
+        DeValue::Table(t) => {
+            let mut out = DeTable::new();
+            for (k, v) in t {
+                let ks = k.span();
+                out.insert(
+                    Spanned::new(base + ks.start..base + ks.end, k.into_inner()),
+                    reoffset(v, base),
+                );
+            }
+            DeValue::Table(out)
+        }
+        DeValue::Array(a) => {
+            let mut out = DeArray::new();
+            for item in a.iter() {
+                out.push(reoffset(item.clone(), base));
+            }
+            DeValue::Array(out)
+        }
+        other => other,
+    };
+    Spanned::new(shifted, inner)
+}
+
+fn apply_set<'i>(
+    table: &mut DeTable<'i>,
+    path: &[Seg],
+    value: Spanned<DeValue<'i>>,
+    span: Range<usize>,
+) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err("the key is empty".into());
+    };
+    let Seg::Key(key) = first else {
+        return Err("a path starts with a key, not an index".into());
+    };
+    if rest.is_empty() {
+        let k = Spanned::new(span, std::borrow::Cow::Owned(key.clone()));
+        table.remove(key.as_str());
+        table.insert(k, value);
+        return Ok(());
+    }
+    if table.get(key.as_str()).is_none() {
+        // A missing table is created, so `--set policy.x=1` works without a [policy] section;
+        // a key that belongs nowhere is then reported by the typed check, naming the --set.
+        let k = Spanned::new(span.clone(), std::borrow::Cow::Owned(key.clone()));
+        table.insert(
+            k,
+            Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
+        );
+    }
+    let Some(child) = table.get_mut(key.as_str()) else {
+        return Err(format!("no field `{key}`"));
+    };
+    descend(child.get_mut(), key, rest, value, span)
+}
+
+fn descend<'i>(
+    node: &mut DeValue<'i>,
+    name: &str,
+    rest: &[Seg],
+    value: Spanned<DeValue<'i>>,
+    span: Range<usize>,
+) -> Result<(), String> {
+    match (node, &rest[0]) {
+        (DeValue::Table(t), Seg::Key(_)) => apply_set(t, rest, value, span),
+        (DeValue::Array(a), Seg::Index(i)) => {
+            let len = a.len();
+            let Some(item) = a.get_mut(*i) else {
+                return Err(format!("`{name}` has {len} entries; there is no index {i}"));
+            };
+            if rest.len() == 1 {
+                *item = value;
+                return Ok(());
+            }
+            descend(item.get_mut(), name, &rest[1..], value, span)
+        }
+        (DeValue::Array(_), Seg::Key(k)) => Err(format!(
+            "`{name}` is a list; use an index, e.g. {name}.0.{k}"
+        )),
+        (_, _) => Err(format!("`{name}` is not a table")),
+    }
+}
+
+/// The path of the deepest key or value whose span contains `offset`.
+fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath) {
+    for (k, v) in table.iter() {
+        if k.span().contains(&offset) {
+            path.0.push(Seg::Key(k.get_ref().to_string()));
+            return;
+        }
+        if v.span().contains(&offset) {
+            path.0.push(Seg::Key(k.get_ref().to_string()));
+            value_path_at(v.get_ref(), offset, path);
+            return;
+        }
+    }
+    // Array-of-tables items and [table] bodies are not always inside their value's span:
+    // fall back to the nearest key before the offset.
+    let mut best: Option<(
+        usize,
+        &Spanned<std::borrow::Cow<'_, str>>,
+        &Spanned<DeValue<'_>>,
+    )> = None;
+    for (k, v) in table.iter() {
+        let s = k.span().start;
+        if s <= offset && best.is_none_or(|(b, _, _)| s > b) {
+            best = Some((s, k, v));
+        }
+    }
+    if let Some((_, k, v)) = best {
+        path.0.push(Seg::Key(k.get_ref().to_string()));
+        value_path_at(v.get_ref(), offset, path);
+    }
+}
+
+fn value_path_at(v: &DeValue<'_>, offset: usize, path: &mut FieldPath) {
+    match v {
+        DeValue::Table(t) => path_at(t, offset, path),
+        DeValue::Array(a) => {
+            let mut pick = None;
+            for (i, item) in a.iter().enumerate() {
+                if item.span().contains(&offset) {
+                    pick = Some(i);
+                    break;
+                }
+                if item.span().start <= offset {
+                    pick = Some(i);
+                }
+            }
+            if let Some(i) = pick {
+                path.0.push(Seg::Index(i));
+                value_path_at(a[i].get_ref(), offset, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The span of the key at `path`, or of the nearest enclosing entry that exists.
+fn span_of(table: &DeTable<'_>, path: &[Seg]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(key) = first else {
+        return None;
+    };
+    let (k, v) = table.get_key_value(key.as_str())?;
+    if rest.is_empty() {
+        return Some(k.span());
+    }
+    Some(value_span_of(v, rest).unwrap_or_else(|| k.span()))
+}
+
+fn value_span_of(v: &Spanned<DeValue<'_>>, rest: &[Seg]) -> Option<Range<usize>> {
+    match (v.get_ref(), rest.first()?) {
+        (DeValue::Table(t), Seg::Key(_)) => span_of(t, rest),
+        (DeValue::Array(a), Seg::Index(i)) => {
+            let item = a.get(*i)?;
+            if rest.len() == 1 {
+                return Some(item.span());
+            }
+            Some(value_span_of(item, &rest[1..]).unwrap_or_else(|| item.span()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"name = "t"
+seed = 1
+
+[account]
+model = "gpt-4o-mini"
+tier = 1
+
+[images]
+width_px = 1024
+height_px = 768
+detail = "low"
+output_tokens = 60
+
+[[uploads]]
+users = 10
+images = 15
+at_s = 0
+"#;
+
+    fn check(text: &str, sets: &[&str], expect: &str) {
+        let sets: Vec<SetArg> = sets.iter().map(|s| SetArg::parse(s).unwrap()).collect();
+        let got = match Scenario::from_text("x.toml", text, &sets) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expect);
+    }
+
+    fn edit(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "{from}");
+        BASE.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn valid_base() {
+        check(BASE, &[], "ok");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        check(
+            &edit("images = 15", "images = 0"),
+            &[],
+            "x.toml:16: uploads[0].images: must be at least 1, got 0",
+        );
+        check(
+            &edit("users = 10", "users = 0"),
+            &[],
+            "x.toml:15: uploads[0].users: must be at least 1",
+        );
+        check(
+            &edit("at_s = 0", "at_s = -5"),
+            &[],
+            "x.toml:17: uploads[0].at_s: must be a finite number ≥ 0, got -5",
+        );
+        check(
+            &edit("tier = 1", "tier = 9"),
+            &[],
+            "x.toml:6: account.tier: no published limits for gpt-4o-mini tier 9 (known: 1, 2, 3, 4, 5)",
+        );
+        check(
+            &edit("tier = 1", "tier = \"one\""),
+            &[],
+            "x.toml:6: account.tier: invalid type: string \"one\", expected u8",
+        );
+        check(
+            &edit("detail = \"low\"", "detail = \"low\"\ncolour = true"),
+            &[],
+            "x.toml:12: images.colour: unknown field `colour`, expected one of `width_px`, `height_px`, `detail`, `output_tokens`, `prompt`, `url_bytes`",
+        );
+        check(
+            &format!("{BASE}\n[upstream]\nserver_error_rate = 1.5\n"),
+            &[],
+            "x.toml:20: upstream.server_error_rate: must be within 0..=1, got 1.5",
+        );
+        check(
+            &edit("seed = 1", "seed = 1\n[oops"),
+            &[],
+            "x.toml:3: invalid table header",
+        );
+        check(
+            &edit("width_px = 1024\n", ""),
+            &[],
+            "x.toml:8: images.width_px: missing field `width_px`",
+        );
+        check(
+            &format!("{BASE}\n[policy]\nchunk_size = 0\n"),
+            &[],
+            "x.toml:20: policy.chunk_size: must be at least 1",
+        );
+        check(
+            &format!("{BASE}\n[policy]\nchunk_sise = 3\n"),
+            &[],
+            "x.toml:20: policy.chunk_sise: unknown policy field `chunk_sise`",
+        );
+        check(
+            &edit("at_s = 0", "at_s = 0\nevery_s = 3"),
+            &[],
+            "x.toml:14: uploads[0]: give exactly one of at_s, every_s, poisson and daily",
+        );
+    }
+
+    #[test]
+    fn sets_edit_the_document() {
+        check(
+            BASE,
+            &["account.tier=2", "uploads.0.images=30", "seed=7"],
+            "ok",
+        );
+        check(BASE, &["policy.realtime_chunked_max=50"], "ok");
+        check(
+            BASE,
+            &["uploads.0.images=0"],
+            "x.toml: --set uploads.0.images=0: uploads[0].images: must be at least 1, got 0",
+        );
+        check(
+            BASE,
+            &["accout.tier=2"],
+            "x.toml: --set accout.tier=2: accout: unknown field `accout`, expected one of `name`, `seed`, `description`, `account`, `upstream`, `images`, `uploads`, `policy`, `prices`, `sim`",
+        );
+        check(
+            BASE,
+            &["uploads.3.images=1"],
+            "--set uploads.3.images=1: `uploads` has 1 entries; there is no index 3",
+        );
+        check(
+            BASE,
+            &["policy.chunk_size=0"],
+            "x.toml: --set policy.chunk_size=0: policy.chunk_size: must be at least 1",
+        );
+        check(
+            BASE,
+            &["uploads.0.images={ kind = \"lognormal\", median = 20, p99 = 2000, max = 10000 }"],
+            "ok",
+        );
+    }
+}

@@ -1,0 +1,896 @@
+//! The discrete-event loop: users arrive, core decides, the OpenAI model answers, in virtual time.
+//!
+//! One binary heap holds every upstream answer in flight, keyed by (time, insertion sequence),
+//! so ties resolve in the order they were scheduled and a run is deterministic. Arrivals come
+//! from a sorted list and core's own timer from [`Engine::poll_timeout`]; the loop jumps to the
+//! earliest of the three. Nothing here reads a clock or iterates a hash map into the output.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mock_openai::batch::{BatchLine, BatchStatus as ApiStatus, LineOutcome};
+use mock_openai::chat::{ChatOutcome, ChatRequest};
+use mock_openai::tags::{fnv1a64, tags_json};
+use mock_openai::{OrgId, Upstream};
+use tagstorm_core::cost::Channel;
+use tagstorm_core::limit::{Charge, Observed, RateLimits};
+use tagstorm_core::tokens::{ImageSpec, Model};
+use tagstorm_core::{
+    Action, BatchRef, BatchState, BatchStatus, Config, Engine, Event, ImageId, ImageInput,
+    LineResult, Policy, RealtimeOutcome, RequestId, RequestShape, Time, Upload, UpstreamError,
+    WorkspaceId,
+};
+
+use crate::results::{
+    AccountSummary, ImageCounts, Latencies, Results, SCHEMA, SimInfo, Summary, Tokens,
+    UploadCounts, UpstreamCounts, Verification, new_histogram, round,
+};
+use crate::scenario::{Scenario, millis, secs};
+use crate::workload::{self, Arrival, derive_seed, streams};
+
+/// Most events one run may process, whatever the scenario: the loop's hard bound.
+pub const MAX_EVENTS: u64 = 2_000_000_000;
+
+/// A run that could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// Core or the model refused the configuration.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A run's results and its latency histograms (for the `.hgrm` files).
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The results object.
+    pub results: Results,
+    /// Upload start → image tagged, ms.
+    pub image_tagged: Histogram<u64>,
+    /// Upload start → first tag, ms.
+    pub upload_first_tag: Histogram<u64>,
+    /// Upload start → every image terminal, ms.
+    pub upload_complete: Histogram<u64>,
+}
+
+/// A progress report, for a caller that shows one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Virtual time, ms.
+    pub now_ms: u64,
+    /// Images terminal so far.
+    pub terminal: u64,
+    /// Images in the workload.
+    pub total: u64,
+    /// Events processed.
+    pub events: u64,
+}
+
+/// Runs `scenario` under `policy` (already resolved with the scenario's overrides).
+pub fn run(scenario: &Scenario, policy: &Policy) -> Result<RunOutput, SimError> {
+    run_with_progress(scenario, policy, &mut |_| {})
+}
+
+/// [`run`], calling `progress` every 2^16 events.
+pub fn run_with_progress(
+    scenario: &Scenario,
+    policy: &Policy,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunOutput, SimError> {
+    let arrivals = workload::generate(&scenario.spec);
+    let mut sim = Sim::new(scenario, policy, arrivals)?;
+    sim.run(progress);
+    Ok(sim.finish())
+}
+
+#[derive(Debug)]
+enum Ev {
+    Realtime {
+        request: RequestId,
+        image: ImageId,
+        outcome: RealtimeOutcome,
+        content: u64,
+    },
+    FileUploaded {
+        batch: BatchRef,
+        result: Result<String, UpstreamError>,
+    },
+    BatchCreated {
+        batch: BatchRef,
+        result: Result<String, UpstreamError>,
+    },
+    Status {
+        batch: BatchRef,
+        result: Result<BatchStatus, UpstreamError>,
+    },
+    Results {
+        batch: BatchRef,
+        result: Result<Vec<LineResult>, UpstreamError>,
+        contents: Vec<(ImageId, u64)>,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Entry) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Entry) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    /// Reversed, so the max-heap pops the earliest (time, seq) first.
+    fn cmp(&self, o: &Entry) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Debug)]
+struct UploadRec {
+    start: Time,
+    base: usize,
+    first_tag: bool,
+}
+
+#[derive(Debug, Default)]
+struct Money {
+    realtime: f64,
+    batch: f64,
+}
+
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    policy_name: String,
+    engine: Engine,
+    up: Upstream,
+    org: OrgId,
+    model: Model,
+    max_tokens: u32,
+    text_chars: u64,
+    spec: ImageSpec,
+    url_bytes: u32,
+    now: Time,
+    end: Time,
+    queue: BinaryHeap<Entry>,
+    seq: u64,
+    arrivals: Vec<Arrival>,
+    next_arrival: usize,
+    uploads: Vec<UploadRec>,
+    /// Global index of the next upload's first image.
+    next_base: usize,
+    /// Per image (by global index): the FNV hash of the tags content delivered for it, 0 = none.
+    delivered: Vec<u64>,
+    /// Per image: 0 = not terminal, 1 = tagged, 2 = failed.
+    state: Vec<u8>,
+    files: Vec<Option<Vec<BatchLine>>>,
+    /// Per core batch: whether its terminal status has been counted.
+    batch_seen: Vec<bool>,
+    counts: ImageCounts,
+    upstream: UpstreamCounts,
+    tokens: Tokens,
+    money: Money,
+    verification: Verification,
+    complete: u64,
+    last_terminal: Time,
+    events: u64,
+    hit_bound: bool,
+    h_tagged: Histogram<u64>,
+    h_first: Histogram<u64>,
+    h_complete: Histogram<u64>,
+    file_upload: Duration,
+    api_call: Duration,
+    rate_limited_delay: Duration,
+}
+
+impl std::fmt::Debug for Sim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim").field("now", &self.now).finish()
+    }
+}
+
+fn image_url(image: ImageId) -> String {
+    format!(
+        "https://img.tagstorm.test/u{}/i{}.jpg",
+        image.upload.0, image.index
+    )
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<'a> Sim<'a> {
+    fn new(
+        scenario: &'a Scenario,
+        policy: &Policy,
+        arrivals: Vec<Arrival>,
+    ) -> Result<Sim<'a>, SimError> {
+        let s = &scenario.spec;
+        let setup = |e: &dyn std::fmt::Display| SimError::Setup(e.to_string());
+        let limits = s.account.resolve().map_err(|e| setup(&e))?;
+        let mut request = RequestShape {
+            model: s.account.model,
+            max_tokens: s.images.output_tokens,
+            image_charge_tokens: s.upstream.image_charge_tokens,
+            ..RequestShape::default()
+        };
+        if let Some(p) = &s.images.prompt {
+            request.prompt = p.clone();
+        }
+        let text_chars = request.prompt.chars().count() as u64;
+        let cfg = Config::new(policy.clone(), limits)
+            .with_request(request)
+            .with_seed(derive_seed(s.seed, streams::CORE));
+        let mut engine = Engine::new(cfg).map_err(|e| setup(&e))?;
+        engine.set_progress_events(false);
+        let mut up = Upstream::new(s.upstream.clone(), derive_seed(s.seed, streams::MODEL))
+            .map_err(|e| setup(&e))?;
+        let org = up.add_org(&s.account).map_err(|e| setup(&e))?;
+        if s.sim.foreign_batch_tokens > 0 {
+            submit_foreign_batch(&mut up, org, s.sim.foreign_batch_tokens)
+                .map_err(|e| setup(&e))?;
+        }
+        let total: u64 = arrivals.iter().map(|a| u64::from(a.images)).sum();
+        let total_usize = usize::try_from(total).map_err(|e| setup(&e))?;
+        Ok(Sim {
+            scenario,
+            policy_name: policy.name.clone(),
+            engine,
+            up,
+            org,
+            model: s.account.model,
+            max_tokens: s.images.output_tokens,
+            text_chars,
+            spec: ImageSpec {
+                width_px: s.images.width_px,
+                height_px: s.images.height_px,
+                detail: s.images.detail,
+            },
+            url_bytes: s.images.url_bytes,
+            now: Time::ZERO,
+            end: Time::ZERO + secs(s.sim.max_duration_s),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            uploads: Vec::with_capacity(arrivals.len()),
+            next_base: 0,
+            arrivals,
+            next_arrival: 0,
+            delivered: vec![0; total_usize],
+            state: vec![0; total_usize],
+            files: Vec::new(),
+            batch_seen: Vec::new(),
+            counts: ImageCounts {
+                total,
+                ..ImageCounts::default()
+            },
+            upstream: UpstreamCounts::default(),
+            tokens: Tokens::default(),
+            money: Money::default(),
+            verification: Verification::default(),
+            complete: 0,
+            last_terminal: Time::ZERO,
+            events: 0,
+            hit_bound: false,
+            h_tagged: new_histogram(),
+            h_first: new_histogram(),
+            h_complete: new_histogram(),
+            file_upload: millis(s.sim.file_upload_ms),
+            api_call: millis(s.sim.api_call_ms),
+            rate_limited_delay: millis(s.sim.rate_limited_ms),
+        })
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn global(&self, image: ImageId) -> Option<usize> {
+        let u = self.uploads.get(image.upload.0 as usize)?;
+        Some(u.base + image.index as usize)
+    }
+
+    fn run(&mut self, progress: &mut dyn FnMut(&Progress)) {
+        loop {
+            self.pump();
+            let t_arrival = self.arrivals.get(self.next_arrival).map(|a| a.at);
+            let t_queue = self.queue.peek().map(|e| e.at);
+            let t_timer = self.engine.poll_timeout();
+            let Some(next) = [t_arrival, t_queue, t_timer].into_iter().flatten().min() else {
+                return;
+            };
+            if next > self.end || self.events >= MAX_EVENTS {
+                self.hit_bound = true;
+                return;
+            }
+            self.now = self.now.max(next);
+            self.events += 1;
+            if self.events & 0xffff == 0 {
+                progress(&Progress {
+                    now_ms: self.now.as_millis(),
+                    terminal: self.counts.tagged + self.counts.failed,
+                    total: self.counts.total,
+                    events: self.events,
+                });
+            }
+            if t_arrival == Some(next) {
+                self.arrive();
+            } else if t_queue == Some(next) {
+                if let Some(e) = self.queue.pop() {
+                    self.deliver(e.ev);
+                }
+            } else {
+                self.engine.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn arrive(&mut self) {
+        let a = self.arrivals[self.next_arrival];
+        self.next_arrival += 1;
+        let base = self.next_base;
+        self.next_base += a.images as usize;
+        let image = ImageInput {
+            spec: self.spec,
+            url_len: self.url_bytes,
+        };
+        let upload = Upload {
+            workspace: WorkspaceId(a.workspace),
+            images: vec![image; a.images as usize],
+            deadline: a.deadline,
+        };
+        self.uploads.push(UploadRec {
+            start: self.now,
+            base,
+            first_tag: false,
+        });
+        match self.engine.handle_upload(self.now, upload) {
+            Ok(id) => debug_assert_eq!(id.0 as usize + 1, self.uploads.len()),
+            Err(e) => {
+                // Core records nothing for a refused upload; its images fail here, visibly.
+                let n = u64::from(a.images);
+                self.counts.failed += n;
+                *self
+                    .counts
+                    .failures
+                    .entry(format!("upload_rejected: {e}"))
+                    .or_default() += n;
+                for s in &mut self.state[base..base + a.images as usize] {
+                    *s = 2;
+                }
+            }
+        }
+    }
+
+    /// Hands every action core wants done to the model, and records every event.
+    fn pump(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            self.act(action);
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.record(event);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        let now = self.now;
+        match action {
+            Action::SendRealtime {
+                request,
+                image,
+                spec,
+                max_tokens,
+                ..
+            } => {
+                self.upstream.requests += 1;
+                let url = image_url(image);
+                let req = ChatRequest {
+                    model: self.model,
+                    max_tokens,
+                    text_chars: self.text_chars,
+                    images: std::slice::from_ref(&spec),
+                    image_url: &url,
+                };
+                let (delay, outcome, content) = match self.up.chat(now, self.org, &req) {
+                    ChatOutcome::Ok(ok) => (
+                        ok.latency,
+                        RealtimeOutcome::Ok {
+                            usage: ok.usage,
+                            observed: Observed {
+                                remaining_requests: Some(ok.headers.remaining_requests),
+                                remaining_tokens: Some(ok.headers.remaining_tokens),
+                                retry_after: None,
+                            },
+                        },
+                        fnv1a64(ok.content.as_bytes()),
+                    ),
+                    ChatOutcome::RateLimited(r) => {
+                        self.upstream.rate_limited += 1;
+                        (
+                            self.rate_limited_delay,
+                            RealtimeOutcome::RateLimited {
+                                retry_after: Some(r.retry_after),
+                                observed: Observed {
+                                    remaining_requests: Some(r.headers.remaining_requests),
+                                    remaining_tokens: Some(r.headers.remaining_tokens),
+                                    retry_after: Some(r.retry_after),
+                                },
+                            },
+                            0,
+                        )
+                    }
+                    ChatOutcome::RequestTooLarge { limit, requested } => {
+                        self.upstream.rate_limited += 1;
+                        (
+                            self.rate_limited_delay,
+                            RealtimeOutcome::Rejected {
+                                status: 429,
+                                message: format!(
+                                    "request too large: {requested} tokens, limit {limit} per minute"
+                                ),
+                            },
+                            0,
+                        )
+                    }
+                    ChatOutcome::ServerError { status, after } => {
+                        self.upstream.server_errors += 1;
+                        (after, RealtimeOutcome::ServerError { status }, 0)
+                    }
+                    ChatOutcome::Timeout { after } => {
+                        self.upstream.timeouts += 1;
+                        (after, RealtimeOutcome::Timeout, 0)
+                    }
+                    ChatOutcome::Rejected(e) => (
+                        self.rate_limited_delay,
+                        RealtimeOutcome::Rejected {
+                            status: e.status,
+                            message: e.message,
+                        },
+                        0,
+                    ),
+                };
+                self.push(
+                    now + delay,
+                    Ev::Realtime {
+                        request,
+                        image,
+                        outcome,
+                        content,
+                    },
+                );
+            }
+            Action::UploadBatchFile {
+                batch,
+                images,
+                bytes,
+                ..
+            } => {
+                let result = if bytes > self.up.config().batch.max_file_bytes {
+                    Err(UpstreamError {
+                        status: Some(400),
+                        message: format!(
+                            "file of {bytes} bytes is larger than the {} allowed",
+                            self.up.config().batch.max_file_bytes
+                        ),
+                    })
+                } else {
+                    let lines = images.iter().map(|&img| self.batch_line(img)).collect();
+                    let id = format!("file-sim{}", self.files.len());
+                    self.files.push(Some(lines));
+                    Ok(id)
+                };
+                self.push(now + self.file_upload, Ev::FileUploaded { batch, result });
+            }
+            Action::CreateBatch { batch, file_id } => {
+                let lines = file_id
+                    .strip_prefix("file-sim")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| self.files.get_mut(n))
+                    .and_then(Option::take);
+                let result = match lines {
+                    None => Err(UpstreamError {
+                        status: Some(404),
+                        message: format!("no such file: {file_id}"),
+                    }),
+                    Some(lines) => match self.up.submit_batch(now, self.org, lines) {
+                        Ok(b) => {
+                            self.upstream.batches_created += 1;
+                            Ok(b.id)
+                        }
+                        Err(e) => Err(UpstreamError {
+                            status: Some(e.status),
+                            message: e.message,
+                        }),
+                    },
+                };
+                self.push(now + self.api_call, Ev::BatchCreated { batch, result });
+            }
+            Action::PollBatch { batch, batch_id } => {
+                self.upstream.batch_polls += 1;
+                let result = match self.up.retrieve_batch(now, self.org, &batch_id) {
+                    Ok(b) => {
+                        let state = match b.status {
+                            ApiStatus::Validating => BatchState::Validating,
+                            ApiStatus::InProgress => BatchState::InProgress,
+                            ApiStatus::Finalizing => BatchState::Finalizing,
+                            ApiStatus::Completed => BatchState::Completed,
+                            ApiStatus::Failed => BatchState::Failed {
+                                code: b
+                                    .errors
+                                    .as_ref()
+                                    .and_then(|e| e.data.first())
+                                    .map_or_else(|| "failed".to_owned(), |e| e.code.clone()),
+                            },
+                            ApiStatus::Expired => BatchState::Expired,
+                            ApiStatus::Cancelling => BatchState::Cancelling,
+                            ApiStatus::Cancelled => BatchState::Cancelled,
+                        };
+                        self.count_batch_end(batch, &state);
+                        Ok(BatchStatus {
+                            state,
+                            output_file_id: b.output_file_id,
+                            error_file_id: b.error_file_id,
+                        })
+                    }
+                    Err(e) => Err(UpstreamError {
+                        status: Some(e.status),
+                        message: e.message,
+                    }),
+                };
+                self.push(now + self.api_call, Ev::Status { batch, result });
+            }
+            Action::DownloadResults {
+                batch, batch_id, ..
+            } => {
+                let mut contents = Vec::new();
+                let result = match self.up.batch_results(now, self.org, &batch_id) {
+                    Some(r) => Ok(r
+                        .lines
+                        .into_iter()
+                        .map(|l| {
+                            let outcome = match l.outcome {
+                                LineOutcome::Ok { usage, content } => {
+                                    if let Ok(img) = l.custom_id.parse::<ImageId>() {
+                                        contents.push((img, fnv1a64(content.as_bytes())));
+                                    }
+                                    Ok(usage)
+                                }
+                                LineOutcome::Err { code, .. } => Err(code.to_owned()),
+                            };
+                            LineResult {
+                                custom_id: l.custom_id,
+                                outcome,
+                            }
+                        })
+                        .collect()),
+                    None => Err(UpstreamError {
+                        status: Some(404),
+                        message: format!("no results for {batch_id}"),
+                    }),
+                };
+                self.push(
+                    now + self.api_call,
+                    Ev::Results {
+                        batch,
+                        result,
+                        contents,
+                    },
+                );
+            }
+        }
+    }
+
+    fn batch_line(&self, image: ImageId) -> BatchLine {
+        let url = image_url(image);
+        let spec = self.engine.image(image).map_or(self.spec, |i| i.spec);
+        let (usage, _, _) = self.up.answer(
+            self.model,
+            self.max_tokens,
+            self.text_chars,
+            std::slice::from_ref(&spec),
+            &url,
+        );
+        let queue_tokens = self.engine.image_tokens(image).map_or(0, |t| t.0);
+        BatchLine {
+            custom_id: image.to_string(),
+            image_url: Arc::from(url),
+            charge_tokens: queue_tokens,
+            usage,
+        }
+    }
+
+    fn count_batch_end(&mut self, batch: BatchRef, state: &BatchState) {
+        let i = batch.0 as usize;
+        if self.batch_seen.len() <= i {
+            self.batch_seen.resize(i + 1, false);
+        }
+        let terminal = matches!(
+            state,
+            BatchState::Failed { .. }
+                | BatchState::Completed
+                | BatchState::Expired
+                | BatchState::Cancelled
+        );
+        if !terminal || self.batch_seen[i] {
+            return;
+        }
+        self.batch_seen[i] = true;
+        match state {
+            BatchState::Failed { code } => {
+                self.upstream.batches_failed += 1;
+                if code == "token_limit_exceeded" {
+                    self.upstream.batches_token_limit += 1;
+                }
+            }
+            BatchState::Expired => self.upstream.batches_expired += 1,
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Realtime {
+                request,
+                image,
+                outcome,
+                content,
+            } => {
+                if content != 0 {
+                    if let Some(g) = self.global(image) {
+                        self.delivered[g] = content;
+                    }
+                }
+                self.engine.handle_realtime_response(now, request, outcome);
+            }
+            Ev::FileUploaded { batch, result } => {
+                self.engine.handle_file_uploaded(now, batch, result);
+            }
+            Ev::BatchCreated { batch, result } => {
+                self.engine.handle_batch_created(now, batch, result);
+            }
+            Ev::Status { batch, result } => self.engine.handle_batch_status(now, batch, result),
+            Ev::Results {
+                batch,
+                result,
+                contents,
+            } => {
+                for (img, hash) in contents {
+                    if let Some(g) = self.global(img) {
+                        if let Some(slot) = self.delivered.get_mut(g) {
+                            *slot = hash;
+                        }
+                    }
+                }
+                self.engine.handle_batch_results(now, batch, result);
+            }
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::ImageTagged {
+                image,
+                at,
+                channel,
+                usage,
+            } => {
+                let Some(g) = self.global(image).filter(|g| *g < self.state.len()) else {
+                    return;
+                };
+                if self.state[g] != 0 {
+                    self.verification.duplicate_terminal += 1;
+                    return;
+                }
+                self.state[g] = 1;
+                self.last_terminal = self.last_terminal.max(at);
+                self.counts.tagged += 1;
+                let cost = self
+                    .scenario
+                    .spec
+                    .prices
+                    .cost_usd(self.model, channel, usage);
+                match channel {
+                    Channel::Realtime => {
+                        self.counts.tagged_realtime += 1;
+                        self.tokens.realtime_input += usage.input_tokens;
+                        self.tokens.realtime_output += usage.output_tokens;
+                        self.money.realtime += cost;
+                    }
+                    Channel::Batch => {
+                        self.counts.tagged_batch += 1;
+                        self.tokens.batch_input += usage.input_tokens;
+                        self.tokens.batch_output += usage.output_tokens;
+                        self.money.batch += cost;
+                    }
+                }
+                let expected = fnv1a64(tags_json(&image_url(image)).as_bytes());
+                if self.delivered[g] != expected {
+                    self.verification.tag_mismatches += 1;
+                }
+                let u = &mut self.uploads[image.upload.0 as usize];
+                let since = ms(at - u.start);
+                let _ = self.h_tagged.record(since);
+                if !u.first_tag {
+                    u.first_tag = true;
+                    let _ = self.h_first.record(since);
+                }
+            }
+            Event::ImageFailed { image, at, reason } => {
+                let Some(g) = self.global(image).filter(|g| *g < self.state.len()) else {
+                    return;
+                };
+                if self.state[g] != 0 {
+                    self.verification.duplicate_terminal += 1;
+                    return;
+                }
+                self.state[g] = 2;
+                self.last_terminal = self.last_terminal.max(at);
+                self.counts.failed += 1;
+                *self
+                    .counts
+                    .failures
+                    .entry(reason.code().to_owned())
+                    .or_default() += 1;
+            }
+            Event::UploadComplete { upload, at } => {
+                if let Some(u) = self.uploads.get(upload.0 as usize) {
+                    self.complete += 1;
+                    let _ = self.h_complete.record(ms(at - u.start));
+                }
+            }
+            Event::DownloadFailed { .. } | Event::Progress(_) => {}
+        }
+    }
+
+    fn finish(self) -> RunOutput {
+        let s = &self.scenario.spec;
+        let stats = self.engine.stats();
+        let limits = s.account.resolve().ok();
+        let first_arrival = self.arrivals.first().map_or(Time::ZERO, |a| a.at);
+        let mut counts = self.counts;
+        counts.pending = self.state.iter().filter(|s| **s == 0).count() as u64;
+        let pending = counts.pending;
+        let end_of_work = if counts.pending > 0 {
+            self.now.max(self.last_terminal)
+        } else {
+            self.last_terminal
+        };
+        let makespan_ms = ms(end_of_work - first_arrival);
+        let bound = limits.as_ref().map(|l| {
+            let mut rl = RateLimits::new(l.rpm, l.tpm);
+            if let Some(rpd) = l.rpd {
+                rl = rl.with_rpd(rpd);
+            }
+            let charge = self.up.charge(&ChatRequest {
+                model: self.model,
+                max_tokens: self.max_tokens,
+                text_chars: self.text_chars,
+                images: std::slice::from_ref(&self.spec),
+                image_url: "",
+            });
+            bound_time(&self.arrivals, charge, rl).map(|t| t + self.up.config().latency.min())
+        });
+        let bound_ms = match bound {
+            Some(Some(t)) => ms(t - first_arrival),
+            _ => 0,
+        };
+        let bound_ratio = if bound_ms > 0 {
+            round(makespan_ms as f64 / bound_ms as f64, 1e4)
+        } else {
+            0.0
+        };
+        let mut upstream = self.upstream;
+        upstream.retries = stats.retries;
+        upstream.fallbacks_to_batch = stats.fallbacks_to_batch;
+        let mut tokens = self.tokens;
+        tokens.billed_input = tokens.realtime_input + tokens.batch_input;
+        tokens.billed_output = tokens.realtime_output + tokens.batch_output;
+        let results = Results {
+            schema: SCHEMA,
+            scenario: s.name.clone(),
+            policy: self.policy_name,
+            seed: s.seed,
+            account: AccountSummary {
+                model: s.account.model.as_str().to_owned(),
+                tier: s.account.tier,
+                rpm: limits.map_or(0, |l| l.rpm.get()),
+                tpm: limits.map_or(0, |l| l.tpm.get()),
+                rpd: limits.and_then(|l| l.rpd.map(|v| v.get())),
+                batch_queue_tokens: limits.map_or(0, |l| l.batch_queue_tokens.get()),
+            },
+            images: counts,
+            uploads: UploadCounts {
+                total: self.arrivals.len() as u64,
+                started: self.uploads.len() as u64,
+                complete: self.complete,
+            },
+            latency_ms: Latencies {
+                image_tagged: Summary::of(&self.h_tagged),
+                upload_first_tag: Summary::of(&self.h_first),
+                upload_complete: Summary::of(&self.h_complete),
+            },
+            upstream,
+            tokens,
+            cost_usd: round(self.money.realtime + self.money.batch, 1e6),
+            cost_usd_realtime: round(self.money.realtime, 1e6),
+            cost_usd_batch: round(self.money.batch, 1e6),
+            makespan_ms,
+            bound_ms,
+            bound_ratio,
+            verification: self.verification,
+            sim: SimInfo {
+                events: self.events,
+                end_ms: self.now.as_millis(),
+                max_duration_ms: ms(secs(s.sim.max_duration_s)),
+                hit_max_duration: self.hit_bound && pending > 0,
+            },
+        };
+        RunOutput {
+            results,
+            image_tagged: self.h_tagged,
+            upload_first_tag: self.h_first,
+            upload_complete: self.h_complete,
+        }
+    }
+}
+
+/// Another client's batch holding `tokens` of the organization's queue from t = 0: lines of
+/// about one low-detail image each, so its timeline is that of a real batch of that size.
+fn submit_foreign_batch(up: &mut Upstream, org: OrgId, tokens: u64) -> Result<(), String> {
+    const PER_LINE: u64 = 2_850;
+    let n = tokens.div_ceil(PER_LINE).min(50_000);
+    let lines = (0..n)
+        .map(|i| BatchLine {
+            custom_id: format!("foreign-{i}"),
+            image_url: Arc::from(format!("https://img.tagstorm.test/foreign/{i}.jpg")),
+            charge_tokens: tokens / n + u64::from(i < tokens % n),
+            usage: tagstorm_core::tokens::Usage::default(),
+        })
+        .collect();
+    up.submit_batch(Time::ZERO, org, lines)
+        .map(|_| ())
+        .map_err(|e| format!("sim.foreign_batch_tokens: {}", e.message))
+}
+
+/// The last admission time of every image of `arrivals` through an ideal pacer on full-then-
+/// refilling RPM/TPM (and RPD) buckets, each image admitted as early as possible in arrival
+/// order (optimal for one bucket pair, since every image costs the same). `None` if one image
+/// can never be admitted, or there are no images.
+pub fn bound_time(arrivals: &[Arrival], charge: Charge, mut limits: RateLimits) -> Option<Time> {
+    let mut t = Time::ZERO;
+    let mut last = None;
+    for a in arrivals {
+        t = t.max(a.at);
+        for _ in 0..a.images {
+            t = limits.ready_at(t, charge)?;
+            limits.force_take(t, charge);
+            last = Some(t);
+        }
+    }
+    last
+}
+
+/// Failure counts in a stable order (for tests and reports).
+pub fn failures_line(f: &BTreeMap<String, u64>) -> String {
+    f.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
