@@ -1,7 +1,8 @@
 //! A behaviour model of the OpenAI API: rate limits, 429 bodies and headers, latency, faults,
 //! Files and the Batch API lifecycle. Sans-IO — every call takes `now: Time`, nothing reads a
 //! clock or touches the network — so the simulator drives it in virtual time and the HTTP
-//! server (`mock_openai::server`, added separately) serves it on the real OpenAI paths.
+//! server ([`server`], hyper and tokio, the only module that does I/O) serves it on the real
+//! OpenAI paths.
 //!
 //! Principal types:
 //! - [`Upstream`]: the modelled service. [`Upstream::chat`] for realtime calls,
@@ -56,6 +57,7 @@ pub mod ids;
 pub mod jsonl;
 pub mod latency;
 pub mod org;
+pub mod server;
 pub mod tags;
 pub mod upstream;
 

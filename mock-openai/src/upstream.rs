@@ -89,6 +89,15 @@ impl Upstream {
         &self.config
     }
 
+    /// Replaces the configuration (latency, faults, batch behaviour) from the next call on,
+    /// after validating it; on error nothing changes. Random streams continue where they
+    /// were, and existing batches keep the timelines they were created with.
+    pub fn set_config(&mut self, config: UpstreamConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The organization's name (`org-…`), as 429 messages show it.
     pub fn org_name(&self, org: OrgId) -> Option<&str> {
         self.orgs.get(org.0 as usize).map(|o| o.name.as_str())

@@ -1,0 +1,247 @@
+//! The Batch API: `POST /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`,
+//! `GET /v1/batches?after=&limit=`. Request problems are 4xx; problems in the input file make
+//! the created batch go `failed` (facts §5). Timestamps are moved to real time.
+
+use hyper::Request;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::batch::{Batch, BatchList};
+use crate::error::ApiError;
+use crate::server::http::{
+    Reply, bad_request, invalid_json, invalid_type, read_body, unrecognized_argument,
+};
+use crate::server::{Backend, Delivery, OrgEntry, State};
+
+const KNOWN_KEYS: [&str; 5] = [
+    "input_file_id",
+    "endpoint",
+    "completion_window",
+    "metadata",
+    "output_expires_after",
+];
+
+/// The batch with its timestamps on the wall clock and its stored metadata.
+fn real_batch(state: &State, b: &Backend, mut batch: Batch) -> Batch {
+    let epoch = b.upstream.config().epoch_unix_s;
+    let conv = |t: u64| state.clock.unix_from_model(t, epoch);
+    batch.created_at = state.clock.unix_from_model(batch.created_at, epoch);
+    for t in [
+        &mut batch.in_progress_at,
+        &mut batch.expires_at,
+        &mut batch.finalizing_at,
+        &mut batch.completed_at,
+        &mut batch.failed_at,
+        &mut batch.expired_at,
+        &mut batch.cancelling_at,
+        &mut batch.cancelled_at,
+    ] {
+        *t = t.map(conv);
+    }
+    batch.metadata = b.metadata.get(&batch.id).cloned();
+    batch
+}
+
+fn string_field<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(ApiError::missing_parameter(key)),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(invalid_type(key, "a string", other)),
+    }
+}
+
+fn check_metadata(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => {
+            if m.len() > 16 {
+                return Err(ApiError::invalid_value(
+                    "metadata",
+                    "at most 16 key-value pairs are allowed.",
+                ));
+            }
+            for (k, v) in m {
+                if k.chars().count() > 64 {
+                    return Err(ApiError::invalid_value(
+                        "metadata",
+                        "keys may be at most 64 characters.",
+                    ));
+                }
+                match v {
+                    Value::String(s) if s.chars().count() <= 512 => {}
+                    Value::String(_) => {
+                        return Err(ApiError::invalid_value(
+                            "metadata",
+                            "values may be at most 512 characters.",
+                        ));
+                    }
+                    other => return Err(invalid_type(&format!("metadata.{k}"), "a string", other)),
+                }
+            }
+            Ok(Some(Value::Object(m.clone())))
+        }
+        Some(other) => Err(invalid_type("metadata", "an object", other)),
+    }
+}
+
+/// `POST /v1/batches`.
+pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>) -> Delivery {
+    let bytes = match read_body(req, state.limits.json).await {
+        Ok(b) => b,
+        Err(e) => return e.into(),
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return invalid_json().into();
+    };
+    let Some(obj) = value.as_object() else {
+        return bad_request(
+            "Invalid type for the request body: expected an object.",
+            None,
+            Some("invalid_type"),
+        )
+        .into();
+    };
+    if let Some(k) = obj.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        return unrecognized_argument(k).into();
+    }
+    let fields = string_field(obj, "input_file_id").and_then(|f| {
+        Ok((
+            f,
+            string_field(obj, "endpoint")?,
+            string_field(obj, "completion_window")?,
+        ))
+    });
+    let (file, endpoint, window) = match fields {
+        Ok(f) => f,
+        Err(e) => return e.into(),
+    };
+    let metadata = match check_metadata(obj.get("metadata")) {
+        Ok(m) => m,
+        Err(e) => return e.into(),
+    };
+    let now = state.clock.now();
+    let mut b = state.lock();
+    match b
+        .upstream
+        .create_batch(now, org.org, file, endpoint, window)
+    {
+        Ok(batch) => {
+            if let Some(m) = metadata {
+                b.metadata.insert(batch.id.clone(), m);
+            }
+            Reply::value(&real_batch(state, &b, batch)).into()
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// `GET /v1/batches/{id}`.
+pub(crate) fn retrieve(state: &State, org: &OrgEntry, id: &str) -> Delivery {
+    let now = state.clock.now();
+    let mut b = state.lock();
+    match b.upstream.retrieve_batch(now, org.org, id) {
+        Ok(batch) => Reply::value(&real_batch(state, &b, batch)).into(),
+        Err(e) => e.into(),
+    }
+}
+
+/// `POST /v1/batches/{id}/cancel`.
+pub(crate) fn cancel(state: &State, org: &OrgEntry, id: &str) -> Delivery {
+    let now = state.clock.now();
+    let mut b = state.lock();
+    match b.upstream.cancel_batch(now, org.org, id) {
+        Ok(batch) => Reply::value(&real_batch(state, &b, batch)).into(),
+        Err(e) => e.into(),
+    }
+}
+
+/// Reads `after` and `limit` (1..=100) from a query string.
+fn list_query(query: Option<&str>) -> Result<(Option<String>, Option<u32>), ApiError> {
+    let mut after = None;
+    let mut limit = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "after" => after = Some(percent_decode(v)),
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => limit = Some(n),
+                _ => {
+                    return Err(ApiError::invalid_value(
+                        "limit",
+                        &format!(
+                            "expected an integer between 1 and 100, got '{}'.",
+                            percent_decode(v)
+                        ),
+                    ));
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok((after, limit))
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes are kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /v1/batches`.
+pub(crate) fn list(state: &State, org: &OrgEntry, query: Option<&str>) -> Delivery {
+    let (after, limit) = match list_query(query) {
+        Ok(q) => q,
+        Err(e) => return e.into(),
+    };
+    let now = state.clock.now();
+    let mut b = state.lock();
+    let page = b
+        .upstream
+        .list_batches(now, org.org, after.as_deref(), limit);
+    let data: Vec<Batch> = page
+        .data
+        .into_iter()
+        .map(|x| real_batch(state, &b, x))
+        .collect();
+    Reply::value(&BatchList { data, ..page }).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries() {
+        assert_eq!(list_query(None).unwrap(), (None, None));
+        assert_eq!(
+            list_query(Some("after=batch_1&limit=2")).unwrap(),
+            (Some("batch_1".into()), Some(2))
+        );
+        assert!(list_query(Some("limit=0")).is_err());
+        assert!(list_query(Some("limit=101")).is_err());
+        assert!(list_query(Some("limit=x")).is_err());
+        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

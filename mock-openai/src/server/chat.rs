@@ -1,0 +1,394 @@
+//! `POST /v1/chat/completions`: validates the body the way OpenAI does (400/404 bodies that
+//! name the parameter), asks the model, and answers per its [`ChatOutcome`] — 200 with
+//! `x-ratelimit-*` after the modelled latency (slept outside the lock), 429 with the exact body
+//! and `retry-after`, 500/503 after their delay, a timeout hold, or a transport fault.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Request;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::chat::{ChatOutcome, ChatRequest};
+use crate::error::{ApiError, LimitDimension};
+use crate::headers::RateLimitHeaders;
+use crate::jsonl::{self, ChatBody, MAX_OUTPUT_TOKENS};
+use crate::latency::ms_to_duration;
+use crate::server::config::TransportFault;
+use crate::server::http::{
+    Reply, bad_request, invalid_json, invalid_type, read_body, unrecognized_argument,
+};
+use crate::server::{Delivery, OrgEntry, State};
+
+/// Top-level request keys OpenAI accepts (facts §1, `CreateChatCompletionRequest` and the
+/// shared model-response properties); anything else is a 400 "Unrecognized request argument".
+const KNOWN_KEYS: &[&str] = &[
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "messages",
+    "metadata",
+    "modalities",
+    "model",
+    "moderation",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
+    "prompt_cache_retention",
+];
+
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+fn missing(param: &str) -> ApiError {
+    ApiError::missing_parameter(param)
+}
+
+fn check_part(part: &Value, at: &str) -> Result<(), ApiError> {
+    let Some(obj) = part.as_object() else {
+        return Err(invalid_type(at, "an object", part));
+    };
+    let kind = match obj.get("type") {
+        None => return Err(missing(&format!("{at}.type"))),
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(invalid_type(&format!("{at}.type"), "a string", other)),
+    };
+    match kind {
+        "text" => match obj.get("text") {
+            None => Err(missing(&format!("{at}.text"))),
+            Some(Value::String(_)) => Ok(()),
+            Some(other) => Err(invalid_type(&format!("{at}.text"), "a string", other)),
+        },
+        "image_url" => {
+            let p = format!("{at}.image_url");
+            let image = match obj.get("image_url") {
+                None => return Err(missing(&p)),
+                Some(Value::Object(o)) => o,
+                Some(other) => return Err(invalid_type(&p, "an object", other)),
+            };
+            match image.get("url") {
+                None => return Err(missing(&format!("{p}.url"))),
+                Some(Value::String(s)) if s.is_empty() => {
+                    return Err(ApiError::invalid_value(
+                        &format!("{p}.url"),
+                        "Expected a valid URL, but got an empty string instead.",
+                    ));
+                }
+                Some(Value::String(_)) => {}
+                Some(other) => return Err(invalid_type(&format!("{p}.url"), "a string", other)),
+            }
+            match image.get("detail") {
+                None | Some(Value::Null) => Ok(()),
+                Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => Ok(()),
+                Some(Value::String(d)) => Err(ApiError::invalid_value(
+                    &format!("{p}.detail"),
+                    &format!("'{d}'. Supported values are: 'auto', 'low', and 'high'."),
+                )),
+                Some(other) => Err(invalid_type(&format!("{p}.detail"), "a string", other)),
+            }
+        }
+        "input_audio" | "file" | "refusal" => Ok(()),
+        other => Err(ApiError::invalid_value(
+            &format!("{at}.type"),
+            &format!(
+                "'{other}'. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', and 'file'."
+            ),
+        )),
+    }
+}
+
+fn check_message(m: &Value, i: usize) -> Result<(), ApiError> {
+    let at = format!("messages[{i}]");
+    let Some(obj) = m.as_object() else {
+        return Err(invalid_type(&at, "an object", m));
+    };
+    let role = match obj.get("role") {
+        None => return Err(missing(&format!("{at}.role"))),
+        Some(Value::String(r)) => r.as_str(),
+        Some(other) => return Err(invalid_type(&format!("{at}.role"), "a string", other)),
+    };
+    if !ROLES.contains(&role) {
+        return Err(ApiError::invalid_value(
+            &format!("{at}.role"),
+            &format!(
+                "'{role}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."
+            ),
+        ));
+    }
+    match obj.get("content") {
+        None if role == "assistant" => Ok(()),
+        None => Err(missing(&format!("{at}.content"))),
+        Some(Value::Null) if role == "assistant" => Ok(()),
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                check_part(part, &format!("{at}.content[{j}]"))?;
+            }
+            Ok(())
+        }
+        Some(other) => Err(invalid_type(
+            &format!("{at}.content"),
+            "one of a string or array of objects",
+            other,
+        )),
+    }
+}
+
+fn check_max_tokens(body: &serde_json::Map<String, Value>, key: &str) -> Result<(), ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => {
+            let v = n.as_i64().unwrap_or(i64::MAX);
+            if v < 1 {
+                Err(ApiError::invalid_value(
+                    key,
+                    &format!(
+                        "integer below minimum value. Expected a value >= 1, but got {v} instead."
+                    ),
+                ))
+            } else if v > i64::from(MAX_OUTPUT_TOKENS) {
+                Err(bad_request(
+                    format!(
+                        "{key} is too large: {v}. This model supports at most {MAX_OUTPUT_TOKENS} completion tokens, whereas you provided {v}."
+                    ),
+                    Some(key),
+                    Some("invalid_value"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Some(other) => Err(invalid_type(key, "an integer", other)),
+    }
+}
+
+/// Parses and validates a chat-completions request body. Every failure is an OpenAI error
+/// (400 naming the parameter; 404 `model_not_found`); never panics, whatever the bytes.
+pub fn parse_request(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| invalid_json())?;
+    let Some(obj) = value.as_object() else {
+        return Err(bad_request(
+            format!(
+                "Invalid type for the request body: expected an object, but got {} instead.",
+                crate::server::http::json_type(&value)
+            ),
+            None,
+            Some("invalid_type"),
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(unrecognized_argument(k));
+    }
+    let model = match obj.get("model") {
+        None => return Err(missing("model")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(invalid_type("model", "a string", other)),
+    };
+    let messages = match obj.get("messages") {
+        None => return Err(missing("messages")),
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(invalid_type("messages", "an array", other)),
+    };
+    if messages.is_empty() {
+        return Err(bad_request(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            Some("messages"),
+            Some("empty_array"),
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        check_message(m, i)?;
+    }
+    check_max_tokens(obj, "max_tokens")?;
+    check_max_tokens(obj, "max_completion_tokens")?;
+    match obj.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            return Err(ApiError::invalid_value(
+                "stream",
+                "this mock serves only non-streaming responses; set stream to false.",
+            ));
+        }
+        Some(other) => return Err(invalid_type("stream", "a boolean", other)),
+    }
+    jsonl::read_chat_body(&value).map_err(|(param, message)| {
+        if param == "model" && message.contains("does not exist") {
+            ApiError::model_not_found(model)
+        } else {
+            bad_request(message, Some(&param), None)
+        }
+    })
+}
+
+fn limit_headers(state: &State, h: RateLimitHeaders, reply: Reply) -> Reply {
+    let real = RateLimitHeaders {
+        reset_requests: state.clock.to_real(h.reset_requests),
+        reset_tokens: state.clock.to_real(h.reset_tokens),
+        ..h
+    };
+    real.to_pairs()
+        .into_iter()
+        .fold(reply, |r, (name, value)| r.header(name, value))
+}
+
+fn dimension_label(d: LimitDimension) -> usize {
+    match d {
+        LimitDimension::Requests => 0,
+        LimitDimension::Tokens => 1,
+        LimitDimension::RequestsPerDay => 2,
+    }
+}
+
+/// Serves one chat completion.
+pub(crate) async fn create(
+    state: &State,
+    org: &OrgEntry,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Delivery {
+    let bytes = match read_body(req, state.limits.chat).await {
+        Ok(b) => b,
+        Err(e) => return e.into(),
+    };
+    let body = match parse_request(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e.into(),
+    };
+    let request = ChatRequest {
+        model: body.model,
+        max_tokens: body.max_tokens,
+        text_chars: body.text_chars,
+        images: &body.images,
+        image_url: &body.image_url,
+    };
+    if !state.enforce_limits {
+        let (usage, content, finish) = state.lock().upstream.answer(
+            body.model,
+            body.max_tokens,
+            body.text_chars,
+            &body.images,
+            &body.image_url,
+        );
+        let json = jsonl::chat_completion_json(
+            &state.completion_id(rid),
+            state.clock.unix_now_s(),
+            body.model,
+            &content,
+            finish.as_str(),
+            usage,
+        );
+        return Reply::json(200, json.to_string()).into();
+    }
+    let now = state.clock.now();
+    let (outcome, transport, slow_ms) = {
+        let mut b = state.lock();
+        let outcome = b.upstream.chat(now, org.org, &request);
+        let transport = if matches!(outcome, ChatOutcome::Ok(_)) {
+            b.next_transport_fault()
+        } else {
+            TransportFault::Ok
+        };
+        (outcome, transport, b.transport.slow_body_ms)
+    };
+    match outcome {
+        ChatOutcome::Ok(ok) => {
+            let json = jsonl::chat_completion_json(
+                &state.completion_id(rid),
+                state.clock.unix_now_s(),
+                body.model,
+                &ok.content,
+                ok.finish_reason.as_str(),
+                ok.usage,
+            );
+            let reply = limit_headers(state, ok.headers, Reply::json(200, json.to_string()));
+            sleep(state.clock.to_real(ok.latency)).await;
+            match transport {
+                TransportFault::Ok => reply.into(),
+                TransportFault::Reset => Delivery::Reset,
+                TransportFault::SlowBody => {
+                    Delivery::Slow(reply, state.clock.to_real(ms_to_duration(slow_ms)))
+                }
+            }
+        }
+        ChatOutcome::RateLimited(r) => {
+            let retry = state.clock.to_real(r.retry_after);
+            state.stats.rate_limited(dimension_label(r.dimension));
+            let err = ApiError::rate_limited(
+                body.model,
+                &org.name,
+                r.dimension,
+                r.limit,
+                r.used,
+                r.requested,
+                retry,
+            );
+            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+            let mut reply = limit_headers(state, r.headers, Reply::error(&err))
+                .header("retry-after", secs.max(1).to_string());
+            if state.retry_after_ms {
+                let ms = retry.as_millis() + u128::from(retry.subsec_nanos() % 1_000_000 > 0);
+                reply = reply.header("retry-after-ms", ms.max(1).to_string());
+            }
+            reply.into()
+        }
+        ChatOutcome::RequestTooLarge { .. } => {
+            state.stats.rate_limited(3);
+            error_of(&outcome, body.model, org, rid)
+        }
+        ChatOutcome::ServerError { after, .. } => {
+            sleep(state.clock.to_real(after)).await;
+            error_of(&outcome, body.model, org, rid)
+        }
+        ChatOutcome::Timeout { after } => Delivery::Hold(state.clock.to_real(after)),
+        ChatOutcome::Rejected(e) => e.into(),
+    }
+}
+
+fn error_of(
+    outcome: &ChatOutcome,
+    model: tagstorm_core::tokens::Model,
+    org: &OrgEntry,
+    rid: &str,
+) -> Delivery {
+    match outcome.api_error(model, &org.name, rid) {
+        Some(e) => e.into(),
+        None => Reply::json(500, Bytes::new()).into(),
+    }
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}

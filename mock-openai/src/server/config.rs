@@ -1,0 +1,524 @@
+//! The server's configuration: command-line flags, the TOML file (a scenario's `[account]` and
+//! `[upstream]` sections plus an optional `[mock_server]` section), and the transport faults
+//! the server injects itself. Raw flags become a validated [`ServerConfig`] before anything runs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tagstorm_core::tokens::Model;
+
+use crate::config::{AccountConfig, ConfigError, UpstreamConfig, check_rate};
+use crate::server::clock::{MAX_SPEEDUP, MIN_SPEEDUP};
+
+/// Largest realtime chat request body, in bytes (default 16 MiB: room for one base64 image
+/// of a few MB; OpenAI's own cap is per image, 20 MB).
+pub const DEFAULT_CHAT_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest JSON body of the other endpoints (batches, `/_mock/config`), in bytes.
+pub const DEFAULT_JSON_BODY_BYTES: usize = 1024 * 1024;
+/// Largest multipart upload, in bytes: the 512 MB file cap (facts §4) plus room for the
+/// multipart framing.
+pub const DEFAULT_UPLOAD_BODY_BYTES: usize = 512 * 1024 * 1024 + 64 * 1024;
+
+/// A transport fault the server applies to a successful chat response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportFault {
+    /// Delivered normally.
+    Ok,
+    /// The connection is reset (TCP RST) instead of answering.
+    Reset,
+    /// The body dribbles out over `slow_body_ms`.
+    SlowBody,
+}
+
+/// `[mock_server.transport]`: faults below HTTP that the model does not know about. They
+/// apply only to responses the model answered 200, after its latency, so the request has been
+/// admitted and charged. Random draws come from a stream seeded by `--seed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Probability that a successful chat response becomes a connection reset, in 0..=1
+    /// (default 0).
+    pub reset_rate: f64,
+    /// Probability that a successful chat response body is sent slowly, in 0..=1 (default 0).
+    pub slow_body_rate: f64,
+    /// Model time over which a slow body is sent, in milliseconds (default 5,000).
+    pub slow_body_ms: f64,
+    /// Successful chat responses (server-wide, counted from 0) delivered normally before
+    /// `sequence` starts (default 0).
+    pub after: u64,
+    /// Scripted faults, one per successful chat response from `after` on; the random rates
+    /// apply once it is used up.
+    pub sequence: Vec<TransportFault>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            reset_rate: 0.0,
+            slow_body_rate: 0.0,
+            slow_body_ms: 5_000.0,
+            after: 0,
+            sequence: Vec::new(),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Checks every field; the error names the first one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_rate("mock_server.transport.reset_rate", self.reset_rate)?;
+        check_rate("mock_server.transport.slow_body_rate", self.slow_body_rate)?;
+        if self.reset_rate + self.slow_body_rate > 1.0 {
+            return Err(ConfigError::Invalid {
+                field: "mock_server.transport.slow_body_rate".into(),
+                reason: format!(
+                    "reset_rate + slow_body_rate must be at most 1, got {}",
+                    self.reset_rate + self.slow_body_rate
+                ),
+            });
+        }
+        if !(self.slow_body_ms.is_finite() && (0.0..=86_400_000.0).contains(&self.slow_body_ms)) {
+            return Err(ConfigError::Invalid {
+                field: "mock_server.transport.slow_body_ms".into(),
+                reason: format!("must be within 0..=86400000, got {}", self.slow_body_ms),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One `[[mock_server.keys]]` entry: an API key and its organization's limits. Fields left
+/// out are taken from `[account]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// The bearer token.
+    pub key: String,
+    /// The model (default: `[account]`'s).
+    #[serde(default)]
+    pub model: Option<Model>,
+    /// Usage tier.
+    #[serde(default)]
+    pub tier: Option<u8>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests per day (`0` removes the tier's RPD).
+    #[serde(default)]
+    pub rpd: Option<u64>,
+    /// Enqueued batch tokens.
+    #[serde(default)]
+    pub batch_queue_tokens: Option<u64>,
+}
+
+/// `[mock_server]`: what only the HTTP server needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockServerSection {
+    /// API keys, each its own organization. None here and none on the command line = any key
+    /// is accepted as one default organization.
+    pub keys: Vec<KeySection>,
+    /// Transport faults.
+    pub transport: TransportConfig,
+    /// Whether 429s carry `retry-after-ms` (also `--retry-after-ms`).
+    pub retry_after_ms: bool,
+    /// Largest multipart upload, in bytes (default [`DEFAULT_UPLOAD_BODY_BYTES`]).
+    pub max_upload_bytes: Option<usize>,
+    /// Largest chat request body, in bytes (default [`DEFAULT_CHAT_BODY_BYTES`]).
+    pub max_chat_body_bytes: Option<usize>,
+}
+
+/// One API key and its organization's account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// The bearer token (never logged).
+    pub key: String,
+    /// The organization's account.
+    pub account: AccountConfig,
+}
+
+/// Request body caps, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// `POST /v1/chat/completions`.
+    pub chat: usize,
+    /// `POST /v1/files`.
+    pub upload: usize,
+    /// Every other body.
+    pub json: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            chat: DEFAULT_CHAT_BODY_BYTES,
+            upload: DEFAULT_UPLOAD_BODY_BYTES,
+            json: DEFAULT_JSON_BODY_BYTES,
+        }
+    }
+}
+
+/// Everything [`crate::server::State::new`] needs, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// The default account: the one organization when `keys` is empty.
+    pub account: AccountConfig,
+    /// The model's behaviour.
+    pub upstream: UpstreamConfig,
+    /// Configured keys; empty = accept any key as one default organization.
+    pub keys: Vec<KeyConfig>,
+    /// Transport faults.
+    pub transport: TransportConfig,
+    /// The model's seed (and the transport faults').
+    pub seed: u64,
+    /// Whether 429s carry `retry-after-ms`.
+    pub retry_after_ms: bool,
+    /// `false` serves every chat request as a success without consulting the limiter, the
+    /// fault rates or the latency model (`--no-limits`, a plain fast stub).
+    pub enforce_limits: bool,
+    /// Request body caps.
+    pub limits: BodyLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            account: AccountConfig::tier(Model::Gpt4oMini, 1),
+            upstream: UpstreamConfig::default(),
+            keys: Vec::new(),
+            transport: TransportConfig::default(),
+            seed: 0,
+            retry_after_ms: false,
+            enforce_limits: true,
+            limits: BodyLimits::default(),
+        }
+    }
+}
+
+/// A configuration file or flag that cannot be used; the message names the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a section has the wrong shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `--api-key`).
+        path: String,
+        /// The parser's message, naming the section, line and field.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file, or `flags`.
+        path: String,
+        /// The field at fault.
+        source: ConfigError,
+    },
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    name: &'static str,
+    path: &str,
+) -> Result<Option<T>, LoadError> {
+    match table.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .clone()
+            .try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| LoadError::Parse {
+                path: path.to_owned(),
+                message: format!("[{name}]: {}", e.message()),
+            }),
+    }
+}
+
+impl KeySection {
+    fn account(&self, base: &AccountConfig) -> AccountConfig {
+        AccountConfig {
+            model: self.model.unwrap_or(base.model),
+            tier: self.tier.or(base.tier),
+            rpm: self.rpm.or(base.rpm),
+            tpm: self.tpm.or(base.tpm),
+            rpd: self.rpd.or(base.rpd),
+            batch_queue_tokens: self.batch_queue_tokens.or(base.batch_queue_tokens),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Applies a TOML file's text: `[account]`, `[upstream]`, `[mock_server]` and a top-level
+    /// `seed`. Every other top-level key or table (a scenario's `[images]`, `[[uploads]]`, …)
+    /// is ignored, so a scenario file works as a configuration file.
+    pub fn apply_toml(&mut self, text: &str, path: &str) -> Result<(), LoadError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| LoadError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        if let Some(account) = section::<AccountConfig>(&table, "account", path)? {
+            self.account = account;
+        }
+        if let Some(upstream) = section::<UpstreamConfig>(&table, "upstream", path)? {
+            self.upstream = upstream;
+        }
+        if let Some(seed) = table.get("seed") {
+            self.seed = seed
+                .as_integer()
+                .and_then(|s| u64::try_from(s).ok())
+                .ok_or_else(|| LoadError::Parse {
+                    path: path.to_owned(),
+                    message: "seed: must be a non-negative integer".to_owned(),
+                })?;
+        }
+        if let Some(mock) = section::<MockServerSection>(&table, "mock_server", path)? {
+            for k in &mock.keys {
+                self.keys.push(KeyConfig {
+                    key: k.key.clone(),
+                    account: k.account(&self.account),
+                });
+            }
+            self.transport = mock.transport;
+            self.retry_after_ms |= mock.retry_after_ms;
+            if let Some(v) = mock.max_upload_bytes {
+                self.limits.upload = v;
+            }
+            if let Some(v) = mock.max_chat_body_bytes {
+                self.limits.chat = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `--api-key KEY[:tier]`: the key's organization has `[account]`'s limits, or the
+    /// plain published tier of `[account]`'s model when `:tier` is given.
+    pub fn add_key_flag(&mut self, flag: &str) -> Result<(), LoadError> {
+        let (key, tier) = match flag.rsplit_once(':') {
+            Some((k, t)) if !k.is_empty() => match t.parse::<u8>() {
+                Ok(t) => (k, Some(t)),
+                Err(_) => {
+                    return Err(LoadError::Parse {
+                        path: "--api-key".to_owned(),
+                        message: format!("tier after ':' must be a number 1-5, got {t:?}"),
+                    });
+                }
+            },
+            _ => (flag, None),
+        };
+        if key.is_empty() {
+            return Err(LoadError::Parse {
+                path: "--api-key".to_owned(),
+                message: "the key is empty".to_owned(),
+            });
+        }
+        let account = match tier {
+            Some(t) => AccountConfig::tier(self.account.model, t),
+            None => self.account.clone(),
+        };
+        self.keys.push(KeyConfig {
+            key: key.to_owned(),
+            account,
+        });
+        Ok(())
+    }
+
+    /// Checks every section; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.account.validate()?;
+        self.upstream.validate()?;
+        self.transport.validate()?;
+        for (i, k) in self.keys.iter().enumerate() {
+            k.account.validate().map_err(|e| match e {
+                ConfigError::Invalid { field, reason } => ConfigError::Invalid {
+                    field: format!(
+                        "mock_server.keys[{i}].{}",
+                        field.trim_start_matches("account.")
+                    ),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  # Any API key is accepted as one Tier 1 gpt-4o-mini organization, on an ephemeral port:
+  mock-openai --port 0
+
+  # Two organizations, batches and limit windows 100x faster than real time:
+  mock-openai --api-key sk-big:2 --api-key sk-small:1 --speedup 100 --retry-after-ms
+
+  # Configure from a scenario file ([account], [upstream]; other tables are ignored):
+  mock-openai --config scenarios/ten-users.toml --seed 7
+
+  # Change faults while running, read the counters:
+  curl -X POST localhost:8080/_mock/config -d '{\"upstream\":{\"server_error_rate\":0.1}}'
+  curl localhost:8080/_mock/stats
+
+The first line on stdout is `listening on http://HOST:PORT`. Logs go to stderr (RUST_LOG, default
+info); API keys are never logged, only their organization's name. SIGINT or SIGTERM stops
+accepting, lets in-flight requests finish, and exits 0.
+
+Config file sections: [account] (model, tier or rpm/tpm/rpd/batch_queue_tokens), [upstream]
+(latency, faults, batch timeline), [mock_server] (keys = [{ key, tier, rpm, ... }], transport =
+{ reset_rate, slow_body_rate, slow_body_ms, after, sequence }, retry_after_ms, max_upload_bytes,
+max_chat_body_bytes) and a top-level seed.";
+
+/// The command line.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "mock-openai",
+    version,
+    about = "An OpenAI-compatible mock server with real rate limits, the Batch API and faults.",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// An API key, optionally with a usage tier (`sk-abc:2`); repeatable, each key is its own
+    /// organization. Without any, every key is accepted as one default organization.
+    #[arg(long = "api-key", value_name = "KEY[:TIER]")]
+    pub api_keys: Vec<String>,
+    /// TOML file with [account], [upstream] and [mock_server] sections (a scenario file works).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seed of every random choice (default: the file's `seed`, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run modelled time N times faster than real time: latency, limit windows, batch
+    /// turnaround and reported retry times are divided by N.
+    #[arg(long, default_value_t = 1.0, value_name = "N")]
+    pub speedup: f64,
+    /// Add `retry-after-ms` to 429 responses.
+    #[arg(long)]
+    pub retry_after_ms: bool,
+    /// Answer every chat request 200 at once, without limits, faults or latency.
+    #[arg(long)]
+    pub no_limits: bool,
+}
+
+impl Args {
+    /// Reads the file and flags into a validated configuration and the address to bind.
+    pub fn load(&self) -> Result<(SocketAddr, ServerConfig, f64), LoadError> {
+        let mut config = ServerConfig::default();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            config.apply_toml(&text, &path.display().to_string())?;
+        }
+        for k in &self.api_keys {
+            config.add_key_flag(k)?;
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        config.retry_after_ms |= self.retry_after_ms;
+        config.enforce_limits = !self.no_limits;
+        let where_ = self
+            .config
+            .as_ref()
+            .map_or_else(|| "flags".to_owned(), |p| p.display().to_string());
+        config.validate().map_err(|source| LoadError::Invalid {
+            path: where_,
+            source,
+        })?;
+        if !(self.speedup.is_finite() && (MIN_SPEEDUP..=MAX_SPEEDUP).contains(&self.speedup)) {
+            return Err(LoadError::Invalid {
+                path: "flags".to_owned(),
+                source: ConfigError::Invalid {
+                    field: "--speedup".to_owned(),
+                    reason: format!(
+                        "must be within {MIN_SPEEDUP}..={MAX_SPEEDUP}, got {}",
+                        self.speedup
+                    ),
+                },
+            });
+        }
+        Ok((SocketAddr::new(self.host, self.port), config, self.speedup))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_file_works_as_config() {
+        let text = r#"
+name = "ten-users"
+seed = 42
+[account]
+model = "gpt-4o-mini"
+tier = 2
+[images]
+width_px = 1024
+[[uploads]]
+users = 10
+[upstream]
+server_error_rate = 0.1
+[mock_server]
+retry_after_ms = true
+keys = [{ key = "sk-small", rpm = 3 }]
+"#;
+        let mut c = ServerConfig::default();
+        c.apply_toml(text, "s.toml").unwrap();
+        assert_eq!(c.seed, 42);
+        assert_eq!(c.account.tier, Some(2));
+        assert_eq!(c.upstream.server_error_rate, 0.1);
+        assert!(c.retry_after_ms);
+        assert_eq!(c.keys[0].account.rpm, Some(3));
+        assert_eq!(c.keys[0].account.tier, Some(2));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let mut c = ServerConfig::default();
+        let e = c
+            .apply_toml("[upstream]\nbogus = 1", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml: [upstream]: unknown field `bogus`"),
+            "{e}"
+        );
+        let mut c = ServerConfig::default();
+        c.apply_toml("[mock_server]\nkeys = [{ key = \"k\", tpm = 0 }]", "y.toml")
+            .unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "mock_server.keys[0].tpm: must be at least 1, got 0"
+        );
+        let mut c = ServerConfig::default();
+        assert!(c.add_key_flag("sk:x").is_err());
+        c.add_key_flag("sk-a:2").unwrap();
+        c.add_key_flag("sk-b").unwrap();
+        assert_eq!(c.keys[0].key, "sk-a");
+        assert_eq!(c.keys[0].account.tier, Some(2));
+        assert_eq!(c.keys[1].account.tier, Some(1));
+    }
+}

@@ -1,0 +1,246 @@
+//! HTTP plumbing shared by the endpoint modules: the response body type (whole or dribbled),
+//! OpenAI-style JSON and error replies, and bounded, timed request-body reading.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// Longest time a client may take to send its request body, in real time.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A response body: all at once, or chunks from a task that paces them (slow bodies).
+#[derive(Debug)]
+pub enum Body {
+    /// The whole body (taken on the first poll).
+    Full(Option<Bytes>),
+    /// Chunks as the pacing task sends them; ends when it drops its sender.
+    Chunks(mpsc::Receiver<Bytes>, u64),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::Full(None)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Chunks(rx, _) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            Body::Chunks(..) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Chunks(_, len) => SizeHint::with_exact(*len),
+        }
+    }
+}
+
+/// A reply under construction: status, extra headers and body.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `content-type`.
+    pub content_type: &'static str,
+    /// Further headers, in order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A JSON success (`application/json`).
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// A serializable value as JSON.
+    pub fn value<T: serde::Serialize>(value: &T) -> Reply {
+        match serde_json::to_vec(value) {
+            Ok(v) => Reply::json(200, v),
+            Err(_) => Reply::error(&ApiError {
+                status: 500,
+                message: "The server had an error while processing your request. Sorry about that!"
+                    .into(),
+                kind: "server_error".into(),
+                param: None,
+                code: None,
+            }),
+        }
+    }
+
+    /// An OpenAI error envelope (`application/json; charset=utf-8`, facts §1).
+    pub fn error(err: &ApiError) -> Reply {
+        Reply {
+            status: err.status,
+            content_type: "application/json; charset=utf-8",
+            headers: Vec::new(),
+            body: Bytes::from(err.to_json()),
+        }
+    }
+
+    /// Adds a header; values that are not valid header text are skipped.
+    pub fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+        self
+    }
+
+    /// The hyper response, with `body` as given.
+    pub fn into_response_with(self, body: Body) -> Response<Body> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        for (name, value) in self.headers {
+            h.append(name, value);
+        }
+        resp
+    }
+
+    /// The hyper response with the whole body.
+    pub fn into_response(self) -> Response<Body> {
+        let body = Body::Full(Some(self.body.clone()));
+        self.into_response_with(body)
+    }
+}
+
+/// A 400 `invalid_request_error` with the given message and param.
+pub fn bad_request(
+    message: impl Into<String>,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> ApiError {
+    ApiError {
+        status: 400,
+        message: message.into(),
+        kind: "invalid_request_error".into(),
+        param: param.map(str::to_owned),
+        code: code.map(str::to_owned),
+    }
+}
+
+/// The 413 for a body over `limit` bytes (wording **[inferred]**).
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError {
+        status: 413,
+        message: format!("Request body too large: the limit for this endpoint is {limit} bytes."),
+        kind: "invalid_request_error".into(),
+        param: None,
+        code: Some("request_too_large".into()),
+    }
+}
+
+/// The 400 for a body that is not JSON (OpenAI's wording, **[obs]** in common client logs).
+pub fn invalid_json() -> ApiError {
+    bad_request(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
+        None,
+        None,
+    )
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes (413 without reading a
+/// body whose `content-length` already says so) and bodies slower than
+/// [`BODY_READ_TIMEOUT`] (408).
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(e)) => Err(bad_request(
+            format!("Could not read the request body: {e}"),
+            None,
+            None,
+        )),
+        Err(_) => Err(ApiError {
+            status: 408,
+            message: "The request body was not received in time.".into(),
+            kind: "invalid_request_error".into(),
+            param: None,
+            code: Some("request_timeout".into()),
+        }),
+    }
+}
+
+/// The JSON type name used in "Invalid type" messages.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        serde_json::Value::Number(_) => "a decimal",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// 400: `Invalid type for 'param': expected X, but got Y instead.` (facts §1 wording).
+pub fn invalid_type(param: &str, expected: &str, got: &serde_json::Value) -> ApiError {
+    bad_request(
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            json_type(got)
+        ),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+/// 400: an unknown top-level body key (OpenAI's wording).
+pub fn unrecognized_argument(key: &str) -> ApiError {
+    bad_request(
+        format!("Unrecognized request argument supplied: {key}"),
+        None,
+        None,
+    )
+}

@@ -1,0 +1,611 @@
+//! The HTTP server: serves the behaviour model ([`crate::Upstream`]) on OpenAI's paths over
+//! hyper 1 and tokio, in the shape of mini-redis — [`run`] takes its listener and shutdown
+//! signal from the caller, one module per endpoint group parses, applies and responds, and the
+//! binary's `main` only wires flags to [`run`].
+//!
+//! - [`State`]: the model behind one `Mutex` (never held across an `.await`), the API keys, the
+//!   clock, the counters.
+//! - [`clock::ServerClock`]: real time ↦ model time × `--speedup`, and back for everything
+//!   reported.
+//! - [`config::ServerConfig`] / [`config::Args`]: flags and the TOML file, validated.
+//! - Endpoints: [`chat`], [`files`], [`batches`], [`models`], [`admin`] (`/_mock/config`,
+//!   `/_mock/stats`, `/metrics`); routing and authentication live here.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mock_openai::server::{self, State, clock::ServerClock, config::ServerConfig};
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let state = State::new(ServerConfig::default(), ServerClock::system(100.0)?)?;
+//! server::run(listener, state, tokio::signal::ctrl_c()).await;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod batches;
+pub mod chat;
+pub mod clock;
+pub mod config;
+pub mod files;
+pub mod http;
+pub mod models;
+pub mod multipart;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::ConfigError;
+use crate::error::ApiError;
+use crate::ids;
+use crate::org::OrgId;
+use crate::upstream::Upstream;
+use admin::{Endpoint, Outcome, Stats};
+use clock::ServerClock;
+use config::{BodyLimits, ServerConfig, TransportConfig, TransportFault};
+use http::{Body, Reply};
+use tagstorm_core::tokens::Model;
+
+/// How long a connection may take to send its request headers, in real time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A configuration value is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Two `--api-key`s are the same key.
+    #[error("mock_server.keys[{0}]: the same API key is configured twice")]
+    DuplicateKey(usize),
+}
+
+/// One organization as the router sees it.
+#[derive(Clone, Debug)]
+pub struct OrgEntry {
+    /// The model's organization.
+    pub org: OrgId,
+    /// `org-…`, shown in logs and `openai-organization` instead of the key.
+    pub name: Arc<str>,
+    /// The organization's model.
+    pub model: Model,
+}
+
+#[derive(Debug)]
+enum Auth {
+    /// No keys configured: any bearer token is this organization.
+    AnyKey(OrgEntry),
+    /// Each configured key is its own organization.
+    Keys(HashMap<String, OrgEntry>),
+}
+
+/// Everything behind the model's mutex: the model and the server's own mutable state.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub upstream: Upstream,
+    pub transport: TransportConfig,
+    transport_rng: Pcg64,
+    transport_seen: u64,
+    /// Batch metadata by batch id (the model does not store it).
+    pub metadata: HashMap<String, serde_json::Value>,
+}
+
+impl Backend {
+    /// The transport fault of the next successful chat response: scripted first, else one
+    /// random draw (always made, so a script does not shift later draws).
+    pub fn next_transport_fault(&mut self) -> TransportFault {
+        let n = self.transport_seen;
+        self.transport_seen = n.saturating_add(1);
+        let t = &self.transport;
+        let u: f64 = self.transport_rng.random();
+        if let Some(k) = n.checked_sub(t.after) {
+            if let Some(f) = usize::try_from(k).ok().and_then(|k| t.sequence.get(k)) {
+                return *f;
+            }
+        }
+        if u < t.reset_rate {
+            TransportFault::Reset
+        } else if u < t.reset_rate + t.slow_body_rate {
+            TransportFault::SlowBody
+        } else {
+            TransportFault::Ok
+        }
+    }
+}
+
+/// The server's shared state.
+#[derive(Debug)]
+pub struct State {
+    backend: Mutex<Backend>,
+    auth: Auth,
+    /// The clock handlers read.
+    pub clock: ServerClock,
+    pub(crate) stats: Stats,
+    pub(crate) retry_after_ms: bool,
+    pub(crate) enforce_limits: bool,
+    pub(crate) limits: BodyLimits,
+    seed: u64,
+    request_seq: AtomicU64,
+}
+
+impl State {
+    /// Builds the model and its organizations from a validated configuration.
+    pub fn new(config: ServerConfig, clock: ServerClock) -> Result<Arc<State>, StateError> {
+        config.validate()?;
+        let mut upstream = Upstream::new(config.upstream.clone(), config.seed)?;
+        let entry = |up: &mut Upstream, account: &crate::config::AccountConfig| {
+            let org = up.add_org(account)?;
+            let name: Arc<str> = Arc::from(up.org_name(org).unwrap_or("org-unknown"));
+            Ok::<_, ConfigError>(OrgEntry {
+                org,
+                name,
+                model: account.model,
+            })
+        };
+        let auth = if config.keys.is_empty() {
+            let e = entry(&mut upstream, &config.account)?;
+            info!(org = %e.name, "no API keys configured: any bearer token is accepted as one organization");
+            Auth::AnyKey(e)
+        } else {
+            let mut map = HashMap::new();
+            for (i, k) in config.keys.iter().enumerate() {
+                let e = entry(&mut upstream, &k.account)?;
+                let limits = upstream.org_limits(e.org).copied();
+                info!(org = %e.name, ?limits, "organization for API key #{i}");
+                if map.insert(k.key.clone(), e).is_some() {
+                    return Err(StateError::DuplicateKey(i));
+                }
+            }
+            Auth::Keys(map)
+        };
+        Ok(Arc::new(State {
+            backend: Mutex::new(Backend {
+                upstream,
+                transport: config.transport,
+                transport_rng: Pcg64::seed_from_u64(ids::mix(config.seed, 0x7a45_0000, 0)),
+                transport_seen: 0,
+                metadata: HashMap::new(),
+            }),
+            auth,
+            clock,
+            stats: Stats::default(),
+            retry_after_ms: config.retry_after_ms,
+            enforce_limits: config.enforce_limits,
+            limits: config.limits,
+            seed: config.seed,
+            request_seq: AtomicU64::new(0),
+        }))
+    }
+
+    /// Locks the model. Never hold the guard across an `.await`. A poisoned lock is taken
+    /// over: no handler panics, and the model's state stays consistent per call.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Backend> {
+        self.backend.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every organization, for the counters.
+    pub(crate) fn orgs(&self) -> Vec<OrgEntry> {
+        match &self.auth {
+            Auth::AnyKey(e) => vec![e.clone()],
+            Auth::Keys(m) => m.values().cloned().collect(),
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "req_{}",
+            ids::hex(ids::mix(self.seed, ids::ns::REQUEST, n), 32)
+        )
+    }
+
+    /// A `chatcmpl-…` id for the `n`-th completion.
+    pub(crate) fn completion_id(&self, rid: &str) -> String {
+        format!(
+            "chatcmpl-{}",
+            ids::alnum(crate::tags::fnv1a64(rid.as_bytes()) ^ self.seed, 29)
+        )
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<&OrgEntry, ApiError> {
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(ApiError {
+                status: 401,
+                message: "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.".into(),
+                kind: "invalid_request_error".into(),
+                param: None,
+                code: Some("invalid_api_key".into()),
+            });
+        };
+        match &self.auth {
+            Auth::AnyKey(e) => Ok(e),
+            Auth::Keys(m) => m
+                .get(token)
+                .ok_or_else(|| ApiError::invalid_api_key(&mask_key(token))),
+        }
+    }
+}
+
+/// Masks a key as OpenAI's 401 shows it: the first and last few characters only.
+pub fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 12 {
+        return "*".repeat(chars.len().min(64));
+    }
+    let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat((chars.len() - 10).min(64)))
+}
+
+/// How a handler's answer goes out.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Send it.
+    Now(Reply),
+    /// Send the headers, then the body in pieces over this real duration.
+    Slow(Reply, Duration),
+    /// Reset the connection instead of answering.
+    Reset,
+    /// Hold the connection for this real duration, then close it without a response.
+    Hold(Duration),
+}
+
+impl From<Reply> for Delivery {
+    fn from(r: Reply) -> Self {
+        Delivery::Now(r)
+    }
+}
+
+impl From<ApiError> for Delivery {
+    fn from(e: ApiError) -> Self {
+        Delivery::Now(Reply::error(&e))
+    }
+}
+
+/// The connection is dropped on purpose (timeout hold or reset); hyper closes it without a
+/// response.
+#[derive(Debug)]
+pub struct Abort;
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by an injected fault")
+    }
+}
+
+impl std::error::Error for Abort {}
+
+/// Per-connection context.
+#[derive(Debug, Clone)]
+struct ConnCtx {
+    reset: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A TCP stream that resets (RST) instead of closing (FIN) when a handler asked for it.
+#[derive(Debug)]
+struct ConnIo {
+    stream: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            // SO_LINGER 0: close() sends RST and discards unsent data.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets every
+/// in-flight request finish (timeout holds are cut short), and returns once all connections
+/// have closed.
+pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: F) {
+    let (shutdown_tx, _) = watch::channel(false);
+    // Each connection task holds a sender; `recv` returns `None` once all have finished.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, speedup = state.clock.speedup(), "serving");
+    }
+    loop {
+        let accepted = tokio::select! {
+            res = listener.accept() => res,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ConnCtx {
+            reset: Arc::new(AtomicBool::new(false)),
+            shutdown: shutdown_tx.subscribe(),
+        };
+        let state = state.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, state, ctx).await;
+            drop(done);
+        });
+    }
+    drop(listener);
+    info!("shutting down: no longer accepting, waiting for in-flight requests");
+    let _ = shutdown_tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+    info!("all connections closed");
+}
+
+/// Completes once shutdown has begun (or the signal's sender is gone).
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
+    let mut shutdown = ctx.shutdown.clone();
+    let io = TokioIo::new(ConnIo {
+        stream,
+        reset: ctx.reset.clone(),
+    });
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let ctx = ctx.clone();
+        async move { handle(state, ctx, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutting_down(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Routes one request: finds the endpoint, checks the method and key, calls the endpoint's
+/// module, delivers the answer and counts it.
+async fn handle(
+    state: Arc<State>,
+    ctx: ConnCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Abort> {
+    let started = state.clock.real_elapsed();
+    let rid = state.next_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (endpoint, delivery, org_name) = dispatch(&state, req, &method, &path, &rid).await;
+    let org_label = org_name.as_deref().unwrap_or("-");
+    match delivery {
+        Delivery::Now(reply) => {
+            state.stats.record(endpoint, Outcome::Status(reply.status));
+            debug!(%method, %path, status = reply.status, org = org_label, request_id = %rid, "answered");
+            let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
+            Ok(decorate(reply, &rid, org_name.as_deref(), processing_ms).into_response())
+        }
+        Delivery::Slow(reply, over) => {
+            state.stats.record(endpoint, Outcome::Status(reply.status));
+            debug!(%method, %path, status = reply.status, org = org_label, ?over, "answering slowly");
+            let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
+            let reply = decorate(reply, &rid, org_name.as_deref(), processing_ms);
+            let body = reply.body.clone();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(dribble(body.clone(), over, tx));
+            Ok(reply.into_response_with(Body::Chunks(rx, body.len() as u64)))
+        }
+        Delivery::Reset => {
+            state.stats.record(endpoint, Outcome::Reset);
+            debug!(%method, %path, org = org_label, "resetting the connection");
+            ctx.reset.store(true, Ordering::SeqCst);
+            Err(Abort)
+        }
+        Delivery::Hold(d) => {
+            state.stats.record(endpoint, Outcome::Timeout);
+            debug!(%method, %path, org = org_label, ?d, "holding the connection (timeout)");
+            let mut shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                () = shutting_down(&mut shutdown) => {}
+            }
+            Err(Abort)
+        }
+    }
+}
+
+fn decorate(reply: Reply, rid: &str, org: Option<&str>, processing_ms: u128) -> Reply {
+    let reply = reply
+        .header("x-request-id", rid)
+        .header("openai-version", "2020-10-01")
+        .header("openai-processing-ms", processing_ms.to_string());
+    match org {
+        Some(o) => reply.header("openai-organization", o),
+        None => reply,
+    }
+}
+
+/// Sends `body` in up to 20 pieces spread evenly over `over`.
+async fn dribble(body: Bytes, over: Duration, tx: mpsc::Sender<Bytes>) {
+    let pieces = body.len().clamp(1, 20);
+    let step = body.len().div_ceil(pieces).max(1);
+    let pause = over / u32::try_from(pieces).unwrap_or(1);
+    let mut at = 0;
+    while at < body.len() {
+        tokio::time::sleep(pause).await;
+        let end = (at + step).min(body.len());
+        if tx.send(body.slice(at..end)).await.is_err() {
+            return;
+        }
+        at = end;
+    }
+}
+
+/// An OpenAI-style 404 for an unknown path (OpenAI's wording: `Invalid URL (POST /v1/x)`).
+fn unknown_url(method: &Method, path: &str) -> ApiError {
+    ApiError {
+        status: 404,
+        message: format!("Invalid URL ({method} {path})"),
+        kind: "invalid_request_error".into(),
+        param: None,
+        code: None,
+    }
+}
+
+async fn dispatch(
+    state: &State,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    rid: &str,
+) -> (Endpoint, Delivery, Option<Arc<str>>) {
+    let trimmed = path.trim_matches('/');
+    let segs: Vec<&str> = trimmed.split('/').collect();
+    let (endpoint, allowed): (Endpoint, &[Method]) = match segs.as_slice() {
+        ["v1", "chat", "completions"] => (Endpoint::ChatCompletions, &[Method::POST]),
+        ["v1", "files"] => (Endpoint::FilesCreate, &[Method::POST]),
+        ["v1", "files", _] => (
+            if method == Method::DELETE {
+                Endpoint::FilesDelete
+            } else {
+                Endpoint::FilesRetrieve
+            },
+            &[Method::GET, Method::DELETE],
+        ),
+        ["v1", "files", _, "content"] => (Endpoint::FilesContent, &[Method::GET]),
+        ["v1", "batches"] => (
+            if method == Method::GET {
+                Endpoint::BatchesList
+            } else {
+                Endpoint::BatchesCreate
+            },
+            &[Method::GET, Method::POST],
+        ),
+        ["v1", "batches", _] => (Endpoint::BatchesRetrieve, &[Method::GET]),
+        ["v1", "batches", _, "cancel"] => (Endpoint::BatchesCancel, &[Method::POST]),
+        ["v1", "models"] | ["v1", "models", _] => (Endpoint::Models, &[Method::GET]),
+        ["_mock", "config"] => (Endpoint::MockConfig, &[Method::GET, Method::POST]),
+        ["_mock", "stats"] => (Endpoint::MockStats, &[Method::GET]),
+        ["metrics"] => (Endpoint::Metrics, &[Method::GET]),
+        _ => return (Endpoint::Unknown, unknown_url(method, path).into(), None),
+    };
+    if !allowed.contains(method) {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        let err = ApiError {
+            status: 405,
+            message: format!(
+                "Method {method} is not allowed for {path}; use {}.",
+                names.join(" or ")
+            ),
+            kind: "invalid_request_error".into(),
+            param: None,
+            code: Some("method_not_allowed".into()),
+        };
+        let reply = Reply::error(&err).header("allow", names.join(", "));
+        return (endpoint, reply.into(), None);
+    }
+    match endpoint {
+        Endpoint::MockConfig => return (endpoint, admin::config(state, req).await, None),
+        Endpoint::MockStats => return (endpoint, admin::stats(state).into(), None),
+        Endpoint::Metrics => return (endpoint, admin::metrics(state).into(), None),
+        _ => {}
+    }
+    let org = match state.authenticate(&req) {
+        Ok(o) => o.clone(),
+        Err(e) => return (endpoint, e.into(), None),
+    };
+    let id = segs.get(2).copied().unwrap_or("");
+    let delivery = match endpoint {
+        Endpoint::ChatCompletions => chat::create(state, &org, req, rid).await,
+        Endpoint::FilesCreate => files::create(state, &org, req).await,
+        Endpoint::FilesRetrieve => files::retrieve(state, &org, id),
+        Endpoint::FilesDelete => files::delete(state, &org, id),
+        Endpoint::FilesContent => files::content(state, &org, id),
+        Endpoint::BatchesCreate => batches::create(state, &org, req).await,
+        Endpoint::BatchesRetrieve => batches::retrieve(state, &org, id),
+        Endpoint::BatchesCancel => batches::cancel(state, &org, id),
+        Endpoint::BatchesList => batches::list(state, &org, req.uri().query()),
+        Endpoint::Models => models::get(segs.get(2).copied()),
+        Endpoint::MockConfig | Endpoint::MockStats | Endpoint::Metrics | Endpoint::Unknown => {
+            unknown_url(method, path).into()
+        }
+    };
+    (endpoint, delivery, Some(org.name))
+}
