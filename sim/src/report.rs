@@ -115,7 +115,10 @@ fn rows(runs: &[&Results]) -> Vec<(&'static str, Vec<String>)> {
                 )
             }),
         ),
-        ("failed (reasons below)", col(&|r| thousands(r.images.failed))),
+        (
+            "failed (reasons below)",
+            col(&|r| thousands(r.images.failed)),
+        ),
         ("pending (must be 0)", col(&|r| thousands(r.images.pending))),
         ("cost", col(&|r| usd(r.cost_usd))),
     ]

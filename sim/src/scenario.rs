@@ -845,8 +845,21 @@ impl<'a> Locator<'a> {
 
     /// The document with every `--set` applied.
     fn document(&self) -> Result<Spanned<DeTable<'a>>, ScenarioError> {
-        let mut doc = DeTable::parse(self.text)
-            .map_err(|e| self.invalid(e.span(), String::new(), clean_message(e.message())))?;
+        let mut doc = DeTable::parse(self.text).map_err(|e| {
+            // Name the field too, from what the parser could recover around the error.
+            let (partial, _) = DeTable::parse_recoverable(self.text);
+            let mut path = FieldPath::default();
+            if let Some(span) = e.span() {
+                path_at(partial.get_ref(), span.start, &mut path, true);
+                // Recovery guesses; keep the field only when it sits on the error's line.
+                let same_line = span_of(partial.get_ref(), &path.0)
+                    .is_some_and(|k| self.line_of(k.start) == self.line_of(span.start));
+                if !same_line {
+                    path = FieldPath::default();
+                }
+            }
+            self.invalid(e.span(), path.to_string(), clean_message(e.message()))
+        })?;
         for (k, set) in self.sets.iter().enumerate() {
             let base = self.set_base(k);
             let value = DeValue::parse(&set.value).map_err(|e| ScenarioError::BadSet {
@@ -878,7 +891,7 @@ impl<'a> Locator<'a> {
             return self.invalid(Some(span), String::new(), message);
         };
         let mut path = FieldPath::default();
-        path_at(doc.get_ref(), span.start, &mut path);
+        path_at(doc.get_ref(), span.start, &mut path, true);
         if let Some(missing) = message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next())
@@ -1001,7 +1014,7 @@ fn descend<'i>(
 }
 
 /// The path of the deepest key or value whose span contains `offset`.
-fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath) {
+fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath, fallback: bool) {
     for (k, v) in table.iter() {
         if k.span().contains(&offset) {
             path.0.push(Seg::Key(k.get_ref().to_string()));
@@ -1009,32 +1022,28 @@ fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath) {
         }
         if v.span().contains(&offset) {
             path.0.push(Seg::Key(k.get_ref().to_string()));
-            value_path_at(v.get_ref(), offset, path);
+            value_path_at(v.get_ref(), offset, path, fallback);
             return;
         }
     }
+    if !fallback {
+        return;
+    }
     // Array-of-tables items and [table] bodies are not always inside their value's span:
     // fall back to the nearest key before the offset.
-    let mut best: Option<(
-        usize,
-        &Spanned<std::borrow::Cow<'_, str>>,
-        &Spanned<DeValue<'_>>,
-    )> = None;
-    for (k, v) in table.iter() {
-        let s = k.span().start;
-        if s <= offset && best.is_none_or(|(b, _, _)| s > b) {
-            best = Some((s, k, v));
-        }
-    }
-    if let Some((_, k, v)) = best {
+    let best = table
+        .iter()
+        .filter(|(k, _)| k.span().start <= offset)
+        .max_by_key(|(k, _)| k.span().start);
+    if let Some((k, v)) = best {
         path.0.push(Seg::Key(k.get_ref().to_string()));
-        value_path_at(v.get_ref(), offset, path);
+        value_path_at(v.get_ref(), offset, path, fallback);
     }
 }
 
-fn value_path_at(v: &DeValue<'_>, offset: usize, path: &mut FieldPath) {
+fn value_path_at(v: &DeValue<'_>, offset: usize, path: &mut FieldPath, fallback: bool) {
     match v {
-        DeValue::Table(t) => path_at(t, offset, path),
+        DeValue::Table(t) => path_at(t, offset, path, fallback),
         DeValue::Array(a) => {
             let mut pick = None;
             for (i, item) in a.iter().enumerate() {
@@ -1042,13 +1051,13 @@ fn value_path_at(v: &DeValue<'_>, offset: usize, path: &mut FieldPath) {
                     pick = Some(i);
                     break;
                 }
-                if item.span().start <= offset {
+                if fallback && item.span().start <= offset {
                     pick = Some(i);
                 }
             }
             if let Some(i) = pick {
                 path.0.push(Seg::Index(i));
-                value_path_at(a[i].get_ref(), offset, path);
+                value_path_at(a[i].get_ref(), offset, path, fallback);
             }
         }
         _ => {}
@@ -1164,7 +1173,7 @@ at_s = 0
         check(
             &edit("seed = 1", "seed = 1\n[oops"),
             &[],
-            "x.toml:3: invalid table header",
+            "x.toml:3: unclosed table, expected `]`",
         );
         check(
             &edit("width_px = 1024\n", ""),
