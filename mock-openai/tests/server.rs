@@ -1,0 +1,1117 @@
+//! Integration tests of the HTTP server: a real server on 127.0.0.1:0 per test, driven by
+//! hyper's HTTP/1 client. Headers and 429 bodies, limit windows at a speedup, every batch path,
+//! faults and scripts, bad input, live configuration, counters, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use mock_openai::headers::parse_duration;
+use mock_openai::server::clock::{ManualHandle, ServerClock};
+use mock_openai::server::config::ServerConfig;
+use mock_openai::server::{self, State};
+use mock_openai::tags;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+// Tokio's instant: the workspace bans `std::time::Instant::now` (core is sans-IO); tests time real waits.
+use tokio::time::Instant;
+
+/// Wall-clock Unix seconds at model zero for manual clocks.
+const START_UNIX: u64 = 1_800_000_000;
+
+struct Mock {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    clock: Option<ManualHandle>,
+}
+
+impl Mock {
+    fn advance(&self, d: Duration) {
+        if let Some(c) = &self.clock {
+            c.advance(d);
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("run returns after shutdown")
+            .unwrap();
+    }
+}
+
+fn config(toml: &str) -> ServerConfig {
+    let mut c = ServerConfig::default();
+    c.apply_toml(toml, "test.toml").unwrap();
+    c
+}
+
+/// Zero latency and a fast batch timeline unless the test's TOML says otherwise.
+const BASE: &str = r#"
+[upstream]
+latency = { kind = "fixed", ms = 0 }
+"#;
+
+async fn start_with(
+    config: ServerConfig,
+    clock: ServerClock,
+    manual: Option<ManualHandle>,
+) -> Mock {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = State::new(config, clock).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, state, async move {
+        let _ = rx.await;
+    }));
+    Mock {
+        addr,
+        stop: Some(tx),
+        task,
+        clock: manual,
+    }
+}
+
+/// A server on a manual clock at speedup 1.
+async fn start_manual(toml: &str) -> Mock {
+    let (clock, handle) = ServerClock::manual(1.0, START_UNIX).unwrap();
+    start_with(config(toml), clock, Some(handle)).await
+}
+
+/// A server on the real clock.
+async fn start_real(toml: &str, speedup: f64) -> Mock {
+    start_with(config(toml), ServerClock::system(speedup).unwrap(), None).await
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
+    }
+    /// Asserts an OpenAI error envelope with exactly the four keys and returns it.
+    fn error(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let e = v["error"].as_object().expect("error object");
+        let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["code", "message", "param", "type"]);
+        assert!(e["message"].is_string() && e["type"].is_string());
+        v["error"].clone()
+    }
+}
+
+/// Sends one request on a fresh connection. `Err` when the connection closes or resets
+/// without a complete response.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Resp, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "mock");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(body.into()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+const KEY: &str = "sk-test-key-0001";
+
+fn chat_body(url: &str) -> String {
+    json!({
+        "model": "gpt-4o-mini",
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Tag this image."},
+            {"type": "image_url", "image_url": {"url": url, "detail": "low"}}
+        ]}]
+    })
+    .to_string()
+}
+
+async fn chat(m: &Mock, key: &str, url: &str) -> Result<Resp, String> {
+    send(
+        m.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(key),
+        &[],
+        chat_body(url),
+    )
+    .await
+}
+
+async fn post_json(m: &Mock, path: &str, body: Value) -> Resp {
+    send(
+        m.addr,
+        "POST",
+        path,
+        Some(KEY),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn get(m: &Mock, path: &str) -> Resp {
+    send(m.addr, "GET", path, Some(KEY), &[], Bytes::new())
+        .await
+        .unwrap()
+}
+
+fn multipart(filename: &str, purpose: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let b = "mockboundary7f3a";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(
+        format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+async fn upload(m: &Mock, filename: &str, data: &[u8]) -> Resp {
+    let (ct, body) = multipart(filename, "batch", data);
+    send(
+        m.addr,
+        "POST",
+        "/v1/files",
+        Some(KEY),
+        &[("content-type", &ct)],
+        body,
+    )
+    .await
+    .unwrap()
+}
+
+fn jsonl_line(id: &str, url: &str) -> String {
+    json!({
+        "custom_id": id,
+        "method": "POST",
+        "url": url,
+        "body": serde_json::from_str::<Value>(&chat_body(&format!("https://img.example/{id}.jpg"))).unwrap()
+    })
+    .to_string()
+}
+
+fn jsonl(n: usize) -> String {
+    (0..n)
+        .map(|i| jsonl_line(&format!("r{i}"), "/v1/chat/completions") + "\n")
+        .collect()
+}
+
+/// Uploads `data` and creates a batch from it; returns the batch object.
+async fn create_batch(m: &Mock, data: &str) -> Value {
+    let file = upload(m, "in.jsonl", data.as_bytes()).await;
+    assert_eq!(file.status, 200, "{:?}", file.body);
+    let id = file.json()["id"].as_str().unwrap().to_owned();
+    let b = post_json(
+        m,
+        "/v1/batches",
+        json!({"input_file_id": id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    )
+    .await;
+    assert_eq!(b.status, 200, "{:?}", b.body);
+    b.json()
+}
+
+async fn batch(m: &Mock, id: &str) -> Value {
+    let r = get(m, &format!("/v1/batches/{id}")).await;
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+async fn content(m: &Mock, file_id: &str) -> Vec<Value> {
+    let r = get(m, &format!("/v1/files/{file_id}/content")).await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Realtime: headers and 429s.
+
+#[tokio::test]
+async fn success_carries_openai_headers_and_the_urls_tags() {
+    let m = start_manual(BASE).await;
+    let url = "https://img.example/a.jpg?w=512&h=512";
+    let r = chat(&m, KEY, url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.header("x-request-id").starts_with("req_"));
+    assert_eq!(r.header("x-request-id").len(), 36);
+    assert!(r.header("openai-organization").starts_with("org-"));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), "500");
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), "200000");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), "499");
+    for h in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        let v = r.header(h);
+        assert!(parse_duration(v).is_some(), "{h}: {v}");
+    }
+    // One request of 500 RPM: 120 ms until the bucket is full again.
+    assert_eq!(r.header("x-ratelimit-reset-requests"), "120ms");
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["created"], START_UNIX);
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(tags::content_matches(url, content), "{content}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap(), 2833 + 4);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn rpm_429_has_the_exact_body_and_retry_headers() {
+    let m = start_manual(&format!(
+        "{BASE}\n[mock_server]\nretry_after_ms = true\nkeys = [{{ key = \"{KEY}\", rpm = 3 }}]"
+    ))
+    .await;
+    let mut org = String::new();
+    for _ in 0..3 {
+        let r = chat(&m, KEY, "u").await.unwrap();
+        assert_eq!(r.status, 200);
+        org = r.header("openai-organization").to_owned();
+    }
+    let r = chat(&m, KEY, "u").await.unwrap();
+    let e = r.error(429);
+    assert_eq!(
+        e["message"],
+        format!(
+            "Rate limit reached for gpt-4o-mini in organization {org} on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+    );
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("requests"), Some("rate_limit_exceeded"))
+    );
+    assert_eq!(e["param"], Value::Null);
+    assert_eq!(r.header("retry-after"), "20");
+    assert_eq!(r.header("retry-after-ms"), "20000");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), "0");
+    assert_eq!(r.header("x-ratelimit-reset-requests"), "1m0s");
+    assert_eq!(r.header("content-type"), "application/json; charset=utf-8");
+    // Waiting what the header says is enough.
+    m.advance(Duration::from_secs(20));
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn tpm_429_and_request_too_large() {
+    let m = start_manual(&format!(
+        "{BASE}\n[mock_server]\nkeys = [{{ key = \"{KEY}\", tpm = 6000 }}, {{ key = \"sk-small-tpm-1\", tpm = 1000 }}]"
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    }
+    let r = chat(&m, KEY, "u").await.unwrap();
+    let e = r.error(429);
+    assert_eq!(e["type"], "tokens");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("on tokens per min (TPM): Limit 6000, Used 5674, Requested 2837. Please try again in 25.11s."), "{msg}");
+    assert_eq!(r.header("retry-after"), "26");
+    assert!(r.headers.get("retry-after-ms").is_none());
+    let r = chat(&m, "sk-small-tpm-1", "u").await.unwrap();
+    let e = r.error(429);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Request too large for gpt-4o-mini")
+    );
+    assert!(r.headers.get("retry-after").is_none());
+    let stats = get(&m, "/_mock/stats").await.json();
+    assert_eq!(stats["rate_limited"]["tokens"], 1);
+    assert_eq!(stats["rate_limited"]["request_too_large"], 1);
+    assert_eq!(stats["requests"]["chat_completions"]["429"], 2);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn limit_windows_run_at_the_speedup() {
+    // RPM 60 at speedup 60: the bucket refills one request per model second, i.e. one per
+    // 1/60 real second, and a full bucket needs one real second.
+    let m = start_real(
+        &format!(
+            "{BASE}\n[mock_server]\nretry_after_ms = true\nkeys = [{{ key = \"{KEY}\", rpm = 60 }}]"
+        ),
+        60.0,
+    )
+    .await;
+    let mut admitted = 0;
+    let limited = loop {
+        let r = chat(&m, KEY, "u").await.unwrap();
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        admitted += 1;
+        assert!(admitted < 200, "never limited");
+    };
+    // The burst is the whole minute's 60, plus what refilled while the requests were sent.
+    assert!(admitted >= 60, "{admitted}");
+    let retry_ms: u64 = limited.header("retry-after-ms").parse().unwrap();
+    assert!((1..=17).contains(&retry_ms), "retry-after-ms {retry_ms}");
+    assert_eq!(limited.header("retry-after"), "1");
+    let reset = parse_duration(limited.header("x-ratelimit-reset-requests")).unwrap();
+    assert!(reset <= Duration::from_secs(1), "{reset:?}");
+    let msg = limited.error(429)["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains(&format!("Please try again in {retry_ms}ms.")),
+        "{msg}"
+    );
+    tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    m.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches.
+
+#[tokio::test]
+async fn batch_completes_with_outputs_matched_by_custom_id() {
+    let m = start_manual(BASE).await;
+    let b = create_batch(&m, &jsonl(4)).await;
+    let id = b["id"].as_str().unwrap();
+    assert_eq!(b["status"], "validating");
+    assert_eq!(b["created_at"], START_UNIX);
+    assert_eq!(b["expires_at"], START_UNIX + 86_400);
+    let mut seen = vec![];
+    for _ in 0..200 {
+        m.advance(Duration::from_secs(30));
+        let s = batch(&m, id).await;
+        let status = s["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "completed" {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|s| s == "in_progress"), "{seen:?}");
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("completed"),
+        "{seen:?}"
+    );
+    let done = batch(&m, id).await;
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 4, "completed": 4, "failed": 0})
+    );
+    let t = |k: &str| done[k].as_u64().unwrap();
+    assert!(t("created_at") <= t("in_progress_at") && t("in_progress_at") <= t("finalizing_at"));
+    assert!(t("finalizing_at") <= t("completed_at"));
+    assert_eq!(done["error_file_id"], Value::Null);
+    let lines = content(&m, done["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(lines.len(), 4);
+    for l in lines {
+        let cid = l["custom_id"].as_str().unwrap();
+        let url = format!("https://img.example/{cid}.jpg");
+        let c = l["response"]["body"]["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap();
+        assert!(tags::content_matches(&url, c), "{cid}: {c}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn batch_status_paths_token_limit_expiry_cancel() {
+    let m = start_manual(&format!(
+        "{BASE}\n[upstream.batch]\nbatch_outcomes = [\"completed\", \"expired\"]\n[mock_server]\nkeys = [{{ key = \"{KEY}\" }}, {{ key = \"sk-tiny-queue\", batch_queue_tokens = 100 }}]"
+    ))
+    .await;
+    // Expired with partial results (the second scripted outcome).
+    let _first = create_batch(&m, &jsonl(2)).await;
+    let exp = create_batch(&m, &jsonl(20)).await;
+    let exp_id = exp["id"].as_str().unwrap();
+    // Cancelled: created now, cancelled while validating.
+    let can = create_batch(&m, &jsonl(2)).await;
+    let can_id = can["id"].as_str().unwrap();
+    let c = post_json(&m, &format!("/v1/batches/{can_id}/cancel"), json!({})).await;
+    assert_eq!(c.json()["status"], "cancelling");
+    // Token limit: another organization whose queue holds 100 tokens.
+    let file = {
+        let (ct, body) = multipart("q.jsonl", "batch", jsonl(1).as_bytes());
+        send(
+            m.addr,
+            "POST",
+            "/v1/files",
+            Some("sk-tiny-queue"),
+            &[("content-type", &ct)],
+            body,
+        )
+        .await
+        .unwrap()
+        .json()
+    };
+    let q = send(
+        m.addr,
+        "POST",
+        "/v1/batches",
+        Some("sk-tiny-queue"),
+        &[],
+        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}).to_string(),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(q["status"], "validating");
+
+    m.advance(Duration::from_secs(86_400 + 10));
+    let e = batch(&m, exp_id).await;
+    assert_eq!(e["status"], "expired");
+    assert!(e["expired_at"].is_u64());
+    let counts = &e["request_counts"];
+    let (done, failed) = (
+        counts["completed"].as_u64().unwrap(),
+        counts["failed"].as_u64().unwrap(),
+    );
+    assert!(done > 0 && failed > 0 && done + failed == 20, "{counts}");
+    let errs = content(&m, e["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(errs.len() as u64, failed);
+    assert!(
+        errs.iter()
+            .all(|l| l["error"]["code"] == "batch_expired" && l["response"].is_null())
+    );
+    assert_eq!(
+        content(&m, e["output_file_id"].as_str().unwrap())
+            .await
+            .len() as u64,
+        done
+    );
+
+    let c = batch(&m, can_id).await;
+    assert_eq!(c["status"], "cancelled");
+    assert!(c["cancelled_at"].is_u64());
+    // Ended batches cannot be cancelled.
+    let again = post_json(&m, &format!("/v1/batches/{can_id}/cancel"), json!({})).await;
+    again.error(409);
+
+    let q = send(
+        m.addr,
+        "GET",
+        &format!("/v1/batches/{}", q["id"].as_str().unwrap()),
+        Some("sk-tiny-queue"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(q["status"], "failed");
+    assert_eq!(q["errors"]["data"][0]["code"], "token_limit_exceeded");
+    assert!(
+        q["errors"]["data"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Limit: 100 enqueued tokens")
+    );
+    // Another organization's batch is invisible.
+    get(&m, &format!("/v1/batches/{}", q["id"].as_str().unwrap()))
+        .await
+        .error(404);
+
+    // The list is newest first and pages with `after`.
+    let p1 = get(&m, "/v1/batches?limit=2").await.json();
+    assert_eq!(p1["data"].as_array().unwrap().len(), 2);
+    assert_eq!(p1["has_more"], true);
+    assert_eq!(p1["first_id"], can_id);
+    let after = p1["last_id"].as_str().unwrap();
+    let p2 = get(&m, &format!("/v1/batches?limit=2&after={after}"))
+        .await
+        .json();
+    assert_eq!(p2["data"].as_array().unwrap().len(), 1);
+    assert_eq!(p2["has_more"], false);
+    get(&m, "/v1/batches?limit=0").await.error(400);
+
+    let stats = get(&m, "/_mock/stats").await.json();
+    assert_eq!(stats["batches"]["expired"], 1);
+    assert_eq!(stats["batches"]["cancelled"], 1);
+    assert_eq!(stats["batches"]["failed"], 1);
+    assert_eq!(stats["batches"]["completed"], 1);
+    m.shutdown().await;
+}
+
+async fn failed_with(m: &Mock, data: &str) -> Value {
+    let b = create_batch(m, data).await;
+    m.advance(Duration::from_secs(3_600));
+    let b = batch(m, b["id"].as_str().unwrap()).await;
+    assert_eq!(b["status"], "failed", "{b}");
+    b["errors"]["data"][0].clone()
+}
+
+#[tokio::test]
+async fn bad_batch_input_fails_validation_with_the_line() {
+    let m = start_manual(&format!(
+        "{BASE}\n[upstream.batch]\nmax_file_bytes = 100000"
+    ))
+    .await;
+    let ok = jsonl_line("a", "/v1/chat/completions");
+    let e = failed_with(&m, &format!("{ok}\n{{not json\n")).await;
+    assert_eq!(
+        (e["code"].as_str(), e["line"].as_u64()),
+        (Some("invalid_json_line"), Some(2))
+    );
+    assert_eq!(e["message"], "This line is not parseable as valid JSON.");
+    let e = failed_with(&m, &format!("{ok}\n{ok}\n")).await;
+    assert_eq!(
+        (e["code"].as_str(), e["line"].as_u64()),
+        (Some("duplicate_custom_id"), Some(2))
+    );
+    let e = failed_with(
+        &m,
+        &format!("{ok}\n{}\n", jsonl_line("b", "/v1/embeddings")),
+    )
+    .await;
+    assert_eq!(
+        (e["code"].as_str(), e["line"].as_u64()),
+        (Some("url_mismatch"), Some(2))
+    );
+    // The 200 MB cap is configurable; here 100,000 bytes. The default stays 200,000,000.
+    assert_eq!(
+        ServerConfig::default().upstream.batch.max_file_bytes,
+        200_000_000
+    );
+    let e = failed_with(&m, &jsonl(600)).await;
+    assert_eq!(e["code"], "file_too_large");
+    // A non-.jsonl batch file is refused at upload.
+    upload(&m, "in.csv", b"a,b").await.error(400);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn more_than_50000_lines_is_too_many_tasks() {
+    let m = start_manual(BASE).await;
+    let line = jsonl_line("x", "/v1/chat/completions");
+    let mut data = String::with_capacity(50_001 * (line.len() + 8));
+    for i in 0..50_001 {
+        data.push_str(&line.replacen("\"x\"", &format!("\"x{i}\""), 1));
+        data.push('\n');
+    }
+    let e = failed_with(&m, &data).await;
+    assert_eq!(e["code"], "too_many_tasks");
+    assert!(e["message"].as_str().unwrap().contains("50001"), "{e}");
+    m.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults.
+
+#[tokio::test]
+async fn scripted_faults_and_transport_faults_in_order() {
+    let m = start_manual(&format!(
+        r#"{BASE}
+timeout_after_ms = 50
+[[upstream.faults]]
+sequence = ["500", "503", "timeout", "429", "ok", "ok", "ok", "ok"]
+[mock_server.transport]
+after = 4
+sequence = ["reset", "slow_body"]
+slow_body_ms = 200
+"#
+    ))
+    .await;
+    chat(&m, KEY, "u").await.unwrap().error(500);
+    let e = chat(&m, KEY, "u").await.unwrap().error(503);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("That model is currently overloaded")
+    );
+    let held = Instant::now();
+    let t = chat(&m, KEY, "u").await;
+    assert!(t.is_err(), "a timeout closes without a response: {t:?}");
+    assert!(held.elapsed() >= Duration::from_millis(45));
+    chat(&m, KEY, "u").await.unwrap().error(429);
+    // Successful responses 0..4 are delivered; the 5th resets, the 6th dribbles.
+    for _ in 0..4 {
+        assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    }
+    let reset = chat(&m, KEY, "u").await;
+    assert!(reset.is_err(), "{reset:?}");
+    let slow = Instant::now();
+    let r = chat(&m, KEY, "https://img/s.jpg").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        slow.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        slow.elapsed()
+    );
+    assert!(tags::content_matches(
+        "https://img/s.jpg",
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    ));
+    let stats = get(&m, "/_mock/stats").await.json();
+    let chat_stats = &stats["requests"]["chat_completions"];
+    assert_eq!(
+        (chat_stats["timeout"].as_u64(), chat_stats["reset"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let metrics = get(&m, "/metrics").await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains("mock_openai_requests_total{endpoint=\"chat_completions\",status=\"500\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE mock_openai_batches gauge"));
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn live_config_validates_and_applies() {
+    let m = start_manual(BASE).await;
+    let before = get(&m, "/_mock/config").await.json();
+    let bad = post_json(
+        &m,
+        "/_mock/config",
+        json!({"upstream": {"server_error_rate": 1.5}}),
+    )
+    .await;
+    let e = bad.error(400);
+    assert_eq!(e["param"], "upstream.server_error_rate");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be within 0..=1, got 1.5")
+    );
+    let bad = post_json(
+        &m,
+        "/_mock/config",
+        json!({"upstream": {"batch": {"fail_rate": "x"}}}),
+    )
+    .await;
+    assert_eq!(bad.error(400)["param"], "upstream.batch");
+    let bad = post_json(&m, "/_mock/config", json!({"upstream": {"nope": 1}})).await;
+    assert_eq!(bad.error(400)["param"], "upstream.nope");
+    let bad = post_json(&m, "/_mock/config", json!({"transport": {"reset_rate": 2}})).await;
+    assert_eq!(bad.error(400)["param"], "mock_server.transport.reset_rate");
+    assert_eq!(
+        get(&m, "/_mock/config").await.json(),
+        before,
+        "a bad config changes nothing"
+    );
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    let ok = post_json(
+        &m,
+        "/_mock/config",
+        json!({"upstream": {"server_error_rate": 1.0, "batch": {"max_requests": 7}}}),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["upstream"]["batch"]["max_requests"], 7);
+    assert_eq!(
+        ok.json()["upstream"]["batch"]["cancel_delay_s"],
+        60,
+        "batch keys merge"
+    );
+    chat(&m, KEY, "u").await.unwrap().error(500);
+    // TOML works too.
+    let r = send(
+        m.addr,
+        "POST",
+        "/_mock/config",
+        None,
+        &[],
+        "[upstream]\nserver_error_rate = 0.0\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    m.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input.
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors() {
+    let m = start_manual(&format!(
+        "{BASE}\n[mock_server]\nmax_chat_body_bytes = 4096\nkeys = [{{ key = \"{KEY}\" }}]"
+    ))
+    .await;
+    let post =
+        |body: &'static str| send(m.addr, "POST", "/v1/chat/completions", Some(KEY), &[], body);
+    let e = post("{not json").await.unwrap().error(400);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("We could not parse the JSON body")
+    );
+    let e = post(
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#,
+    )
+    .await
+    .unwrap()
+    .error(400);
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("max_tokens"), Some("invalid_type"))
+    );
+    assert_eq!(
+        e["message"],
+        "Invalid type for 'max_tokens': expected an integer, but got a string instead."
+    );
+    let e = post(r#"{"model":"gpt-4o-mini"}"#).await.unwrap().error(400);
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("messages"), Some("missing_required_parameter"))
+    );
+    let e = post(r#"{"model":"gpt-4o-mini","messages":[]}"#)
+        .await
+        .unwrap()
+        .error(400);
+    assert_eq!(e["code"], "empty_array");
+    let e = post(r#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#)
+        .await
+        .unwrap()
+        .error(404);
+    assert_eq!(e["code"], "model_not_found");
+    let e = post(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":[{"type":"image_url","image_url":"https://x"}]}]}"#)
+        .await
+        .unwrap()
+        .error(400);
+    assert_eq!(
+        e["message"],
+        "Invalid type for 'messages[0].content[0].image_url': expected an object, but got a string instead."
+    );
+    let e = post(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"bogus":1}"#)
+        .await
+        .unwrap()
+        .error(400);
+    assert_eq!(
+        e["message"],
+        "Unrecognized request argument supplied: bogus"
+    );
+    let e = post(r#"[1,2]"#).await.unwrap().error(400);
+    assert_eq!(e["code"], "invalid_type");
+    // Oversize: by content-length (refused before reading) and by actual bytes.
+    let big = "x".repeat(5000);
+    send(m.addr, "POST", "/v1/chat/completions", Some(KEY), &[], big)
+        .await
+        .unwrap()
+        .error(413);
+    // Authentication, routing, methods.
+    let e = send(m.addr, "GET", "/v1/models", None, &[], Bytes::new())
+        .await
+        .unwrap()
+        .error(401);
+    assert_eq!(e["code"], "invalid_api_key");
+    let e = send(
+        m.addr,
+        "GET",
+        "/v1/models",
+        Some("sk-unknown-key-123456"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .error(401);
+    assert_eq!(e["code"], "invalid_api_key");
+    assert!(
+        !e["message"]
+            .as_str()
+            .unwrap()
+            .contains("sk-unknown-key-123456")
+    );
+    let e = get(&m, "/v1/nothing").await.error(404);
+    assert_eq!(e["message"], "Invalid URL (GET /v1/nothing)");
+    let r = get(&m, "/v1/chat/completions").await;
+    r.error(405);
+    assert_eq!(r.header("allow"), "POST");
+    get(&m, "/v1/models/gpt-4o").await;
+    get(&m, "/v1/models/gpt-7").await.error(404);
+    get(&m, "/v1/files/file-nope").await.error(404);
+    // Multipart problems.
+    let r = send(
+        m.addr,
+        "POST",
+        "/v1/files",
+        Some(KEY),
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await
+    .unwrap();
+    r.error(400);
+    let (ct, _) = multipart("a.jsonl", "batch", b"");
+    let r = send(m.addr, "POST", "/v1/files", Some(KEY), &[("content-type", &ct)], "--mockboundary7f3a\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--mockboundary7f3a--\r\n").await.unwrap();
+    assert_eq!(r.error(400)["param"], "file");
+    let r = send(
+        m.addr,
+        "POST",
+        "/v1/files",
+        Some(KEY),
+        &[("content-type", &ct)],
+        "garbage",
+    )
+    .await
+    .unwrap();
+    r.error(400);
+    // Batch create problems are 4xx, not failed batches.
+    let e = post_json(
+        &m,
+        "/v1/batches",
+        json!({"endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    )
+    .await
+    .error(400);
+    assert_eq!(e["param"], "input_file_id");
+    let e = post_json(
+        &m,
+        "/v1/batches",
+        json!({"input_file_id": 5, "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    )
+    .await
+    .error(400);
+    assert_eq!(e["code"], "invalid_type");
+    post_json(&m, "/v1/batches", json!({"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"})).await.error(404);
+    post_json(&m, "/v1/batches", json!({"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "1h"})).await.error(400);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn declared_oversize_upload_is_refused_without_reading_it() {
+    let m = start_manual(&format!("{BASE}\n[mock_server]\nmax_upload_bytes = 1000")).await;
+    let stream = TcpStream::connect(m.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Announce 10 MB, send none of it: the answer must come at once.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/files")
+        .header("host", "mock")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "multipart/form-data; boundary=b")
+        .header("content-length", "10000000")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    m.shutdown().await;
+}
+
+/// Every body the chat parser sees gets a well-formed OpenAI error or a valid request.
+fn check_parse(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match mock_openai::server::chat::parse_request(bytes) {
+        Ok(_) => {}
+        Err(e) => {
+            prop_assert!(e.status == 400 || e.status == 404, "{e:?}");
+            let v: Value = serde_json::from_str(&e.to_json()).unwrap();
+            prop_assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            prop_assert_eq!(v["error"]["type"].as_str(), Some("invalid_request_error"));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn chat_parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        check_parse(&bytes)?;
+    }
+
+    #[test]
+    fn chat_parser_never_panics_on_near_valid_json(
+        model in prop_oneof![Just("\"gpt-4o-mini\""), Just("\"x\""), Just("1"), Just("null")],
+        role in prop_oneof![Just("\"user\""), Just("\"robot\""), Just("3")],
+        part in prop_oneof![
+            Just(r#"{"type":"text","text":"t"}"#.to_owned()),
+            Just(r#"{"type":"image_url","image_url":{"url":"https://a/b.jpg?w=9&h=99999999999","detail":"high"}}"#.to_owned()),
+            Just(r#"{"type":"image_url","image_url":{"url":7}}"#.to_owned()),
+            Just(r#"{"type":"image_url"}"#.to_owned()),
+            Just(r#"{"type":9}"#.to_owned()),
+            "[ -~]{0,20}",
+        ],
+        max_tokens in prop_oneof![Just("1"), Just("0"), Just("-5"), Just("1e3"), Just("99999999999999999999"), Just("\"x\"")],
+    ) {
+        let body = format!(r#"{{"model":{model},"max_tokens":{max_tokens},"messages":[{{"role":{role},"content":[{part}]}}]}}"#);
+        check_parse(body.as_bytes())?;
+    }
+}
+
+#[test]
+fn live_server_answers_arbitrary_bodies_with_openai_errors() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = rt.block_on(start_manual(BASE));
+    let addr = m.addr;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    let strategy = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from),
+        "\\{\"model\":\"gpt-4o-mini\",\"messages\":[\\[\\]{}\",:a-z0-9]{0,60}\\}"
+            .prop_map(Bytes::from),
+    ];
+    let paths = [
+        "/v1/chat/completions",
+        "/v1/batches",
+        "/v1/files",
+        "/_mock/config",
+    ];
+    runner
+        .run(&(strategy, 0..paths.len()), |(body, p)| {
+            let r = rt.block_on(send(
+                addr,
+                "POST",
+                paths[p],
+                Some(KEY),
+                &[("content-type", "application/json")],
+                body,
+            ));
+            let r = r.map_err(|e| TestCaseError::fail(format!("no response: {e}")))?;
+            prop_assert!(
+                r.status == 200 || (400..500).contains(&r.status),
+                "{}",
+                r.status
+            );
+            if r.status != 200 {
+                let v: Value = serde_json::from_slice(&r.body)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(v["error"]["message"].is_string());
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(m.shutdown());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown.
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let m = start_real("[upstream]\nlatency = { kind = \"fixed\", ms = 400 }", 1.0).await;
+    let addr = m.addr;
+    let in_flight = tokio::spawn(async move {
+        send(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(KEY),
+            &[],
+            chat_body("https://img/late.jpg"),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    m.shutdown().await;
+    // `run` returned only after the in-flight request was answered.
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    // And nothing listens any more.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn no_limits_mode_answers_everything() {
+    let mut c = config(&format!(
+        "[upstream]\nserver_error_rate = 1.0\n[mock_server]\nkeys = [{{ key = \"{KEY}\", rpm = 1 }}]"
+    ));
+    c.enforce_limits = false;
+    let (clock, handle) = ServerClock::manual(1.0, START_UNIX).unwrap();
+    let m = start_with(c, clock, Some(handle)).await;
+    for _ in 0..3 {
+        let r = chat(&m, KEY, "u").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.headers.get("x-ratelimit-limit-requests").is_none());
+    }
+    m.shutdown().await;
+}
