@@ -112,11 +112,12 @@ enum Ev {
     },
 }
 
-#[derive(Debug)]
+/// A heap entry: small and `Copy`, so sifting moves 24 bytes; the event waits in a slab slot.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     at: Time,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Entry {
@@ -165,6 +166,12 @@ struct Sim<'a> {
     end: Time,
     queue: BinaryHeap<Entry>,
     seq: u64,
+    /// Events in flight, by slot; freed slots are reused, so the slab is as large as the
+    /// most events ever in flight at once.
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
+    /// Scratch buffer for image URLs.
+    url: String,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     uploads: Vec<UploadRec>,
@@ -201,10 +208,35 @@ impl std::fmt::Debug for Sim<'_> {
 }
 
 fn image_url(image: ImageId) -> String {
-    format!(
-        "https://img.tagstorm.test/u{}/i{}.jpg",
-        image.upload.0, image.index
-    )
+    let mut s = String::with_capacity(48);
+    write_url(&mut s, image);
+    s
+}
+
+/// Writes the image's URL into `buf` (cleared first): `https://img.tagstorm.test/u{upload}/i{index}.jpg`.
+fn write_url(buf: &mut String, image: ImageId) {
+    buf.clear();
+    buf.push_str("https://img.tagstorm.test/u");
+    push_u32(buf, image.upload.0);
+    buf.push_str("/i");
+    push_u32(buf, image.index);
+    buf.push_str(".jpg");
+}
+
+fn push_u32(buf: &mut String, mut v: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        buf.push(char::from(d));
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -263,6 +295,9 @@ impl<'a> Sim<'a> {
             end: Time::ZERO + secs(s.sim.max_duration_s),
             queue: BinaryHeap::new(),
             seq: 0,
+            slab: Vec::new(),
+            free: Vec::new(),
+            url: String::with_capacity(64),
             uploads: Vec::with_capacity(arrivals.len()),
             next_base: 0,
             arrivals,
@@ -294,10 +329,20 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.slab.push(Some(ev));
+                u32::try_from(self.slab.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
         self.queue.push(Entry {
             at,
             seq: self.seq,
-            ev,
+            slot,
         });
     }
 
@@ -333,7 +378,10 @@ impl<'a> Sim<'a> {
                 self.arrive();
             } else if t_queue == Some(next) {
                 if let Some(e) = self.queue.pop() {
-                    self.deliver(e.ev);
+                    if let Some(ev) = self.slab.get_mut(e.slot as usize).and_then(Option::take) {
+                        self.free.push(e.slot);
+                        self.deliver(ev);
+                    }
                 }
             } else {
                 self.engine.handle_timeout(self.now);
@@ -399,7 +447,8 @@ impl<'a> Sim<'a> {
                 ..
             } => {
                 self.upstream.requests += 1;
-                let url = image_url(image);
+                let mut url = std::mem::take(&mut self.url);
+                write_url(&mut url, image);
                 let req = ChatRequest {
                     model: self.model,
                     max_tokens,
@@ -465,6 +514,7 @@ impl<'a> Sim<'a> {
                         0,
                     ),
                 };
+                self.url = url;
                 self.push(
                     now + delay,
                     Ev::Realtime {
@@ -720,7 +770,8 @@ impl<'a> Sim<'a> {
                         self.money.batch += cost;
                     }
                 }
-                let expected = fnv1a64(tags_json(&image_url(image)).as_bytes());
+                write_url(&mut self.url, image);
+                let expected = fnv1a64(tags_json(&self.url).as_bytes());
                 if self.delivered[g] != expected {
                     self.verification.tag_mismatches += 1;
                 }
