@@ -7,9 +7,18 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use mock_openai::server::{self, State, clock::ServerClock, config::Args};
 
+fn main() -> std::process::ExitCode {
+    match serve(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mock-openai: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -204,12 +204,12 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or a section has the wrong shape.
     #[error("{path}: {message}")]
@@ -220,12 +220,12 @@ pub enum LoadError {
         message: String,
     },
     /// A value is out of range.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Invalid {
         /// The file, or `flags`.
         path: String,
         /// The field at fault.
-        source: ConfigError,
+        error: ConfigError,
     },
 }
 
@@ -424,9 +424,9 @@ impl Args {
     pub fn load(&self) -> Result<(SocketAddr, ServerConfig, f64), LoadError> {
         let mut config = ServerConfig::default();
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             config.apply_toml(&text, &path.display().to_string())?;
         }
@@ -442,14 +442,14 @@ impl Args {
             .config
             .as_ref()
             .map_or_else(|| "flags".to_owned(), |p| p.display().to_string());
-        config.validate().map_err(|source| LoadError::Invalid {
+        config.validate().map_err(|error| LoadError::Invalid {
             path: where_,
-            source,
+            error,
         })?;
         if !(self.speedup.is_finite() && (MIN_SPEEDUP..=MAX_SPEEDUP).contains(&self.speedup)) {
             return Err(LoadError::Invalid {
                 path: "flags".to_owned(),
-                source: ConfigError::Invalid {
+                error: ConfigError::Invalid {
                     field: "--speedup".to_owned(),
                     reason: format!(
                         "must be within {MIN_SPEEDUP}..={MAX_SPEEDUP}, got {}",
