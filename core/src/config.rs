@@ -81,6 +81,9 @@ pub struct Policy {
     pub workspace_tpm: Option<u64>,
     /// Serve workspaces by weighted deficit round robin; otherwise first come, first served.
     pub fair_share: bool,
+    /// Fair share: images a workspace may send per turn before the next workspace's turn. Larger
+    /// turns let small uploads finish in one turn; smaller ones bound the wait of the others.
+    pub fair_share_quantum_images: u32,
     /// Images per batch at most (the Batch API allows 50,000).
     pub max_images_per_batch: u32,
     /// Time between polls of a running batch, ms.
@@ -136,6 +139,7 @@ impl Policy {
             workspace_rpm: None,
             workspace_tpm: None,
             fair_share: false,
+            fair_share_quantum_images: 1,
             max_images_per_batch: MAX_BATCH_REQUESTS,
             poll_interval_ms: 10_000,
             poll_max_interval_ms: 10_000,
@@ -193,6 +197,7 @@ impl Policy {
             batch_turnaround_estimate_ms: 30 * 60_000,
             fallback_to_batch_on_rate_limit: false,
             fair_share: true,
+            fair_share_quantum_images: 16,
             workspace_rpm: None,
             workspace_tpm: None,
             max_images_per_batch: 5_000,
@@ -265,6 +270,7 @@ impl Policy {
         }
         for (field, v) in [
             ("chunk_size", u64::from(self.chunk_size)),
+            ("fair_share_quantum_images", u64::from(self.fair_share_quantum_images)),
             ("max_images_per_batch", u64::from(self.max_images_per_batch)),
             ("poll_interval_ms", self.poll_interval_ms),
             ("retry_max_attempts", u64::from(self.retry_max_attempts)),

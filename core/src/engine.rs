@@ -289,6 +289,46 @@ enum Timer {
     BatchHold,
 }
 
+/// Where a realtime image joins the queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// The first images of an upload, for a fast first tag: served before every workspace's
+    /// other work, in upload order.
+    Head,
+    /// Everything else, in arrival order.
+    Rest,
+    /// A retry whose wait is over: first in line.
+    Retry,
+}
+
+/// A workspace's realtime queue: retries (and heads its own quota held back) ahead of the rest.
+#[derive(Debug, Default)]
+struct Lanes {
+    heads: VecDeque<ImageId>,
+    rest: VecDeque<ImageId>,
+}
+
+impl Lanes {
+    fn push(&mut self, image: ImageId, lane: Lane) {
+        match lane {
+            Lane::Head | Lane::Retry => self.heads.push_front(image),
+            Lane::Rest => self.rest.push_back(image),
+        }
+    }
+
+    fn front(&self) -> Option<&ImageId> {
+        self.heads.front().or_else(|| self.rest.front())
+    }
+
+    fn pop_front(&mut self) -> Option<ImageId> {
+        self.heads.pop_front().or_else(|| self.rest.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heads.is_empty() && self.rest.is_empty()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Realtime,
@@ -330,7 +370,7 @@ struct UploadState {
 struct WorkspaceState {
     id: WorkspaceId,
     limits: Option<RateLimits>,
-    realtime: VecDeque<ImageId>,
+    realtime: Lanes,
     batch: VecDeque<ImageId>,
     deficit: u64,
     in_ring: bool,
@@ -386,6 +426,8 @@ pub struct Engine {
     ring: VecDeque<usize>,
     /// Whether the workspace at the front of `ring` got its DRR credit for this turn.
     front_credited: bool,
+    /// Every upload's head, in upload order, served before the ring.
+    heads: VecDeque<ImageId>,
     /// Workspaces with images waiting for a batch, by first arrival.
     batch_waiting: VecDeque<usize>,
     /// Something that can change a batch plan happened (new images, queue room, a hold ended)
@@ -401,6 +443,8 @@ pub struct Engine {
     dirty_uploads: Vec<UploadId>,
     next_request: u64,
     pacing_wake: Option<Time>,
+    /// A `handle_*` call ran at this instant and decisions are due at the next `poll_*`.
+    drive_at: Option<Time>,
     workspace_wake: Option<Time>,
     batch_hold_until: Option<Time>,
     /// After `token_limit_exceeded`, hold new batches until one of ours ends or this passes.
@@ -453,6 +497,7 @@ impl Engine {
             workspace_index: HashMap::new(),
             ring: VecDeque::new(),
             front_credited: false,
+            heads: VecDeque::new(),
             batch_waiting: VecDeque::new(),
             batch_dirty: false,
             in_flight: HashMap::new(),
@@ -464,6 +509,7 @@ impl Engine {
             dirty_uploads: Vec::new(),
             next_request: 0,
             pacing_wake: None,
+            drive_at: None,
             workspace_wake: None,
             batch_hold_until: None,
             queue_blocked_until: Time::ZERO,
@@ -618,7 +664,7 @@ impl Engine {
             .unwrap_or(Duration::from_millis(self.cfg.policy.deadline_ms));
         self.route_upload(now, id, deadline);
         self.mark_dirty(id);
-        self.drive(now);
+        self.schedule_drive(now);
         Ok(id)
     }
 
@@ -704,7 +750,7 @@ impl Engine {
                 self.finish(now, image, Err(FailReason::Rejected { status, message }));
             }
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     /// Answers an [`Action::UploadBatchFile`].
@@ -728,7 +774,7 @@ impl Engine {
             }
             Err(e) => self.batch_submit_failed(now, batch, &e.message),
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     /// Answers an [`Action::CreateBatch`]. On success the batch id is recorded before anything
@@ -763,7 +809,7 @@ impl Engine {
             }
             Err(e) => self.batch_submit_failed(now, batch, &e.message),
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     /// Answers an [`Action::PollBatch`]. A failed poll is retried with backoff; polling stops
@@ -793,7 +839,7 @@ impl Engine {
                 let next = now + b.poll_interval;
                 b.next_poll = next;
                 self.timer(next, Timer::Poll(batch));
-                self.drive(now);
+                self.schedule_drive(now);
                 return;
             }
         };
@@ -816,14 +862,14 @@ impl Engine {
                 let polled = now - b.created_at;
                 if polled >= Duration::from_millis(give_up) {
                     self.abandon(now, batch, give_up);
-                    self.drive(now);
+                    self.schedule_drive(now);
                     return;
                 }
             }
             let next = now + b.poll_interval;
             b.next_poll = next;
             self.timer(next, Timer::Poll(batch));
-            self.drive(now);
+            self.schedule_drive(now);
             return;
         }
         // The batch has ended: its tokens leave the queue now.
@@ -866,7 +912,7 @@ impl Engine {
                 self.request_download(batch);
             }
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     /// Answers an [`Action::DownloadResults`] with the lines of the output and error files.
@@ -912,7 +958,7 @@ impl Engine {
                     let delay = self.backoff.delay(attempt - 1, &mut self.rng);
                     self.timer(now + delay, Timer::Download(batch));
                 }
-                self.drive(now);
+                self.schedule_drive(now);
                 return;
             }
         };
@@ -946,7 +992,7 @@ impl Engine {
                 self.batch_attempt_failed(now, img, code);
             }
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     /// Runs everything due at `now`: chunk releases, retries, polls, pacing wake-ups.
@@ -960,7 +1006,7 @@ impl Engine {
                 Timer::ChunkRelease(upload) => self.release_chunk(now, upload),
                 Timer::Retry(image) => {
                     if self.stage(image) == Some(Stage::Queued) {
-                        self.enqueue_realtime(image, true);
+                        self.enqueue_realtime(image, Lane::Retry);
                     }
                 }
                 Timer::Poll(batch) => {
@@ -992,24 +1038,42 @@ impl Engine {
                 }
             }
         }
-        self.drive(now);
+        self.schedule_drive(now);
     }
 
     // ---- outputs --------------------------------------------------------------------------
 
+    //
+    // Decisions are made when the driver asks, not in every `handle_*`: uploads that arrive in
+    // the same instant are all queued before the first request goes out, so fair sharing sees
+    // every one of them (quinn-proto does its work in `poll_transmit` for the same reason).
+
     /// The next action for the driver, in the order core decided them.
     pub fn poll_action(&mut self) -> Option<Action> {
+        self.flush();
         self.actions.pop_front()
     }
 
     /// The next event: tags, failures, completions, progress.
     pub fn poll_event(&mut self) -> Option<Event> {
+        self.flush();
         self.events.pop_front()
     }
 
     /// When core next needs [`Engine::handle_timeout`], if ever.
-    pub fn poll_timeout(&self) -> Option<Time> {
+    pub fn poll_timeout(&mut self) -> Option<Time> {
+        self.flush();
         self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn schedule_drive(&mut self, now: Time) {
+        self.drive_at = Some(self.drive_at.map_or(now, |t| t.max(now)));
+    }
+
+    fn flush(&mut self) {
+        if let Some(now) = self.drive_at.take() {
+            self.drive(now);
+        }
     }
 
     // ---- routing --------------------------------------------------------------------------
@@ -1032,7 +1096,11 @@ impl Engine {
             }
             Routing::Adaptive => {
                 let (realtime, _batch) = self.adaptive_split(id, deadline);
-                self.route_range(id, 0..realtime, Route::Realtime);
+                let head = realtime.min(self.cfg.policy.realtime_head_images);
+                for index in 0..head {
+                    self.enqueue_realtime(ImageId { upload: id, index }, Lane::Head);
+                }
+                self.route_range(id, head..realtime, Route::Realtime);
                 self.route_range(id, realtime..n, Route::Batch);
             }
         }
@@ -1128,7 +1196,7 @@ impl Engine {
         for index in range {
             let image = ImageId { upload: id, index };
             match route {
-                Route::Realtime => self.enqueue_realtime(image, false),
+                Route::Realtime => self.enqueue_realtime(image, Lane::Rest),
                 Route::Batch => self.push_batch(image),
             }
         }
@@ -1150,7 +1218,7 @@ impl Engine {
 
     // ---- queues ---------------------------------------------------------------------------
 
-    fn enqueue_realtime(&mut self, image: ImageId, front: bool) {
+    fn enqueue_realtime(&mut self, image: ImageId, lane: Lane) {
         let (ws, charge) = {
             let u = &self.uploads[image.upload.0 as usize];
             let rec = &u.images[image.index as usize];
@@ -1159,15 +1227,16 @@ impl Engine {
         if let Some(rec) = self.rec_mut(image) {
             rec.route = Route::Realtime;
         }
-        self.quantum = self.quantum.max(charge);
+        let turn = u64::from(self.cfg.policy.fair_share_quantum_images);
+        self.quantum = self.quantum.max(charge.saturating_mul(turn));
         self.backlog_tokens += charge;
         self.backlog_requests += 1;
-        let w = &mut self.workspaces[ws];
-        if front {
-            w.realtime.push_front(image);
-        } else {
-            w.realtime.push_back(image);
+        if lane == Lane::Head {
+            self.heads.push_back(image);
+            return;
         }
+        let w = &mut self.workspaces[ws];
+        w.realtime.push(image, lane);
         if !w.in_ring {
             w.in_ring = true;
             w.deficit = 0;
@@ -1207,12 +1276,60 @@ impl Engine {
             return;
         }
         self.pacing_wake = None;
-        let pacing = self.cfg.policy.client_pacing;
         let fair = self.cfg.policy.fair_share;
+        let mut earliest_blocked: Option<Time> = None;
+        // Upload heads first, in upload order, ahead of every workspace's other work: each
+        // upload's user sees a first tag as soon as the account allows.
+        while let Some(&image) = self.heads.front() {
+            let ws = self.uploads[image.upload.0 as usize].workspace;
+            let tokens =
+                self.uploads[image.upload.0 as usize].images[image.index as usize].charge_tokens;
+            let charge = Charge {
+                requests: 1,
+                tokens,
+            };
+            if self.workspaces[ws].blocked_until > now {
+                // Its workspace is out of quota: the head waits at the front of its own queue.
+                self.heads.pop_front();
+                self.park_in_workspace(ws, image);
+                continue;
+            }
+            match self.admit(now, ws, charge) {
+                Ok(()) => {
+                    self.heads.pop_front();
+                    self.backlog_tokens -= tokens;
+                    self.backlog_requests -= 1;
+                    self.send_realtime(now, image, ws, charge);
+                }
+                Err(Denied::NotUntil {
+                    earliest, scope: 0, ..
+                }) if self.workspaces[ws].limits.is_some() => {
+                    self.workspaces[ws].blocked_until = earliest;
+                    earliest_blocked =
+                        Some(earliest_blocked.map_or(earliest, |e: Time| e.min(earliest)));
+                    self.heads.pop_front();
+                    self.park_in_workspace(ws, image);
+                }
+                Err(Denied::NotUntil { earliest, .. }) => {
+                    self.arm_pacing(earliest);
+                    return;
+                }
+                Err(Denied::Never {
+                    requested,
+                    capacity,
+                    dimension,
+                    ..
+                }) => {
+                    self.heads.pop_front();
+                    self.backlog_tokens -= tokens;
+                    self.backlog_requests -= 1;
+                    self.never_fits(now, image, requested, capacity, dimension);
+                }
+            }
+        }
         // Each pass over the ring either sends, or parks a workspace, or stops; a workspace is
         // visited at most twice per pass without progress, which bounds the loop.
         let mut idle_visits = 0usize;
-        let mut earliest_blocked: Option<Time> = None;
         while let Some(&ws) = self.ring.front() {
             if idle_visits > self.ring.len() {
                 break;
@@ -1248,19 +1365,16 @@ impl Engine {
                     requests: 1,
                     tokens: rec.charge_tokens,
                 };
-                if pacing {
-                    let checked = match w.limits.as_mut() {
-                        Some(wl) => limit::check_all(&mut [wl, &mut self.account], now, charge),
-                        None => self.account.check(now, charge).map_err(|d| d.with_scope(1)),
-                    };
-                    match checked {
+                {
+                    let has_limits = w.limits.is_some();
+                    match self.admit(now, ws, charge) {
                         Ok(()) => {}
                         Err(Denied::NotUntil {
                             earliest, scope, ..
                         }) => {
-                            if scope == 0 && w.limits.is_some() {
+                            if scope == 0 && has_limits {
                                 // Only this workspace is out of quota: park it, serve the others.
-                                w.blocked_until = earliest;
+                                self.workspaces[ws].blocked_until = earliest;
                                 earliest_blocked = Some(
                                     earliest_blocked.map_or(earliest, |e: Time| e.min(earliest)),
                                 );
@@ -1276,18 +1390,10 @@ impl Engine {
                             dimension,
                             ..
                         }) => {
-                            let w = &mut self.workspaces[ws];
-                            w.realtime.pop_front();
+                            self.workspaces[ws].realtime.pop_front();
                             self.backlog_tokens -= rec.charge_tokens;
                             self.backlog_requests -= 1;
-                            let what = format!(
-                                "{requested} {dimension:?} per minute asked, {capacity} allowed"
-                            );
-                            if self.cfg.policy.on_retries_exhausted == Exhausted::Batch {
-                                self.push_batch(image);
-                            } else {
-                                self.finish(now, image, Err(FailReason::TooLarge { what }));
-                            }
+                            self.never_fits(now, image, requested, capacity, dimension);
                             continue;
                         }
                     }
@@ -1328,6 +1434,46 @@ impl Engine {
                 self.workspace_wake = Some(t);
                 self.timer(t, Timer::Pacing);
             }
+        }
+    }
+
+    /// Checks and takes `charge` from the workspace's limits (scope 0) and the account's
+    /// (scope 1), all or nothing; always admits when the policy doesn't pace.
+    fn admit(&mut self, now: Time, ws: usize, charge: Charge) -> Result<(), Denied> {
+        if !self.cfg.policy.client_pacing {
+            return Ok(());
+        }
+        match self.workspaces[ws].limits.as_mut() {
+            Some(wl) => limit::check_all(&mut [wl, &mut self.account], now, charge),
+            None => self.account.check(now, charge).map_err(|d| d.with_scope(1)),
+        }
+    }
+
+    /// A request larger than a bucket's capacity: to the batch queue, or failed.
+    fn never_fits(
+        &mut self,
+        now: Time,
+        image: ImageId,
+        requested: u64,
+        capacity: u64,
+        dimension: limit::Dimension,
+    ) {
+        if self.cfg.policy.on_retries_exhausted == Exhausted::Batch {
+            self.push_batch(image);
+        } else {
+            let what = format!("{requested} {dimension:?} per minute asked, {capacity} allowed");
+            self.finish(now, image, Err(FailReason::TooLarge { what }));
+        }
+    }
+
+    /// Puts a held-back head at the front of its workspace's own queue.
+    fn park_in_workspace(&mut self, ws: usize, image: ImageId) {
+        let w = &mut self.workspaces[ws];
+        w.realtime.push(image, Lane::Head);
+        if !w.in_ring {
+            w.in_ring = true;
+            w.deficit = 0;
+            self.ring.push_back(ws);
         }
     }
 
@@ -1395,7 +1541,26 @@ impl Engine {
             if let Some(b) = &w.images_per_hour {
                 caps.images_allowed = b.remaining(now);
             }
-            let waiting: Vec<ImageId> = w.batch.iter().copied().collect();
+            // Plan only the prefix that could fit now: the queue's free tokens, the per-hour
+            // budgets and the batch count bound what can start, so a long backlog behind a full
+            // queue costs nothing per plan. One item past the budget is included, so the
+            // splitter still tells an item that never fits from one that only waits.
+            let most_images = caps
+                .images_allowed
+                .min(u64::from(caps.batches_allowed).saturating_mul(u64::from(caps.max_requests)));
+            let mut take = 0usize;
+            let mut tokens_sum = 0u64;
+            for &img in &w.batch {
+                if take as u64 >= most_images || tokens_sum > caps.queue_tokens_free {
+                    break;
+                }
+                tokens_sum = tokens_sum.saturating_add(
+                    self.uploads[img.upload.0 as usize].images[img.index as usize].queue_tokens,
+                );
+                take += 1;
+            }
+            let take = take.max(1).min(w.batch.len());
+            let waiting: Vec<ImageId> = self.workspaces[ws].batch.drain(..take).collect();
             let items: Vec<SplitItem> = waiting
                 .iter()
                 .map(|&img| {
@@ -1421,9 +1586,10 @@ impl Engine {
                 let bytes: u64 = batch.iter().map(|&i| items[i].line_bytes).sum();
                 self.start_batch(now, ws, images, tokens, bytes);
             }
-            let held: VecDeque<ImageId> = plan.held.iter().map(|&i| waiting[i]).collect();
             let w = &mut self.workspaces[ws];
-            w.batch = held;
+            for &i in plan.held.iter().rev() {
+                w.batch.push_front(waiting[i]);
+            }
             if !w.batch.is_empty() {
                 // Retry when the per-hour budgets refill or the token hold lapses; a batch that
                 // ends frees queue room and calls back into `drive` on its own.
@@ -1649,7 +1815,7 @@ impl Engine {
         self.workspaces.push(WorkspaceState {
             id,
             limits,
-            realtime: VecDeque::new(),
+            realtime: Lanes::default(),
             batch: VecDeque::new(),
             deficit: 0,
             in_ring: false,

@@ -353,10 +353,20 @@ impl<'a> Sim<'a> {
 
     fn run(&mut self, progress: &mut dyn FnMut(&Progress)) {
         loop {
-            self.pump();
+            // Everything that happens in one instant reaches core before core is asked for
+            // decisions, so ten uploads at t = 0 share the first burst fairly instead of the
+            // first few taking it all.
+            let due_now = |t: Option<Time>| t.is_some_and(|t| t <= self.now);
+            let busy_now = due_now(self.arrivals.get(self.next_arrival).map(|a| a.at))
+                || due_now(self.queue.peek().map(|e| e.at));
+            let t_timer = if busy_now {
+                None
+            } else {
+                self.pump();
+                self.engine.poll_timeout()
+            };
             let t_arrival = self.arrivals.get(self.next_arrival).map(|a| a.at);
             let t_queue = self.queue.peek().map(|e| e.at);
-            let t_timer = self.engine.poll_timeout();
             let Some(next) = [t_arrival, t_queue, t_timer].into_iter().flatten().min() else {
                 return;
             };

@@ -150,10 +150,10 @@ fn every_shipped_scenario_ends_with_nothing_pending_under_every_preset() {
     expect![[r#"
         batch-queue-full seed-current: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=33m 55s complete_p95=1h 23m makespan=1h 25m ratio=2.04 429=0 retries=0 batches=24 cost=$0.6510
         batch-queue-full seed-proposed: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=24m 22s complete_p95=1h 18m makespan=1h 20m ratio=1.92 429=0 retries=0 batches=42 cost=$0.6510
-        batch-queue-full tagstorm: tagged=3000/3000 rt=1800 batch=1200 failed=0 pending=0 first_p50=6.8 s complete_p95=39m 15s makespan=40m 34s ratio=0.97 429=0 retries=0 batches=7 cost=$1.0416
+        batch-queue-full tagstorm: tagged=3000/3000 rt=1800 batch=1200 failed=0 pending=0 first_p50=3.8 s complete_p95=39m 15s makespan=40m 34s ratio=0.97 429=0 retries=0 batches=7 cost=$1.0416
         flaky-upstream seed-current: tagged=67/3150 rt=67 batch=0 failed=3083(polling_abandoned=702,queue_full=2298,retries_exhausted=83) pending=0 first_p50=1.6 s complete_p95=3h 53m makespan=3h 54m ratio=5.34 429=250 retries=175 batches=83 cost=$0.0291
         flaky-upstream seed-proposed: tagged=3150/3150 rt=149 batch=3001 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=32.97 429=0 retries=86 batches=24 cost=$0.7159
-        flaky-upstream tagstorm: tagged=3150/3150 rt=1243 batch=1907 failed=0 pending=0 first_p50=5.7 s complete_p95=1d 00h makespan=1d 00h ratio=33.81 429=0 retries=222 batches=4 cost=$0.9534
+        flaky-upstream tagstorm: tagged=3150/3150 rt=1243 batch=1907 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=33.81 429=0 retries=222 batches=4 cost=$0.9534
         single-300-upload seed-current: tagged=300/300 rt=0 batch=300 failed=0 pending=0 first_p50=10m 03s complete_p95=10m 03s makespan=10m 03s ratio=3.06 429=0 retries=0 batches=1 cost=$0.0651
         single-300-upload seed-proposed: tagged=300/300 rt=0 batch=300 failed=0 pending=0 first_p50=5m 02s complete_p95=8m 03s makespan=8m 03s ratio=2.45 429=0 retries=0 batches=2 cost=$0.0651
         single-300-upload tagstorm: tagged=300/300 rt=300 batch=0 failed=0 pending=0 first_p50=1.0 s complete_p95=3m 20s makespan=3m 20s ratio=1.02 429=0 retries=0 batches=0 cost=$0.1302
@@ -162,10 +162,10 @@ fn every_shipped_scenario_ends_with_nothing_pending_under_every_preset() {
         staggered-small-uploads tagstorm: tagged=987/987 rt=987 batch=0 failed=0 pending=0 first_p50=1.6 s complete_p95=11.8 s makespan=58m 33s ratio=1.00 429=0 retries=0 batches=0 cost=$0.4284
         ten-users-fifteen-images seed-current: tagged=72/150 rt=72 batch=0 failed=78(retries_exhausted=78) pending=0 first_p50=1.1 s complete_p95=6.6 s makespan=6.6 s ratio=0.09 429=238 retries=160 batches=0 cost=$0.0312
         ten-users-fifteen-images seed-proposed: tagged=150/150 rt=150 batch=0 failed=0 pending=0 first_p50=1.8 s complete_p95=1m 15s makespan=1m 15s ratio=1.09 429=0 retries=0 batches=0 cost=$0.0651
-        ten-users-fifteen-images tagstorm: tagged=150/150 rt=150 batch=0 failed=0 pending=0 first_p50=1.9 s complete_p95=1m 14s makespan=1m 13s ratio=1.07 429=0 retries=0 batches=0 cost=$0.0651
+        ten-users-fifteen-images tagstorm: tagged=150/150 rt=150 batch=0 failed=0 pending=0 first_p50=2.0 s complete_p95=1m 14s makespan=1m 13s ratio=1.07 429=0 retries=0 batches=0 cost=$0.0651
         tier2-burst seed-current: tagged=6000/6000 rt=0 batch=6000 failed=0 pending=0 first_p50=3m 56s complete_p95=14m 08s makespan=29m 36s ratio=3.91 429=0 retries=0 batches=101 cost=$1.3019
         tier2-burst seed-proposed: tagged=6000/6000 rt=4000 batch=2000 failed=0 pending=0 first_p50=1.8 s complete_p95=4m 46s makespan=22m 35s ratio=2.99 429=0 retries=0 batches=10 cost=$2.1699
-        tier2-burst tagstorm: tagged=6000/6000 rt=6000 batch=0 failed=0 pending=0 first_p50=6.3 s complete_p95=4m 50s makespan=7m 40s ratio=1.02 429=0 retries=0 batches=0 cost=$2.6039
+        tier2-burst tagstorm: tagged=6000/6000 rt=6000 batch=0 failed=0 pending=0 first_p50=1.8 s complete_p95=4m 49s makespan=7m 40s ratio=1.02 429=0 retries=0 batches=0 cost=$2.6039
         workday seed-current: tagged=50778/55698 rt=1956 batch=48822 failed=4920(polling_abandoned=4920) pending=0 first_p50=52.4 s complete_p95=17m 42s makespan=23h 29m ratio=1.00 429=0 retries=0 batches=302 cost=$11.4433
         workday seed-proposed: tagged=55698/55698 rt=5494 batch=50204 failed=0 pending=0 first_p50=2.5 s complete_p95=17m 05s makespan=23h 29m ratio=1.00 429=0 retries=0 batches=357 cost=$13.2786
         workday tagstorm: tagged=55698/55698 rt=55698 batch=0 failed=0 pending=0 first_p50=1.4 s complete_p95=13.0 s makespan=23h 29m ratio=1.00 429=0 retries=0 batches=0 cost=$24.1729
