@@ -270,7 +270,10 @@ impl Policy {
         }
         for (field, v) in [
             ("chunk_size", u64::from(self.chunk_size)),
-            ("fair_share_quantum_images", u64::from(self.fair_share_quantum_images)),
+            (
+                "fair_share_quantum_images",
+                u64::from(self.fair_share_quantum_images),
+            ),
             ("max_images_per_batch", u64::from(self.max_images_per_batch)),
             ("poll_interval_ms", self.poll_interval_ms),
             ("retry_max_attempts", u64::from(self.retry_max_attempts)),

@@ -891,11 +891,17 @@ impl<'a> Locator<'a> {
             return self.invalid(Some(span), String::new(), message);
         };
         let mut path = FieldPath::default();
-        path_at(doc.get_ref(), span.start, &mut path, true);
-        if let Some(missing) = message
+        let missing = message
             .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next())
-        {
+            .and_then(|m| m.split('`').next());
+        path_at(doc.get_ref(), span.start, &mut path, true);
+        if let Some(missing) = missing {
+            // A missing field belongs to a table: a field missing from the top level is
+            // reported on a span whose start is the document's first key, which is a value,
+            // not the table at fault.
+            while !path.0.is_empty() && !holds_fields(doc.get_ref(), &path.0) {
+                path.0.pop();
+            }
             path = path.key(missing);
         }
         self.invalid(Some(span), path.to_string(), message)
@@ -1014,6 +1020,25 @@ fn descend<'i>(
 }
 
 /// The path of the deepest key or value whose span contains `offset`.
+/// Whether `segs` names a table or an array of tables in `table`.
+fn holds_fields(table: &DeTable<'_>, segs: &[Seg]) -> bool {
+    let mut value: Option<&DeValue<'_>> = None;
+    for seg in segs {
+        let next = match (seg, value) {
+            (Seg::Key(k), None) => table.get(k.as_str()).map(|v| v.get_ref()),
+            (Seg::Key(k), Some(DeValue::Table(t))) => t.get(k.as_str()).map(|v| v.get_ref()),
+            (Seg::Index(i), Some(DeValue::Array(a))) => a.get(*i).map(|v| v.get_ref()),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        value = Some(next);
+    }
+    matches!(
+        value,
+        None | Some(DeValue::Table(_)) | Some(DeValue::Array(_))
+    )
+}
+
 fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath, fallback: bool) {
     for (k, v) in table.iter() {
         if k.span().contains(&offset) {
@@ -1135,6 +1160,14 @@ at_s = 0
 
     #[test]
     fn errors_name_file_line_and_field() {
+        check(
+            &edit(
+                "[images]\nwidth_px = 1024\nheight_px = 768\ndetail = \"low\"\noutput_tokens = 60\n",
+                "",
+            ),
+            &[],
+            "x.toml:1: images: missing field `images`",
+        );
         check(
             &edit("images = 15", "images = 0"),
             &[],
