@@ -20,7 +20,7 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 
 cargo build --quiet --release -p mock-openai --bin mock-openai
-cargo build --quiet --release -p tagstorm-benches --example wiremock_stub
+cargo build --quiet --release -p tagstorm-benches --features peers --example wiremock_stub
 
 work="$(mktemp -d)"
 pid=""

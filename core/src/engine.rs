@@ -6,12 +6,15 @@
 //! [`Engine::handle_timeout`] at [`Engine::poll_timeout`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU64;
 use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
+// Fx over SipHash: these maps are keyed by our own dense ids, never by user input, and are only
+// looked up, never iterated, so neither HashDoS nor iteration order matters here.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::{Config, Exhausted, PolicyError, Preference, Routing, scaled};
 use crate::cost::Channel;
@@ -494,13 +497,13 @@ impl Engine {
             account,
             uploads: Vec::new(),
             workspaces: Vec::new(),
-            workspace_index: HashMap::new(),
+            workspace_index: HashMap::default(),
             ring: VecDeque::new(),
             front_credited: false,
             heads: VecDeque::new(),
             batch_waiting: VecDeque::new(),
             batch_dirty: false,
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
             batches: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
