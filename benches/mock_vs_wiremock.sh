@@ -67,14 +67,21 @@ rows=()
 run() { # label script conns
   local label="$1" script="$2" conns="$3"
   wrk -t1 -c"$conns" -d2s -s "$script" "$url/v1/chat/completions" >/dev/null # warm-up
+  # Server CPU (user + system ticks from /proc) over the measured run: wrk shares the CPUs, so
+  # CPU time per request is the comparison that doesn't depend on who wins the scheduler.
+  local t0 t1
+  t0="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
   wrk -t1 -c"$conns" -d"$DURATION" --latency -s "$script" "$url/v1/chat/completions" >"$work/wrk"
-  local rps p50 p90 p99 non2xx
+  t1="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+  local rps p50 p90 p99 non2xx n cpu_us
   rps="$(awk '/^Requests\/sec/ {print $2}' "$work/wrk")"
   p50="$(awk '$1=="50%" {print $2}' "$work/wrk")"
   p90="$(awk '$1=="90%" {print $2}' "$work/wrk")"
   p99="$(awk '$1=="99%" {print $2}' "$work/wrk")"
   non2xx="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
-  rows+=("| $label | $conns | ${rps} | ${p50} | ${p90} | ${p99} | ${non2xx:-0} |")
+  n="$(awk '/requests in/ {print $1}' "$work/wrk")"
+  cpu_us="$(awk -v d="$((t1 - t0))" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+  rows+=("| $label | $conns | ${rps} | ${p50} | ${p90} | ${p99} | ${non2xx:-0} | ${cpu_us} |")
   echo "${rows[-1]}"
 }
 
@@ -97,6 +104,6 @@ start "$stub"; run "wiremock-rs stub, paced ~5,000 req/s" "$work/paced.lua" 50; 
 echo
 echo "wrk -t1, $DURATION per row after a 2 s warm-up, POST /v1/chat/completions, $(nproc) CPUs shared by server and wrk"
 echo
-echo "| server | connections | requests/s | p50 | p90 | p99 | non-2xx |"
-echo "|---|---|---|---|---|---|---|"
+echo "| server | connections | requests/s | p50 | p90 | p99 | non-2xx | server CPU µs/request |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

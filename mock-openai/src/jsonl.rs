@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
 
@@ -357,8 +358,115 @@ pub fn parse_batch_input(
     }
 }
 
-/// A chat.completion response body (facts §1), as the realtime server and batch output lines
-/// carry it.
+/// A `chat.completion` object (facts §1), serialized straight from borrowed fields in the
+/// order OpenAI sends them; the server writes it to bytes without building a `Value`.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'static str,
+    choices: [Choice<'a>; 1],
+    usage: CompletionUsage,
+    service_tier: &'static str,
+    system_fingerprint: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: AssistantMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct AssistantMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: Option<()>,
+    annotations: [(); 0],
+}
+
+#[derive(Debug, Serialize)]
+struct CompletionUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetails,
+    completion_tokens_details: CompletionDetails,
+}
+
+#[derive(Debug, Serialize)]
+struct PromptDetails {
+    cached_tokens: u64,
+    audio_tokens: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
+    audio_tokens: u64,
+    accepted_prediction_tokens: u64,
+    rejected_prediction_tokens: u64,
+}
+
+impl<'a> ChatCompletion<'a> {
+    /// The completion of one request.
+    pub fn new(
+        id: &'a str,
+        created_unix_s: u64,
+        model: Model,
+        content: &'a str,
+        finish_reason: &'a str,
+        usage: Usage,
+    ) -> ChatCompletion<'a> {
+        ChatCompletion {
+            id,
+            object: "chat.completion",
+            created: created_unix_s,
+            model: model.as_str(),
+            choices: [Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content,
+                    refusal: None,
+                    annotations: [],
+                },
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: CompletionUsage {
+                prompt_tokens: usage.input_tokens,
+                completion_tokens: usage.output_tokens,
+                total_tokens: usage.total(),
+                prompt_tokens_details: PromptDetails {
+                    cached_tokens: 0,
+                    audio_tokens: 0,
+                },
+                completion_tokens_details: CompletionDetails {
+                    reasoning_tokens: 0,
+                    audio_tokens: 0,
+                    accepted_prediction_tokens: 0,
+                    rejected_prediction_tokens: 0,
+                },
+            },
+            service_tier: "default",
+            system_fingerprint: None,
+        }
+    }
+
+    /// The JSON bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(640);
+        // Serializing plain strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, self);
+        out
+    }
+}
+
+/// A `chat.completion` object as a `Value` (for batch output lines, which embed it).
 pub fn chat_completion_json(
     id: &str,
     created_unix_s: u64,
@@ -367,27 +475,15 @@ pub fn chat_completion_json(
     finish_reason: &str,
     usage: Usage,
 ) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created_unix_s,
-        "model": model.as_str(),
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": null, "annotations": []},
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.total(),
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-        },
-        "service_tier": "default",
-        "system_fingerprint": null,
-    })
+    serde_json::to_value(ChatCompletion::new(
+        id,
+        created_unix_s,
+        model,
+        content,
+        finish_reason,
+        usage,
+    ))
+    .unwrap_or(Value::Null)
 }
 
 /// An output-file line for a successful request.

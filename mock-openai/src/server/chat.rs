@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Request;
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::chat::{ChatOutcome, ChatRequest};
 use crate::error::{ApiError, LimitDimension};
-use crate::headers::RateLimitHeaders;
+use crate::headers::{RateLimitHeaders, format_duration};
 use crate::jsonl::{self, ChatBody, MAX_OUTPUT_TOKENS};
 use crate::latency::ms_to_duration;
 use crate::server::config::TransportFault;
@@ -196,6 +197,15 @@ fn check_max_tokens(body: &serde_json::Map<String, Value>, key: &str) -> Result<
 /// Parses and validates a chat-completions request body. Every failure is an OpenAI error
 /// (400 naming the parameter; 404 `model_not_found`); never panics, whatever the bytes.
 pub fn parse_request(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    match fast::parse(bytes) {
+        Some(body) => Ok(body),
+        None => parse_request_checked(bytes),
+    }
+}
+
+/// The full validator: builds a `Value` and walks it, so every error names its parameter the
+/// way OpenAI does. [`fast::parse`] handles the common shape without it.
+pub fn parse_request_checked(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|_| invalid_json())?;
     let Some(obj) = value.as_object() else {
         return Err(bad_request(
@@ -251,15 +261,165 @@ pub fn parse_request(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     })
 }
 
+/// The common request shape, deserialized straight from the body with borrowed strings and no
+/// `Value` (which costs a map allocation per object). It accepts a strict subset of what
+/// [`parse_request_checked`] accepts and yields the same [`ChatBody`]; anything else (an escaped
+/// string, an optional key, a null, an invalid value) returns `None`, and the full validator
+/// answers, with OpenAI's exact error if there is one. A property test holds the two together.
+pub mod fast {
+    use serde::{Deserialize, Deserializer};
+    use tagstorm_core::tokens::{Detail, Model};
+
+    use super::ROLES;
+    use crate::jsonl::{ChatBody, MAX_OUTPUT_TOKENS, image_spec_from_url};
+
+    /// `Some(v)` for a present key, so a `null` (`Some(None)`) differs from an absent key (`None`).
+    fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        T::deserialize(d).map(Some)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        model: &'a str,
+        #[serde(borrow)]
+        messages: Vec<Message<'a>>,
+        #[serde(default, deserialize_with = "present")]
+        max_tokens: Option<Option<u64>>,
+        #[serde(default, deserialize_with = "present")]
+        max_completion_tokens: Option<Option<u64>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Message<'a> {
+        #[serde(borrow)]
+        role: &'a str,
+        #[serde(borrow)]
+        content: Content<'a>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content<'a> {
+        Text(&'a str),
+        #[serde(borrow)]
+        Parts(Vec<Part<'a>>),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Part<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(default, borrow)]
+        text: Option<&'a str>,
+        #[serde(default, borrow)]
+        image_url: Option<Image<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Image<'a> {
+        url: &'a str,
+        #[serde(default)]
+        detail: Option<&'a str>,
+    }
+
+    /// The body, if it has the common shape and is valid; `None` sends it to the full validator.
+    pub fn parse(bytes: &[u8]) -> Option<ChatBody> {
+        let req: Request<'_> = serde_json::from_slice(bytes).ok()?;
+        let model = Model::from_name(req.model)?;
+        if req.messages.is_empty() {
+            return None;
+        }
+        let max_tokens = match (req.max_tokens, req.max_completion_tokens) {
+            (None, None) => 0,
+            (Some(Some(v)), None) | (None, Some(Some(v))) => v,
+            _ => return None,
+        };
+        if max_tokens > u64::from(MAX_OUTPUT_TOKENS)
+            || (max_tokens == 0
+                && (req.max_tokens.is_some() || req.max_completion_tokens.is_some()))
+        {
+            return None;
+        }
+        let mut text_chars = 0u64;
+        let mut images = Vec::new();
+        let mut image_url = String::new();
+        for m in &req.messages {
+            if !ROLES.contains(&m.role) {
+                return None;
+            }
+            match &m.content {
+                Content::Text(t) => {
+                    text_chars = text_chars.saturating_add(t.chars().count() as u64)
+                }
+                Content::Parts(parts) => {
+                    for part in parts {
+                        match (part.kind, part.text, &part.image_url) {
+                            ("text", Some(t), None) => {
+                                text_chars = text_chars.saturating_add(t.chars().count() as u64);
+                            }
+                            ("image_url", None, Some(img)) if !img.url.is_empty() => {
+                                let detail = match img.detail {
+                                    None | Some("auto") => Detail::Auto,
+                                    Some("low") => Detail::Low,
+                                    Some("high") => Detail::High,
+                                    Some(_) => return None,
+                                };
+                                images.push(image_spec_from_url(img.url, detail));
+                                if image_url.is_empty() {
+                                    image_url = img.url.to_owned();
+                                }
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+            }
+        }
+        Some(ChatBody {
+            model,
+            max_tokens: u32::try_from(max_tokens).ok()?,
+            text_chars,
+            images,
+            image_url,
+        })
+    }
+}
+
+const X_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const X_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 fn limit_headers(state: &State, h: RateLimitHeaders, reply: Reply) -> Reply {
     let real = RateLimitHeaders {
         reset_requests: state.clock.to_real(h.reset_requests),
         reset_tokens: state.clock.to_real(h.reset_tokens),
         ..h
     };
-    real.to_pairs()
-        .into_iter()
-        .fold(reply, |r, (name, value)| r.header(name, value))
+    // Counts go in as integers and names as constants: no string is built or re-validated
+    // for them on this path, which runs once per request.
+    reply
+        .header_value(&X_LIMIT_REQUESTS, HeaderValue::from(real.limit_requests))
+        .header_value(&X_LIMIT_TOKENS, HeaderValue::from(real.limit_tokens))
+        .header_value(
+            &X_REMAINING_REQUESTS,
+            HeaderValue::from(real.remaining_requests),
+        )
+        .header_value(
+            &X_REMAINING_TOKENS,
+            HeaderValue::from(real.remaining_tokens),
+        )
+        .header_text(&X_RESET_REQUESTS, &format_duration(real.reset_requests))
+        .header_text(&X_RESET_TOKENS, &format_duration(real.reset_tokens))
 }
 
 fn dimension_label(d: LimitDimension) -> usize {
@@ -300,15 +460,16 @@ pub(crate) async fn create(
             &body.images,
             &body.image_url,
         );
-        let json = jsonl::chat_completion_json(
-            &state.completion_id(rid),
+        let id = state.completion_id(rid);
+        let json = jsonl::ChatCompletion::new(
+            &id,
             state.clock.unix_now_s(),
             body.model,
             &content,
             finish.as_str(),
             usage,
         );
-        return Reply::json(200, json.to_string()).into();
+        return Reply::json(200, json.to_bytes()).into();
     }
     let now = state.clock.now();
     let (outcome, transport, slow_ms) = {
@@ -323,15 +484,16 @@ pub(crate) async fn create(
     };
     match outcome {
         ChatOutcome::Ok(ok) => {
-            let json = jsonl::chat_completion_json(
-                &state.completion_id(rid),
+            let id = state.completion_id(rid);
+            let json = jsonl::ChatCompletion::new(
+                &id,
                 state.clock.unix_now_s(),
                 body.model,
                 &ok.content,
                 ok.finish_reason.as_str(),
                 ok.usage,
             );
-            let reply = limit_headers(state, ok.headers, Reply::json(200, json.to_string()));
+            let reply = limit_headers(state, ok.headers, Reply::json(200, json.to_bytes()));
             sleep(state.clock.to_real(ok.latency)).await;
             match transport {
                 TransportFault::Ok => reply.into(),
@@ -390,5 +552,125 @@ fn error_of(
 async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{fast, parse_request_checked};
+
+    /// Near-valid bodies: each field drawn from valid values and the usual mistakes.
+    fn body() -> impl Strategy<Value = Value> {
+        let text = prop_oneof![
+            6 => Just(json!("Tag this image.")),
+            1 => Just(json!("quote \" and \\ backslash")),
+            1 => Just(json!("")),
+            1 => Just(json!(5)),
+        ];
+        let detail = prop_oneof![
+            3 => Just(None),
+            3 => Just(Some(json!("low"))),
+            1 => Just(Some(json!("high"))),
+            1 => Just(Some(json!("auto"))),
+            1 => Just(Some(json!("ultra"))),
+            1 => Just(Some(Value::Null)),
+        ];
+        let url = prop_oneof![
+            6 => Just(json!("https://img.example/a.jpg?w=640&h=480")),
+            1 => Just(json!("")),
+            1 => Just(json!("https://img.example/q\"uote.jpg")),
+            1 => Just(json!({"url": "x"})),
+        ];
+        let image = (url, detail).prop_map(|(url, detail)| {
+            let mut o = json!({"url": url});
+            if let Some(d) = detail {
+                o["detail"] = d;
+            }
+            json!({"type": "image_url", "image_url": o})
+        });
+        let part = prop_oneof![
+            4 => text.clone().prop_map(|t| json!({"type": "text", "text": t})),
+            4 => image,
+            1 => Just(json!({"type": "input_audio"})),
+            1 => Just(json!({"type": "text"})),
+            1 => Just(json!("not an object")),
+        ];
+        let content = prop_oneof![
+            2 => text.prop_map(|t| t),
+            4 => prop::collection::vec(part, 0..4).prop_map(Value::Array),
+            1 => Just(Value::Null),
+        ];
+        let role = prop_oneof![6 => Just("user"), 1 => Just("system"), 1 => Just("assistant"), 1 => Just("robot")];
+        let message = (role, content).prop_map(|(r, c)| json!({"role": r, "content": c}));
+        let tokens = prop_oneof![
+            6 => Just(None),
+            4 => Just(Some(json!(60))),
+            1 => Just(Some(json!(0))),
+            1 => Just(Some(json!(-1))),
+            1 => Just(Some(json!(1.5))),
+            1 => Just(Some(json!(100_000))),
+            1 => Just(Some(Value::Null)),
+        ];
+        let model = prop_oneof![6 => Just(json!("gpt-4o-mini")), 2 => Just(json!("gpt-4o")), 1 => Just(json!("gpt-9")), 1 => Just(json!(1))];
+        (
+            model,
+            prop::collection::vec(message, 0..3),
+            tokens.clone(),
+            tokens,
+            prop_oneof![6 => Just(None), 1 => Just(Some(("temperature", json!(0.2)))), 1 => Just(Some(("stream", json!(false)))), 1 => Just(Some(("bogus", json!(1))))],
+        )
+            .prop_map(|(model, messages, mt, mct, extra)| {
+                let mut b = json!({"model": model, "messages": messages});
+                if let Some(v) = mt {
+                    b["max_tokens"] = v;
+                }
+                if let Some(v) = mct {
+                    b["max_completion_tokens"] = v;
+                }
+                if let Some((k, v)) = extra {
+                    b[k] = v;
+                }
+                b
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, .. ProptestConfig::default() })]
+
+        /// Whatever the fast path accepts, the full validator accepts with the same result.
+        #[test]
+        fn fast_path_agrees_with_the_full_validator(b in body()) {
+            let bytes = serde_json::to_vec(&b).unwrap();
+            if let Some(got) = fast::parse(&bytes) {
+                prop_assert_eq!(Ok(got), parse_request_checked(&bytes).map_err(|e| e.message));
+            }
+        }
+    }
+
+    /// The property above is not vacuous: the generator reaches the fast path often.
+    #[test]
+    fn the_generator_reaches_the_fast_path() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let accepted = (0..2048)
+            .filter(|_| {
+                let b = body().new_tree(&mut runner).unwrap().current();
+                fast::parse(&serde_json::to_vec(&b).unwrap()).is_some()
+            })
+            .count();
+        assert!(
+            accepted > 50,
+            "only {accepted} of 2048 bodies took the fast path"
+        );
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_shape() {
+        let b = br#"{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":[{"type":"text","text":"Tag this image."},{"type":"image_url","image_url":{"url":"https://img.example/bench.jpg","detail":"low"}}]}]}"#;
+        let got = fast::parse(b).expect("the common shape takes the fast path");
+        assert_eq!(Ok(got), parse_request_checked(b).map_err(|e| e.message));
     }
 }

@@ -116,6 +116,21 @@ impl Reply {
         }
     }
 
+    /// Adds a header whose name and value are already built.
+    pub fn header_value(mut self, name: &HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name.clone(), value));
+        self
+    }
+
+    /// Adds a header with a built name and a text value; values that are not valid header text
+    /// are skipped.
+    pub fn header_text(self, name: &HeaderName, value: &str) -> Reply {
+        match HeaderValue::from_str(value) {
+            Ok(v) => self.header_value(name, v),
+            Err(_) => self,
+        }
+    }
+
     /// Adds a header; values that are not valid header text are skipped.
     pub fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {
         if let Ok(v) = HeaderValue::from_str(value.as_ref()) {

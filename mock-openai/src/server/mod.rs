@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
+use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -492,10 +492,14 @@ async fn handle(
 }
 
 fn decorate(reply: Reply, rid: &str, org: Option<&str>, processing_ms: u128) -> Reply {
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const VERSION: HeaderName = HeaderName::from_static("openai-version");
+    const PROCESSING_MS: HeaderName = HeaderName::from_static("openai-processing-ms");
+    let processing_ms = u64::try_from(processing_ms).unwrap_or(u64::MAX);
     let reply = reply
-        .header("x-request-id", rid)
-        .header("openai-version", "2020-10-01")
-        .header("openai-processing-ms", processing_ms.to_string());
+        .header_text(&REQUEST_ID, rid)
+        .header_value(&VERSION, HeaderValue::from_static("2020-10-01"))
+        .header_value(&PROCESSING_MS, HeaderValue::from(processing_ms));
     match org {
         Some(o) => reply.header("openai-organization", o),
         None => reply,
