@@ -94,29 +94,44 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 
 /// The 3–5 distinct tags of the image at `image_url`, in a deterministic order.
 pub fn tags_for(image_url: &str) -> Vec<&'static str> {
+    let (words, n) = draw(image_url);
+    words[..n].to_vec()
+}
+
+/// The tags without allocating: up to five words and how many there are. The simulator asks
+/// for them twice per image (to answer and to verify), so this path stays off the heap.
+fn draw(image_url: &str) -> ([&'static str; 5], usize) {
     let mut state = fnv1a64(image_url.as_bytes());
     let count = 3 + (splitmix64(&mut state) % 3) as usize;
-    let mut picked: Vec<&'static str> = Vec::with_capacity(count);
+    let mut picked = [""; 5];
+    let mut n = 0;
     // Each draw succeeds with probability ≥ 60/64, so the bound is never reached in practice;
     // it only guarantees termination.
     for _ in 0..256 {
-        if picked.len() == count {
+        if n == count {
             break;
         }
         let word = VOCABULARY[(splitmix64(&mut state) % VOCABULARY.len() as u64) as usize];
-        if !picked.contains(&word) {
-            picked.push(word);
+        if !picked[..n].contains(&word) {
+            picked[n] = word;
+            n += 1;
         }
     }
-    picked
+    (picked, n)
 }
 
 /// The assistant message content for `image_url`: `{"tags":["…","…"]}` (compact JSON).
 pub fn tags_json(image_url: &str) -> String {
-    let tags = tags_for(image_url);
-    let mut out = String::with_capacity(12 + tags.iter().map(|t| t.len() + 3).sum::<usize>());
+    let mut out = String::with_capacity(64);
+    write_tags_json(image_url, &mut out);
+    out
+}
+
+/// Appends [`tags_json`]'s content for `image_url` to `out`, so a caller can reuse one buffer.
+pub fn write_tags_json(image_url: &str, out: &mut String) {
+    let (words, n) = draw(image_url);
     out.push_str("{\"tags\":[");
-    for (i, tag) in tags.iter().enumerate() {
+    for (i, tag) in words[..n].iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -125,7 +140,6 @@ pub fn tags_json(image_url: &str) -> String {
         out.push('"');
     }
     out.push_str("]}");
-    out
 }
 
 /// Whether `content` is exactly the content the mock returns for `image_url`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use mock_openai::batch::{BatchLine, BatchStatus as ApiStatus, LineOutcome};
 use mock_openai::chat::{ChatOutcome, ChatRequest};
-use mock_openai::tags::{fnv1a64, tags_json};
+use mock_openai::tags::{fnv1a64, write_tags_json};
 use mock_openai::{OrgId, Upstream};
 use tagstorm_core::cost::Channel;
 use tagstorm_core::limit::{Charge, Observed, RateLimits};
@@ -172,6 +172,8 @@ struct Sim<'a> {
     free: Vec<u32>,
     /// Scratch buffer for image URLs.
     url: String,
+    /// Reused buffer for the content an image's tags should have.
+    expected: String,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     uploads: Vec<UploadRec>,
@@ -298,6 +300,7 @@ impl<'a> Sim<'a> {
             slab: Vec::new(),
             free: Vec::new(),
             url: String::with_capacity(64),
+            expected: String::with_capacity(64),
             uploads: Vec::with_capacity(arrivals.len()),
             next_base: 0,
             arrivals,
@@ -781,7 +784,9 @@ impl<'a> Sim<'a> {
                     }
                 }
                 write_url(&mut self.url, image);
-                let expected = fnv1a64(tags_json(&self.url).as_bytes());
+                self.expected.clear();
+                write_tags_json(&self.url, &mut self.expected);
+                let expected = fnv1a64(self.expected.as_bytes());
                 if self.delivered[g] != expected {
                     self.verification.tag_mismatches += 1;
                 }
