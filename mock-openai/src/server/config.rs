@@ -367,7 +367,7 @@ Examples:
   mock-openai --api-key sk-big:2 --api-key sk-small:1 --speedup 100 --retry-after-ms
 
   # Configure from a scenario file ([account], [upstream]; other tables are ignored):
-  mock-openai --config scenarios/ten-users.toml --seed 7
+  mock-openai --config scenarios/ten-users-fifteen-images.toml --seed 7
 
   # Change faults while running, read the counters:
   curl -X POST localhost:8080/_mock/config -d '{\"upstream\":{\"server_error_rate\":0.1}}'
@@ -423,12 +423,14 @@ impl Args {
     /// Reads the file and flags into a validated configuration and the address to bind.
     pub fn load(&self) -> Result<(SocketAddr, ServerConfig, f64), LoadError> {
         let mut config = ServerConfig::default();
+        let mut text = None;
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+            let t = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
                 path: path.clone(),
                 error,
             })?;
-            config.apply_toml(&text, &path.display().to_string())?;
+            config.apply_toml(&t, &path.display().to_string())?;
+            text = Some(t);
         }
         for k in &self.api_keys {
             config.add_key_flag(k)?;
@@ -438,13 +440,16 @@ impl Args {
         }
         config.retry_after_ms |= self.retry_after_ms;
         config.enforce_limits = !self.no_limits;
-        let where_ = self
-            .config
-            .as_ref()
-            .map_or_else(|| "flags".to_owned(), |p| p.display().to_string());
-        config.validate().map_err(|error| LoadError::Invalid {
-            path: where_,
-            error,
+        config.validate().map_err(|error| {
+            let path = match (&self.config, &text, &error) {
+                (Some(p), Some(t), ConfigError::Invalid { field, .. }) => match line_of(t, field) {
+                    Some(line) => format!("{}:{line}", p.display()),
+                    None => p.display().to_string(),
+                },
+                (Some(p), _, _) => p.display().to_string(),
+                (None, _, _) => "flags".to_owned(),
+            };
+            LoadError::Invalid { path, error }
         })?;
         if !(self.speedup.is_finite() && (MIN_SPEEDUP..=MAX_SPEEDUP).contains(&self.speedup)) {
             return Err(LoadError::Invalid {
@@ -462,9 +467,61 @@ impl Args {
     }
 }
 
+/// The 1-based line of `field` (a dotted path such as `upstream.batch.line_failure_rate`) in a
+/// TOML text: the first `key =` line for its last key inside its section, else the section's
+/// header. A best effort for messages; `None` when neither is there.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    let mut parts: Vec<&str> = field.split('.').collect();
+    let key = parts.pop()?;
+    let key = key.split('[').next().unwrap_or(key);
+    let is_key_line = |line: &str| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    // The deepest header that names a prefix of the path, e.g. `[upstream.batch]`, then
+    // `[upstream]`.
+    for depth in (1..=parts.len()).rev() {
+        let header = format!("[{}]", parts[..depth].join("."));
+        let Some(start) = text.lines().position(|l| l.trim() == header) else {
+            continue;
+        };
+        let body = text
+            .lines()
+            .enumerate()
+            .skip(start + 1)
+            .take_while(|(_, l)| !l.trim_start().starts_with('['));
+        for (i, line) in body {
+            if is_key_line(line)
+                || line.contains(&format!("{key} ="))
+                || line.contains(&format!("{key}="))
+            {
+                return Some(i + 1);
+            }
+        }
+        return Some(start + 1);
+    }
+    text.lines().position(is_key_line).map(|i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_of_finds_the_field() {
+        let t = "seed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 9\n[upstream]\nlatency = { kind = \"fixed\", ms = 0 }\nserver_error_rate = 1.5\n[upstream.batch]\nline_failure_rate = 2\n";
+        assert_eq!(line_of(t, "upstream.server_error_rate"), Some(7));
+        assert_eq!(line_of(t, "account.tier"), Some(4));
+        assert_eq!(line_of(t, "upstream.batch.line_failure_rate"), Some(9));
+        assert_eq!(line_of(t, "upstream.latency.ms"), Some(6));
+        assert_eq!(
+            line_of(t, "upstream.timeout_rate"),
+            Some(5),
+            "absent key: its section"
+        );
+        assert_eq!(line_of(t, "nowhere.at_all"), None);
+    }
 
     #[test]
     fn scenario_file_works_as_config() {
