@@ -384,11 +384,11 @@ fn cmd_validate(a: &ValidateArgs, out: &mut dyn Write) -> Result<Outcome, CliErr
         write_line(
             out,
             &format!(
-                "{}: ok ({}, {} uploads, {} images)",
+                "{}: ok ({}, {}, {})",
                 s.file,
                 s.spec.name,
-                report::thousands(images.len() as u64),
-                report::thousands(total)
+                report::count(images.len() as u64, "upload"),
+                report::count(total, "image")
             ),
         )?;
     }

@@ -150,9 +150,9 @@ fn header(s: &Scenario, first: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "workload  {} images in {} uploads",
-        thousands(first.images.total),
-        thousands(first.uploads.total),
+        "workload  {} in {}",
+        count(first.images.total, "image"),
+        count(first.uploads.total, "upload"),
     );
     out
 }
@@ -241,9 +241,9 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
     }
     let _ = writeln!(
         out,
-        "{} images in {} uploads; {} tier {}: {} RPM, {} TPM. Bound: {}.\n",
-        thousands(first.images.total),
-        thousands(first.uploads.total),
+        "{} in {}; {} tier {}: {} RPM, {} TPM. Bound: {}.\n",
+        count(first.images.total, "image"),
+        count(first.uploads.total, "upload"),
         first.account.model,
         first.account.tier.map_or("–".into(), |t| t.to_string()),
         thousands(first.account.rpm),
@@ -266,7 +266,28 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
         }
         out.push('\n');
     }
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| !r.images.failures.is_empty())
+        .collect();
+    if !failed.is_empty() {
+        out.push('\n');
+        for r in failed {
+            let _ = writeln!(
+                out,
+                "Failed under {}: {}.",
+                r.policy,
+                crate::sim::failures_line(&r.images.failures)
+            );
+        }
+    }
     out
+}
+
+/// `n` and its noun, in the singular for one: `1 upload`, `3,000 images`.
+pub fn count(n: u64, noun: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{} {noun}{s}", thousands(n))
 }
 
 /// One compact line per run, for snapshot tests: a behaviour change shows up as a diff.
