@@ -5,10 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
 use tagstorm_core::Policy;
 use tagstorm_core::config::PRESETS;
 
 use crate::report;
+
 use crate::results::{Results, hgrm};
 use crate::scenario::{Scenario, ScenarioError, SetArg};
 use crate::sim::{self, Progress, RunOutput};
@@ -365,6 +367,8 @@ fn cmd_compare(
             files.extend(run_files(&dir.join(&r.results.policy), r)?);
         }
         files.push((dir.join("summary.md"), report::markdown(&s, &all)));
+        let refs: Vec<&RunOutput> = runs.iter().collect();
+        files.extend(plot_files(dir, &refs));
         write_all(&files)?;
     }
     Ok(check_invariants(&all, err))
@@ -412,12 +416,59 @@ fn run_files(dir: &Path, r: &RunOutput) -> Result<Vec<(PathBuf, String)>, CliErr
         path: display_path(&dir.join("results.json")),
         message: e.to_string(),
     })?;
-    Ok(vec![
+    let mut files = vec![
         (dir.join("results.json"), json + "\n"),
         (dir.join("image_tagged.hgrm"), hgrm(&r.image_tagged)),
         (dir.join("upload_first_tag.hgrm"), hgrm(&r.upload_first_tag)),
         (dir.join("upload_complete.hgrm"), hgrm(&r.upload_complete)),
-    ])
+    ];
+    files.extend(plot_files(dir, &[r]));
+    Ok(files)
+}
+
+/// Picks one latency histogram out of a run.
+type Metric = fn(&RunOutput) -> &Histogram<u64>;
+
+/// One SVG percentile plot per latency metric, one line per run.
+fn plot_files(dir: &Path, runs: &[&RunOutput]) -> Vec<(PathBuf, String)> {
+    let metrics: [(&str, &str, Metric); 3] = [
+        ("upload_first_tag", "upload start → first tag", |r| {
+            &r.upload_first_tag
+        }),
+        (
+            "upload_complete",
+            "upload start → every image done",
+            |r| &r.upload_complete,
+        ),
+        ("image_tagged", "upload start → image tagged", |r| {
+            &r.image_tagged
+        }),
+    ];
+    metrics
+        .into_iter()
+        .map(|(file, title, pick)| {
+            // A policy that drops images looks fast on a latency plot: say so in its label.
+            let labels: Vec<String> = runs
+                .iter()
+                .map(|r| match r.results.images.failed {
+                    0 => r.results.policy.clone(),
+                    n => format!(
+                        "{} ({} images failed)",
+                        r.results.policy,
+                        report::thousands(n)
+                    ),
+                })
+                .collect();
+            let series: Vec<(&str, &Histogram<u64>)> = labels
+                .iter()
+                .zip(runs)
+                .map(|(label, r)| (label.as_str(), pick(r)))
+                .collect();
+            let scenario = runs.first().map_or("", |r| r.results.scenario.as_str());
+            let svg = crate::plot::percentile_svg(&format!("{scenario}: {title}"), &series);
+            (dir.join(format!("{file}.svg")), svg)
+        })
+        .collect()
 }
 
 /// Writes every file through a temporary file and a rename, so no file is ever half-written.

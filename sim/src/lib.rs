@@ -44,6 +44,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod plot;
 pub mod report;
 pub mod results;
 pub mod scenario;

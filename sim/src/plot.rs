@@ -1,0 +1,149 @@
+//! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter.
+//!
+//! The x axis is the percentile on HdrHistogram's scale, `1 / (1 − p)` on a log axis, so the
+//! median, p90, p99 and p99.9 are evenly spaced and the tail gets as much room as the body; the
+//! y axis is latency in seconds. `--out` writes one file per metric, so a threshold change shows
+//! up as one curve moving against another.
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+
+/// Tail depth of the x axis: percentiles up to 1 − 1/`X_MAX` (99.99%).
+const X_MAX: f64 = 10_000.0;
+
+/// Points per curve.
+const STEPS: u32 = 200;
+
+/// Line colours, one per run, in order.
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// An SVG chart of `series` (label, histogram of milliseconds). Empty histograms are skipped;
+/// with none left the chart says so instead of drawing axes for nothing.
+pub fn percentile_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
+    let mut svg = String::new();
+    // Drawing into a String cannot fail for I/O reasons; an error here would be a plotting
+    // bug, and the caller still gets a (possibly partial) valid SVG rather than a panic.
+    let _ = draw(&mut svg, title, series);
+    svg
+}
+
+fn draw(
+    svg: &mut String,
+    title: &str,
+    series: &[(&str, &Histogram<u64>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(label, h)| (*label, curve(h)))
+        .collect();
+    if curves.is_empty() {
+        root.draw(&Text::new(
+            format!("{title}: no samples"),
+            (20, 30),
+            ("sans-serif", 18),
+        ))?;
+        root.present()?;
+        return Ok(());
+    }
+    let y_max = curves
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max)
+        .max(0.001)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .margin_right(36)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1.0f64..X_MAX).log_scale(), 0.0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (s)")
+        .x_label_formatter(&|x| percentile_label(*x))
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()?;
+    for (i, (label, pts)) in curves.into_iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, colour.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// (x, seconds) points from the median-less start (p = 0) to p99.99, evenly spaced in log x.
+fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    (0..=STEPS)
+        .map(|i| {
+            let x = X_MAX.powf(f64::from(i) / f64::from(STEPS));
+            let p = 1.0 - 1.0 / x;
+            (x, h.value_at_quantile(p) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+/// `1 / (1 − p)` as a percentile: 1 → `0%`, 10 → `90%`, 100 → `99%`, 1000 → `99.9%`.
+fn percentile_label(x: f64) -> String {
+    let p = 100.0 * (1.0 - 1.0 / x);
+    let digits = x.log10().round().max(0.0) as usize;
+    let decimals = digits.saturating_sub(2);
+    format!("{p:.decimals$}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_match_the_hdrhistogram_scale() {
+        let got: Vec<String> = [1.0, 10.0, 100.0, 1000.0, 10_000.0]
+            .map(percentile_label)
+            .to_vec();
+        assert_eq!(got, ["0%", "90%", "99%", "99.9%", "99.99%"]);
+    }
+
+    #[test]
+    fn one_line_per_run_and_a_note_for_no_data() {
+        let mut a = crate::results::new_histogram();
+        let mut b = crate::results::new_histogram();
+        for v in 1..=1000u64 {
+            let _ = a.record(v * 10);
+            let _ = b.record(v * 20);
+        }
+        let svg = percentile_svg("upload complete", &[("tagstorm", &a), ("seed-current", &b)]);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        assert!(svg.contains("tagstorm") && svg.contains("seed-current"));
+        // Each series draws its curve and its legend mark in its own colour; the grid is black.
+        for colour in ["#D62728", "#1F77B4"] {
+            assert_eq!(
+                svg.matches(&format!("stroke=\"{colour}\"")).count(),
+                2,
+                "{colour}"
+            );
+        }
+        assert!(!svg.contains("#2CA02C"), "no third series");
+        let empty = crate::results::new_histogram();
+        assert!(percentile_svg("x", &[("p", &empty)]).contains("no samples"));
+    }
+}
