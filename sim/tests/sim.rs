@@ -334,7 +334,7 @@ fn set_overrides_fields_and_names_unknown_paths() {
 }
 
 #[test]
-fn out_writes_results_summary_and_hgrm_files() {
+fn out_writes_results_summary_hgrm_and_svg_files() {
     let dir = std::env::temp_dir().join(format!("tagstorm-sim-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let o = bin(&[
@@ -353,10 +353,13 @@ fn out_writes_results_summary_and_hgrm_files() {
         names,
         [
             "image_tagged.hgrm",
+            "image_tagged.svg",
             "results.json",
             "summary.md",
             "upload_complete.hgrm",
-            "upload_first_tag.hgrm"
+            "upload_complete.svg",
+            "upload_first_tag.hgrm",
+            "upload_first_tag.svg",
         ]
     );
     let hgrm = std::fs::read_to_string(dir.join("image_tagged.hgrm")).unwrap();
