@@ -32,6 +32,13 @@ pub const MAX_IMAGES_PER_UPLOAD: usize = 1_000_000;
 /// How often a token-limit hold is retried before its images fail with [`FailReason::QueueFull`].
 const MAX_QUEUE_HOLDS: u8 = 24;
 
+/// Whether a saturating per-image attempt counter has used up a policy's `max` attempts. A
+/// saturated counter counts as exhausted: otherwise a `max` above the counter's range would
+/// retry an image that always fails forever, and it would never end.
+fn attempts_exhausted(attempts: u16, max: u32) -> bool {
+    u32::from(attempts) >= max || attempts == u16::MAX
+}
+
 /// One image of an upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageInput {
@@ -348,8 +355,12 @@ struct ImageRec {
     queue_tokens: u64,
     stage: Stage,
     route: Route,
-    attempts: u8,
-    batch_attempts: u8,
+    /// Realtime attempts and trips through the Batch API so far. The policy's limits are u32;
+    /// these counters saturate at `u16::MAX` (which then counts as exhausted, see
+    /// `attempts_exhausted`) so that a record stays 64 bytes. They were u8 once, and a policy
+    /// above 255 attempts then retried a failing image forever.
+    attempts: u16,
+    batch_attempts: u16,
     holds: u8,
     /// The realtime attempt in flight, if any.
     request: Option<RequestId>,
@@ -1730,9 +1741,9 @@ impl Engine {
             return;
         };
         rec.attempts = rec.attempts.saturating_add(1);
-        let attempts = u32::from(rec.attempts);
+        let attempts = rec.attempts;
         self.set_stage(image, Stage::Queued);
-        if attempts >= self.cfg.policy.retry_max_attempts {
+        if attempts_exhausted(attempts, self.cfg.policy.retry_max_attempts) {
             match self.cfg.policy.on_retries_exhausted {
                 Exhausted::Batch => {
                     self.stats.fallbacks_to_batch += 1;
@@ -1751,7 +1762,8 @@ impl Engine {
             return;
         }
         self.stats.retries += 1;
-        let delay = wait.unwrap_or_else(|| self.backoff.delay(attempts - 1, &mut self.rng));
+        let delay =
+            wait.unwrap_or_else(|| self.backoff.delay(u32::from(attempts) - 1, &mut self.rng));
         self.timer(now + delay, Timer::Retry(image));
     }
 
@@ -1764,8 +1776,7 @@ impl Engine {
         }
         rec.batch_attempts = rec.batch_attempts.saturating_add(1);
         rec.batch = None;
-        let attempts = u32::from(rec.batch_attempts);
-        if attempts >= self.cfg.policy.batch_max_attempts {
+        if attempts_exhausted(rec.batch_attempts, self.cfg.policy.batch_max_attempts) {
             self.finish(
                 now,
                 image,

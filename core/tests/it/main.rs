@@ -418,3 +418,52 @@ fn progress_counts_add_up_and_eta_appears() {
         .count();
     assert!(progress_events >= 2);
 }
+
+// ---- review: attempt counters, huge charges ---------------------------------------------------
+
+/// `retry_max_attempts` is a u32 the policy accepts up to any value; the per-image counter must
+/// reach it, or an image that always fails is retried forever and never ends.
+#[test]
+fn realtime_retries_end_even_above_255_attempts() {
+    let policy = Policy {
+        routing: Routing::Threshold,
+        realtime_max_images: 100,
+        realtime_chunked_max: 100,
+        retry_max_attempts: 300,
+        retry_base_delay_ms: 10,
+        retry_max_delay_ms: 10,
+        on_retries_exhausted: tagstorm_core::config::Exhausted::Fail,
+        ..Policy::tagstorm()
+    };
+    let mut h = harness(policy, 11);
+    h.faults.server_error = 1.0;
+    h.latency = Duration::from_millis(10);
+    let up = h.upload(1, vec![low()]);
+    h.run(Duration::from_secs(3600));
+    h.assert_all_terminal_once(&[(up, 1)]);
+    assert_eq!(h.log.realtime_requests, 300);
+}
+
+/// The same for `batch_max_attempts`: a batch that always fails validation must end its images.
+#[test]
+fn batch_attempts_end_even_above_255() {
+    let policy = Policy {
+        batch_max_attempts: 300,
+        retry_base_delay_ms: 10,
+        retry_max_delay_ms: 10,
+        poll_interval_ms: 1_000,
+        poll_max_interval_ms: 1_000,
+        ..Policy::seed_proposed()
+    };
+    let mut h = harness(policy, 12);
+    h.faults.batch_validation_fail = 1.0;
+    let up = h.upload(1, vec![low(); 60]);
+    h.run(Duration::from_secs(30 * 86_400));
+    h.assert_all_terminal_once(&[(up, 60)]);
+    assert!(
+        h.log
+            .failed
+            .values()
+            .all(|(r, _)| matches!(r, FailReason::BatchAttemptsExhausted { .. }))
+    );
+}
