@@ -647,7 +647,9 @@ impl Engine {
                     spec: img.spec,
                     url_len: img.url_len,
                     charge_tokens: tokens::rate_limit_charge(
-                        text + limiter_image,
+                        // Saturating: `image_charge_tokens` is only checked to be non-zero, and
+                        // a scenario may set it to anything.
+                        text.saturating_add(limiter_image),
                         u64::from(req.max_tokens),
                     ),
                     queue_tokens: text + billed,
@@ -1137,7 +1139,12 @@ impl Engine {
             .max()
             .unwrap_or(1)
             .max(1);
-        let own_tokens: u64 = u.images.iter().map(|i| i.charge_tokens).sum();
+        // Saturating sums here and below: a charge may be as large as `image_charge_tokens`
+        // allows (up to u64::MAX); such an upload must be routed, not overflow.
+        let own_tokens: u64 = u
+            .images
+            .iter()
+            .fold(0u64, |sum, i| sum.saturating_add(i.charge_tokens));
         // Under fair sharing this upload's images interleave with every active workspace's, so
         // what runs ahead of it is at most one share per active workspace, not the whole backlog.
         let active = self.ring.len() as u64;
@@ -1154,10 +1161,12 @@ impl Engine {
         };
         let head = n.min(self.cfg.policy.realtime_head_images);
         let wait = |tokens: u64, requests: u64| -> Duration {
-            self.drain_time(tokens + ahead_tokens, requests + ahead_requests)
-                + self.realtime_latency
+            self.drain_time(
+                tokens.saturating_add(ahead_tokens),
+                requests.saturating_add(ahead_requests),
+            ) + self.realtime_latency
         };
-        let head_wait = wait(u64::from(head) * per_image, u64::from(head));
+        let head_wait = wait(u64::from(head).saturating_mul(per_image), u64::from(head));
         if head > 0 && head_wait > deadline {
             return (0, n);
         }
@@ -1178,8 +1187,10 @@ impl Engine {
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             if self.drain_time(
-                u64::from(mid) * per_image + ahead_tokens,
-                u64::from(mid) + ahead_requests,
+                u64::from(mid)
+                    .saturating_mul(per_image)
+                    .saturating_add(ahead_tokens),
+                u64::from(mid).saturating_add(ahead_requests),
             ) <= budget
             {
                 fit = mid;
@@ -1243,7 +1254,9 @@ impl Engine {
         }
         let turn = u64::from(self.cfg.policy.fair_share_quantum_images);
         self.quantum = self.quantum.max(charge.saturating_mul(turn));
-        self.backlog_tokens += charge;
+        // Saturating, and so is the way out (`leave_backlog`): charges can be huge (see
+        // `handle_upload`), and this total is only an estimate for routing.
+        self.backlog_tokens = self.backlog_tokens.saturating_add(charge);
         self.backlog_requests += 1;
         if lane == Lane::Head {
             self.heads.push_back(image);
@@ -1256,6 +1269,12 @@ impl Engine {
             w.deficit = 0;
             self.ring.push_back(ws);
         }
+    }
+
+    /// A queued realtime image was sent or left the realtime queue.
+    fn leave_backlog(&mut self, tokens: u64) {
+        self.backlog_tokens = self.backlog_tokens.saturating_sub(tokens);
+        self.backlog_requests -= 1;
     }
 
     fn push_batch(&mut self, image: ImageId) {
@@ -1311,8 +1330,7 @@ impl Engine {
             match self.admit(now, ws, charge) {
                 Ok(()) => {
                     self.heads.pop_front();
-                    self.backlog_tokens -= tokens;
-                    self.backlog_requests -= 1;
+                    self.leave_backlog(tokens);
                     self.send_realtime(now, image, ws, charge);
                 }
                 Err(Denied::NotUntil {
@@ -1335,8 +1353,7 @@ impl Engine {
                     ..
                 }) => {
                     self.heads.pop_front();
-                    self.backlog_tokens -= tokens;
-                    self.backlog_requests -= 1;
+                    self.leave_backlog(tokens);
                     self.never_fits(now, image, requested, capacity, dimension);
                 }
             }
@@ -1405,8 +1422,7 @@ impl Engine {
                             ..
                         }) => {
                             self.workspaces[ws].realtime.pop_front();
-                            self.backlog_tokens -= rec.charge_tokens;
-                            self.backlog_requests -= 1;
+                            self.leave_backlog(rec.charge_tokens);
                             self.never_fits(now, image, requested, capacity, dimension);
                             continue;
                         }
@@ -1417,8 +1433,7 @@ impl Engine {
                 if fair {
                     w.deficit -= rec.charge_tokens;
                 }
-                self.backlog_tokens -= rec.charge_tokens;
-                self.backlog_requests -= 1;
+                self.leave_backlog(rec.charge_tokens);
                 self.send_realtime(now, image, ws, charge);
                 sent_any = true;
             }

@@ -467,3 +467,25 @@ fn batch_attempts_end_even_above_255() {
             .all(|(r, _)| matches!(r, FailReason::BatchAttemptsExhausted { .. }))
     );
 }
+
+/// `request.image_charge_tokens` is only checked to be non-zero; a huge value (a scenario may
+/// set it) must route the images somewhere, not overflow the engine's token sums.
+#[test]
+fn a_huge_image_charge_does_not_overflow() {
+    for policy in [
+        Policy::tagstorm(),
+        Policy::seed_proposed(),
+        Policy::seed_current(),
+    ] {
+        let request = tagstorm_core::config::RequestShape {
+            image_charge_tokens: Some(u64::MAX),
+            ..Default::default()
+        };
+        let cfg = Config::new(policy, tier1()).with_request(request);
+        let mut h = Harness::new(cfg, 13);
+        let a = h.upload(1, vec![low(); 30]);
+        let b = h.upload(2, vec![low(); 3]);
+        h.run(Duration::from_secs(30 * 86_400));
+        h.assert_all_terminal_once(&[(a, 30), (b, 3)]);
+    }
+}
