@@ -28,9 +28,16 @@ pub struct Faults {
     pub batch_token_limit: f64,
     pub batch_expire: f64,
     pub line_fail: f64,
+    /// Adversarial driver, each a probability: an answer delivered twice (the copy up to 10 s
+    /// later); an answer delayed by up to 5 s, so answers overtake each other; results with
+    /// duplicate, foreign and malformed lines. A timeout is also followed, with `duplicate`,
+    /// by a late 200 for the abandoned request.
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub junk_lines: f64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Delivery {
     Realtime(RequestId, RealtimeOutcome),
     FileUploaded(BatchRef, Result<String, UpstreamError>),
@@ -149,7 +156,18 @@ impl Harness {
         id
     }
 
-    fn deliver_at(&mut self, at: Time, d: Delivery) {
+    fn deliver_at(&mut self, mut at: Time, d: Delivery) {
+        if self.chance(self.faults.reorder) {
+            at += Duration::from_millis(self.rng.random_range(0..5_000));
+        }
+        if self.chance(self.faults.duplicate) {
+            let again = at + Duration::from_millis(self.rng.random_range(0..10_000));
+            self.push_delivery(again, d.clone());
+        }
+        self.push_delivery(at, d);
+    }
+
+    fn push_delivery(&mut self, at: Time, d: Delivery) {
         self.seq += 1;
         self.slots.push(Some(d));
         self.deliveries
@@ -250,6 +268,20 @@ impl Harness {
                     RealtimeOutcome::Timeout => now + Duration::from_secs(30),
                     _ => now + self.latency,
                 };
+                if outcome == RealtimeOutcome::Timeout && self.chance(self.faults.duplicate) {
+                    // The request we gave up on answers after all, after its retry went out.
+                    let late = RealtimeOutcome::Ok {
+                        usage: Usage {
+                            input_tokens: charge.tokens,
+                            output_tokens: 40,
+                        },
+                        observed: Observed::default(),
+                    };
+                    self.push_delivery(
+                        now + Duration::from_secs(60),
+                        Delivery::Realtime(request, late),
+                    );
+                }
                 self.deliver_at(at, Delivery::Realtime(request, outcome));
             }
             Action::UploadBatchFile { batch, images, .. } => {
@@ -409,6 +441,39 @@ impl Harness {
                 custom_id: img.to_string(),
                 outcome,
             });
+        }
+        if self.chance(self.faults.junk_lines) {
+            // A failed and a tagged copy of a line, a line for an image of another batch, and
+            // lines that name no image of ours.
+            if let Some(first) = images.first() {
+                for outcome in [Err("dup".to_owned()), Ok(Usage::default())] {
+                    lines.insert(
+                        0,
+                        LineResult {
+                            custom_id: first.to_string(),
+                            outcome,
+                        },
+                    );
+                }
+            }
+            let foreign = self
+                .batches
+                .iter()
+                .filter(|(id, _)| id.as_str() != batch_id)
+                .flat_map(|(_, b)| b.images.first().copied())
+                .min();
+            if let Some(other) = foreign {
+                lines.push(LineResult {
+                    custom_id: other.to_string(),
+                    outcome: Ok(Usage::default()),
+                });
+            }
+            for junk in ["", "u0-i4294967295", "u99999-i0", "x", "u1-i+1"] {
+                lines.push(LineResult {
+                    custom_id: junk.to_owned(),
+                    outcome: Ok(Usage::default()),
+                });
+            }
         }
         lines
     }

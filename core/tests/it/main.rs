@@ -1,5 +1,6 @@
 //! Integration tests of tagstorm-core: the engine driven through virtual time against a fake upstream.
 
+mod chaos;
 mod harness;
 
 use std::time::Duration;
@@ -331,8 +332,12 @@ fn answers_to_unknown_ids_are_ignored() {
 
 fn faults() -> impl Strategy<Value = Faults> {
     let p = || prop_oneof![Just(0.0), 0.0..0.3f64];
-    ((p(), p(), p(), p(), p(), p()), (p(), p(), p(), p(), p())).prop_map(
-        |((a, b, c, d, e, f), (g, h, i, j, k))| Faults {
+    (
+        (p(), p(), p(), p(), p(), p()),
+        (p(), p(), p(), p(), p()),
+        (p(), p(), p()),
+    )
+        .prop_map(|((a, b, c, d, e, f), (g, h, i, j, k), (l, m, n))| Faults {
             server_error: a,
             timeout: b,
             extra_429: c,
@@ -344,8 +349,10 @@ fn faults() -> impl Strategy<Value = Faults> {
             batch_token_limit: i,
             batch_expire: j,
             line_fail: k,
-        },
-    )
+            duplicate: l,
+            reorder: m,
+            junk_lines: n,
+        })
 }
 
 proptest! {
@@ -487,5 +494,21 @@ fn a_huge_image_charge_does_not_overflow() {
         let b = h.upload(2, vec![low(); 3]);
         h.run(Duration::from_secs(30 * 86_400));
         h.assert_all_terminal_once(&[(a, 30), (b, 3)]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// A hostile driver (answers in any order, twice, made up, for the wrong phase or id) can't
+    /// make the engine panic, end an image twice or lose one; see `chaos.rs`.
+    #[test]
+    fn a_hostile_driver_cannot_corrupt_the_engine(
+        seed in any::<u64>(),
+        policy in prop_oneof![Just(Policy::seed_current()), Just(Policy::seed_proposed()), Just(Policy::tagstorm())],
+        steps in 50usize..600,
+    ) {
+        let mut c = chaos::Chaos::new(Config::new(policy, tier1()).with_seed(seed), seed);
+        c.run(steps);
     }
 }
