@@ -1026,8 +1026,12 @@ impl Engine {
                     }
                 }
                 Timer::Poll(batch) => {
-                    let b = &self.batches[batch.0 as usize];
+                    let b = &mut self.batches[batch.0 as usize];
                     if b.phase == BatchPhase::Running && b.next_poll == at {
+                        // One poll per scheduled instant: two answers in the same instant (a
+                        // duplicated delivery) arm two timers for the same `next_poll`, and
+                        // without this both would poll, doubling the polling from then on.
+                        b.next_poll = Time::MAX;
                         if let Some(id) = b.batch_id.clone() {
                             self.actions.push_back(Action::PollBatch {
                                 batch,

@@ -512,3 +512,29 @@ proptest! {
         c.run(steps);
     }
 }
+
+/// A status answer delivered twice in the same instant (a retried HTTP call, a duplicated
+/// message) must not double the batch's polling from then on.
+#[test]
+fn a_duplicated_status_answer_does_not_double_polling() {
+    let (mut e, batch, _, _) = up_to_create(Policy::seed_proposed());
+    e.handle_batch_created(Time::from_secs(1), batch, Ok("batch_abc".into()));
+    let running = || {
+        Ok(tagstorm_core::BatchStatus {
+            state: tagstorm_core::BatchState::InProgress,
+            output_file_id: None,
+            error_file_id: None,
+        })
+    };
+    for round in 0..3 {
+        let wake = e.poll_timeout().expect("a poll is scheduled");
+        e.handle_timeout(wake);
+        let polls = std::iter::from_fn(|| e.poll_action())
+            .filter(|a| matches!(a, Action::PollBatch { .. }))
+            .count();
+        assert_eq!(polls, 1, "round {round}: one poll per interval");
+        let at = wake + Duration::from_millis(100);
+        e.handle_batch_status(at, batch, running());
+        e.handle_batch_status(at, batch, running());
+    }
+}
