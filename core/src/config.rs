@@ -107,6 +107,10 @@ pub struct Policy {
     pub retry_jitter_percent: u8,
     /// Wait what a 429's retry-after says instead of the backoff delay.
     pub honor_retry_after: bool,
+    /// Longest retry-after honoured, ms. A longer one (an exhausted daily limit says hours) is
+    /// not waited out by realtime: the image goes the way of `on_retries_exhausted`, and the
+    /// account pauses for this long at most. The OpenAI SDK stops retrying past 120 s (facts §3).
+    pub retry_after_max_ms: u64,
     /// What happens when a realtime image runs out of attempts.
     pub on_retries_exhausted: Exhausted,
     /// Times an image may go through the Batch API before it fails.
@@ -153,6 +157,7 @@ impl Policy {
             retry_max_delay_ms: 8_000,
             retry_jitter_percent: 25,
             honor_retry_after: false,
+            retry_after_max_ms: 120_000,
             on_retries_exhausted: Exhausted::Fail,
             batch_max_attempts: 1,
             download_max_attempts: 1,
@@ -276,6 +281,7 @@ impl Policy {
             ),
             ("max_images_per_batch", u64::from(self.max_images_per_batch)),
             ("poll_interval_ms", self.poll_interval_ms),
+            ("retry_after_max_ms", self.retry_after_max_ms),
             ("retry_max_attempts", u64::from(self.retry_max_attempts)),
             ("batch_max_attempts", u64::from(self.batch_max_attempts)),
             (

@@ -321,7 +321,9 @@ struct Lanes {
 impl Lanes {
     fn push(&mut self, image: ImageId, lane: Lane) {
         match lane {
-            Lane::Head | Lane::Retry => self.heads.push_front(image),
+            // Parked heads keep their upload order; a retry goes first.
+            Lane::Head => self.heads.push_back(image),
+            Lane::Retry => self.heads.push_front(image),
             Lane::Rest => self.rest.push_back(image),
         }
     }
@@ -705,15 +707,19 @@ impl Engine {
         let ws = self.uploads[image.upload.0 as usize].workspace;
         match outcome {
             RealtimeOutcome::Ok { usage, observed } => {
-                // Reserve-then-reconcile: when the limiter charge is the billing estimate, the
-                // real prompt tokens replace our estimate of them.
+                // Reserve-then-reconcile, upward only: when the limiter charge is the billing
+                // estimate and the real prompt was larger, charge the difference. A smaller real
+                // prompt is not refunded: OpenAI's limiter counts its own estimate made before
+                // the request (facts §3), not the billed tokens, so a refund could let the pacer
+                // send into a bucket upstream still sees as spent.
                 if self.cfg.request.image_charge_tokens.is_none() && self.cfg.policy.client_pacing {
                     let actual = Charge {
                         requests: 1,
                         tokens: tokens::rate_limit_charge(
                             usage.input_tokens,
                             u64::from(self.cfg.request.max_tokens),
-                        ),
+                        )
+                        .max(flight.charge.tokens),
                     };
                     let reservation = limit::Reservation {
                         reserved: flight.charge,
@@ -733,16 +739,32 @@ impl Engine {
             }
             RealtimeOutcome::RateLimited {
                 retry_after,
-                observed,
+                mut observed,
             } => {
                 self.stats.rate_limited += 1;
+                // A retry-after is upstream's word, not a bound we trust blindly: past the cap,
+                // the account pauses for the cap only, and this image stops waiting on realtime.
+                let cap = Duration::from_millis(self.cfg.policy.retry_after_max_ms);
+                let honor = self.cfg.policy.honor_retry_after;
+                let beyond = honor
+                    && (retry_after.is_some_and(|a| a > cap)
+                        || observed.retry_after.is_some_and(|a| a > cap));
+                let retry_after = retry_after.map(|a| a.min(cap));
+                observed.retry_after = observed.retry_after.map(|a| a.min(cap));
                 self.observe(now, &observed);
-                if self.cfg.policy.honor_retry_after {
+                if honor {
                     if let Some(after) = retry_after {
                         self.account.requests_mut().block_until(now, now + after);
                     }
                 }
-                if self.cfg.policy.fallback_to_batch_on_rate_limit {
+                if beyond {
+                    self.set_stage(image, Stage::Queued);
+                    self.retries_exhausted(
+                        now,
+                        image,
+                        "rate_limited: retry-after beyond retry_after_max_ms",
+                    );
+                } else if self.cfg.policy.fallback_to_batch_on_rate_limit {
                     self.stats.fallbacks_to_batch += 1;
                     self.requeue_for_batch(image);
                 } else {
@@ -1755,6 +1777,20 @@ impl Engine {
 
     // ---- retries --------------------------------------------------------------------------
 
+    /// A queued realtime image that may not try realtime again: to the batch queue, or failed.
+    fn retries_exhausted(&mut self, now: Time, image: ImageId, last: &str) {
+        match self.cfg.policy.on_retries_exhausted {
+            Exhausted::Batch => {
+                self.stats.fallbacks_to_batch += 1;
+                self.push_batch(image);
+            }
+            Exhausted::Fail => {
+                let last = last.to_owned();
+                self.finish(now, image, Err(FailReason::RetriesExhausted { last }));
+            }
+        }
+    }
+
     fn retry_realtime(&mut self, now: Time, image: ImageId, last: &str, wait: Option<Duration>) {
         let Some(rec) = self.rec_mut(image) else {
             return;
@@ -1763,21 +1799,7 @@ impl Engine {
         let attempts = rec.attempts;
         self.set_stage(image, Stage::Queued);
         if attempts_exhausted(attempts, self.cfg.policy.retry_max_attempts) {
-            match self.cfg.policy.on_retries_exhausted {
-                Exhausted::Batch => {
-                    self.stats.fallbacks_to_batch += 1;
-                    self.push_batch(image);
-                }
-                Exhausted::Fail => {
-                    self.finish(
-                        now,
-                        image,
-                        Err(FailReason::RetriesExhausted {
-                            last: last.to_owned(),
-                        }),
-                    );
-                }
-            }
+            self.retries_exhausted(now, image, last);
             return;
         }
         self.stats.retries += 1;

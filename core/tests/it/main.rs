@@ -538,3 +538,60 @@ fn a_duplicated_status_answer_does_not_double_polling() {
         e.handle_batch_status(at, batch, running());
     }
 }
+
+#[test]
+fn a_huge_retry_after_does_not_freeze_realtime() {
+    for (policy, expect_failed) in [
+        (Policy::tagstorm(), false),
+        (
+            Policy {
+                on_retries_exhausted: tagstorm_core::config::Exhausted::Fail,
+                ..Policy::tagstorm()
+            },
+            true,
+        ),
+    ] {
+        let mut e = Engine::new(Config::new(policy, tier1())).unwrap();
+        let up = e
+            .handle_upload(
+                Time::ZERO,
+                Upload {
+                    workspace: WorkspaceId(1),
+                    images: vec![low(); 2],
+                    deadline: None,
+                },
+            )
+            .unwrap();
+        let sent: Vec<_> = std::iter::from_fn(|| e.poll_action())
+            .filter_map(|a| match a {
+                Action::SendRealtime { request, .. } => Some(request),
+                _ => None,
+            })
+            .collect();
+        e.handle_realtime_response(
+            Time::from_secs(1),
+            sent[0],
+            tagstorm_core::RealtimeOutcome::RateLimited {
+                retry_after: Some(Duration::from_secs(u64::MAX)),
+                observed: Default::default(),
+            },
+        );
+        let actions: Vec<Action> = std::iter::from_fn(|| e.poll_action()).collect();
+        // Whatever the engine still waits for on its own, it is within the cap, not centuries.
+        if let Some(next) = e.poll_timeout() {
+            assert!(next <= Time::from_secs(1 + 120), "woken at {next:?}");
+        }
+        let img = ImageId {
+            upload: up,
+            index: 0,
+        };
+        if expect_failed {
+            assert_eq!(e.stage(img), Some(Stage::Failed));
+        } else {
+            let batched = actions.iter().any(
+                |a| matches!(a, Action::UploadBatchFile { images, .. } if images.contains(&img)),
+            );
+            assert!(batched, "the image moved to the Batch API: {actions:?}");
+        }
+    }
+}
