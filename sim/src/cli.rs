@@ -82,7 +82,7 @@ pub struct RunArgs {
     /// Print each results object as one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Write results.json, summary.md and .hgrm files into DIR.
+    /// Write results.json, summary.md, .hgrm percentile files and .svg plots into DIR.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -106,7 +106,8 @@ pub struct CompareArgs {
     /// Print each results object as one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Write summary.md and one folder of results per policy into DIR.
+    /// Write summary.md, .svg plots with one line per policy, and one folder of results per
+    /// policy into DIR.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
