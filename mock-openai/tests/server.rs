@@ -1115,3 +1115,188 @@ async fn no_limits_mode_answers_everything() {
     }
     m.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Edge cases: extreme limits and speedups, list queries, odd ids, multipart.
+
+#[tokio::test]
+async fn extreme_limits_and_speedups_serve_normally() {
+    let big = i64::MAX;
+    let toml = format!(
+        "{BASE}\n[mock_server]\nretry_after_ms = true\nkeys = [{{ key = \"{KEY}\", rpm = {big}, tpm = {big}, rpd = {big}, batch_queue_tokens = {big} }}]"
+    );
+    for speedup in [
+        mock_openai::server::clock::MIN_SPEEDUP,
+        1.0,
+        mock_openai::server::clock::MAX_SPEEDUP,
+    ] {
+        let (clock, handle) = ServerClock::manual(speedup, START_UNIX).unwrap();
+        let m = start_with(config(&toml), clock, Some(handle)).await;
+        for _ in 0..3 {
+            let r = chat(&m, KEY, "https://img.example/x.jpg").await.unwrap();
+            assert_eq!(r.status, 200, "{speedup}: {:?}", r.body);
+            m.advance(Duration::from_secs(1_000_000_000));
+        }
+        let b = create_batch(&m, &jsonl(3)).await;
+        let id = b["id"].as_str().unwrap().to_owned();
+        m.advance(Duration::from_secs(1_000_000_000));
+        let s = batch(&m, &id).await;
+        assert!(s["status"].is_string(), "{s}");
+        let l = get(&m, "/v1/batches?limit=100").await;
+        assert_eq!(l.status, 200);
+        get(&m, "/_mock/stats").await;
+        get(&m, "/metrics").await;
+        m.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn list_query_edge_cases() {
+    let m = start_manual(BASE).await;
+    for q in [
+        "limit=0",
+        "limit=-1",
+        "limit=abc",
+        "limit=101",
+        "limit=",
+        "limit=1.5",
+    ] {
+        let e = get(&m, &format!("/v1/batches?{q}")).await.error(400);
+        assert_eq!(e["param"], "limit", "{q}");
+    }
+    let r = get(&m, "/v1/batches?after=unknown").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["has_more"], false);
+    for q in [
+        "after=%ZZ",
+        "after=%E2%82",
+        "limit=5&&&after",
+        "=&=",
+        "after=a%00b",
+    ] {
+        let r = get(&m, &format!("/v1/batches?{q}")).await;
+        assert_eq!(r.status, 200, "{q}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn odd_ids_and_paths_are_404s() {
+    let m = start_manual(BASE).await;
+    for p in [
+        "/v1/files/..%2F..%2Fetc%2Fpasswd",
+        "/v1/files/%00",
+        "/v1/files//content",
+        "/v1/batches/batch_%FF",
+        "/v1/batches/..",
+    ] {
+        let r = send(m.addr, "GET", p, Some(KEY), &[], Bytes::new()).await;
+        match r {
+            Ok(r) => {
+                let _ = r.error(404);
+            }
+            Err(e) => panic!("{p}: {e}"),
+        }
+    }
+    let r = send(
+        m.addr,
+        "POST",
+        "/v1/batches/..%2F/cancel",
+        Some(KEY),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    r.error(404);
+    let r = send(
+        m.addr,
+        "DELETE",
+        "/v1/files/x",
+        Some(KEY),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    r.error(404);
+    m.shutdown().await;
+}
+
+async fn upload_raw(m: &Mock, ct: &str, body: Vec<u8>) -> Resp {
+    send(
+        m.addr,
+        "POST",
+        "/v1/files",
+        Some(KEY),
+        &[("content-type", ct)],
+        body,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn multipart_edge_cases_get_openai_errors() {
+    let m = start_manual(BASE).await;
+    let b = "mockboundary7f3a";
+    let ct = format!("multipart/form-data; boundary={b}");
+    // No final boundary.
+    let (_, full) = multipart("a.jsonl", "batch", jsonl(1).as_bytes());
+    let cut = full[..full.len() - 4].to_vec();
+    upload_raw(&m, &ct, cut).await.error(400);
+    let cut = full[..full.len() - (b.len() + 8)].to_vec();
+    upload_raw(&m, &ct, cut).await.error(400);
+    // Missing boundary parameter, empty boundary, quoted boundary.
+    upload_raw(&m, "multipart/form-data", full.clone())
+        .await
+        .error(400);
+    upload_raw(&m, "multipart/form-data; boundary=", full.clone())
+        .await
+        .error(400);
+    let r = upload_raw(
+        &m,
+        &format!("multipart/form-data; boundary=\"{b}\""),
+        full.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Huge part headers.
+    let mut huge = format!("--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\nX-Pad: ")
+        .into_bytes();
+    huge.extend(std::iter::repeat_n(b'a', 20_000));
+    huge.extend_from_slice(format!("\r\n\r\nbatch\r\n--{b}--\r\n").as_bytes());
+    upload_raw(&m, &ct, huge).await.error(400);
+    // Duplicate parts: two files, two purposes.
+    let mut dup = full.clone();
+    dup.truncate(full.len() - (b.len() + 6));
+    let (_, second) = multipart("b.jsonl", "fine-tune", b"{}");
+    dup.extend_from_slice(&second);
+    let r = upload_raw(&m, &ct, dup).await;
+    assert!(r.status == 200 || r.status == 400, "{:?}", r.body);
+    let _ = r.json();
+    // Non-UTF-8 headers and filename.
+    let mut bad =
+        format!("--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"").into_bytes();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(format!(".jsonl\"\r\n\r\nx\r\n--{b}--\r\n").as_bytes());
+    upload_raw(&m, &ct, bad).await.error(400);
+    // Boundary appearing inside the content ends the part there: the rest is garbage.
+    let mut inside = format!("--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\nab\r\n--{b}X\r\n--{b}--\r\n").into_bytes();
+    let r = upload_raw(&m, &ct, std::mem::take(&mut inside)).await;
+    let _ = r.json();
+    // Purpose not UTF-8, purpose unknown, empty file name.
+    let (_, p) = multipart("a.jsonl", "nope", b"{}");
+    upload_raw(&m, &ct, p).await.error(400);
+    let (_, p) = multipart("", "batch", b"{}");
+    upload_raw(&m, &ct, p).await.error(400);
+    // Preamble only, epilogue only.
+    upload_raw(&m, &ct, b"hello".to_vec()).await.error(400);
+    upload_raw(&m, &ct, format!("--{b}--").into_bytes())
+        .await
+        .error(400);
+    m.shutdown().await;
+}
+
