@@ -124,8 +124,10 @@ pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
             format!("The model `{model_name}` does not exist or you do not have access to it."),
         )
     })?;
+    // A `null` is an absent key: `max_tokens: null` beside `max_completion_tokens: N` is N.
     let max_tokens = body
         .get("max_tokens")
+        .filter(|v| !v.is_null())
         .or_else(|| body.get("max_completion_tokens"))
         .and_then(Value::as_u64)
         .map_or(0, |v| {

@@ -1300,3 +1300,21 @@ async fn multipart_edge_cases_get_openai_errors() {
     m.shutdown().await;
 }
 
+/// `max_tokens: null` beside `max_completion_tokens` is the latter's value, in the realtime
+/// charge as in a batch line.
+#[tokio::test]
+async fn null_max_tokens_falls_back_to_max_completion_tokens() {
+    let m = start_manual(&format!(
+        "{BASE}\n[mock_server]\nkeys = [{{ key = \"{KEY}\", tpm = 10000 }}]"
+    ))
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": null, "max_completion_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = post_json(&m, "/v1/chat/completions", body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
+    m.shutdown().await;
+}
+
