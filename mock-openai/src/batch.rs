@@ -289,6 +289,10 @@ pub(crate) struct BatchState {
     pub lines: Vec<BatchLine>,
     /// Sorted indices of requests that fail while running.
     pub failed_lines: Vec<u32>,
+    /// Sorted indices of requests whose answer `max_tokens` cuts short (file path only):
+    /// their output line carries the truncated content and `finish_reason: "length"`, as the
+    /// realtime answer does.
+    pub cut_lines: Vec<u32>,
     pub errors: Vec<BatchError>,
     pub created: Time,
     pub expires: Time,
@@ -670,6 +674,7 @@ impl Upstream {
             model,
             lines,
             failed_lines,
+            cut_lines: Vec::new(),
             errors,
             created,
             expires,

@@ -10,6 +10,7 @@ use tagstorm_core::Time;
 use crate::batch::{
     Batch, BatchLine, BatchStatus, CHAT_ENDPOINT, Doom, LineOutcome, RequestCounts,
 };
+use crate::chat::FinishReason;
 use crate::error::ApiError;
 use crate::ids;
 use crate::jsonl::{self, InputLimits};
@@ -307,7 +308,18 @@ impl Upstream {
             );
             let request_id = format!("req_{}", ids::hex(ids::mix(k, ids::ns::REQUEST, 0), 32));
             let text = match outcome {
-                LineOutcome::Ok { usage, content } => {
+                LineOutcome::Ok { usage, mut content } => {
+                    let finish = if b.cut_lines.binary_search(&(i as u32)).is_ok() {
+                        // As `answer` cuts a realtime one: 4 bytes a token, tags JSON is ASCII.
+                        content.truncate(
+                            usize::try_from(usage.output_tokens.saturating_mul(4))
+                                .unwrap_or(usize::MAX)
+                                .min(content.len()),
+                        );
+                        "length"
+                    } else {
+                        "stop"
+                    };
                     let completion = format!(
                         "chatcmpl-{}",
                         ids::alnum(ids::mix(k, ids::ns::COMPLETION, 0), 29)
@@ -318,7 +330,7 @@ impl Upstream {
                         created,
                         b.model,
                         &content,
-                        "stop",
+                        finish,
                         usage,
                     );
                     jsonl::output_line(&req_id, &line.custom_id, &request_id, body)
@@ -393,19 +405,24 @@ impl Upstream {
             Content::Uploaded(bytes) => jsonl::parse_batch_input(bytes, endpoint, limits),
             _ => Err(vec![]),
         };
+        let mut cut_lines = Vec::new();
         let (model, lines, doom) = match parsed {
             Ok(reqs) => {
                 let model = reqs.first().map_or(org_model, |r| r.model);
                 let lines = reqs
                     .into_iter()
-                    .map(|r| {
-                        let (usage, _, _) = self.answer(
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let (usage, _, finish) = self.answer(
                             r.model,
                             r.max_tokens,
                             r.text_chars,
                             &r.images,
                             &r.image_url,
                         );
+                        if finish == FinishReason::Length {
+                            cut_lines.push(u32::try_from(i).unwrap_or(u32::MAX));
+                        }
                         BatchLine {
                             charge_tokens: self.input_estimate(r.model, r.text_chars, &r.images),
                             custom_id: r.custom_id,
@@ -420,6 +437,7 @@ impl Upstream {
         };
         let idx =
             self.create_batch_state(now, org, model, input_file_id.to_owned(), lines, doom)?;
+        self.batches[idx].cut_lines = cut_lines;
         Ok(self.batch_view(now, idx))
     }
 }

@@ -1318,3 +1318,33 @@ async fn null_max_tokens_falls_back_to_max_completion_tokens() {
     m.shutdown().await;
 }
 
+/// A batch line cut off by its `max_tokens` reads as the realtime answer does: truncated
+/// content and `finish_reason: "length"`.
+#[tokio::test]
+async fn batch_line_cut_by_max_tokens_says_length() {
+    let m = start_manual(BASE).await;
+    let line = json!({"custom_id": "short", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "max_tokens": 2, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://img.example/s.jpg"}}]}]}});
+    let rt = post_json(&m, "/v1/chat/completions", line["body"].clone())
+        .await
+        .json();
+    let b = create_batch(&m, &format!("{line}\n")).await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    let mut done = Value::Null;
+    for _ in 0..2000 {
+        m.advance(Duration::from_secs(30));
+        done = batch(&m, &id).await;
+        if done["status"] == "completed" {
+            break;
+        }
+    }
+    let lines = content(&m, done["output_file_id"].as_str().unwrap()).await;
+    let body = &lines[0]["response"]["body"];
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    assert_eq!(
+        body["choices"][0], rt["choices"][0],
+        "batch {body} realtime {rt}"
+    );
+    m.shutdown().await;
+}
