@@ -324,7 +324,7 @@ impl Upstream {
                         "chatcmpl-{}",
                         ids::alnum(ids::mix(k, ids::ns::COMPLETION, 0), 29)
                     );
-                    let created = self.unix_s(b.line_time(i as u64));
+                    let created = self.file_unix_s(b.line_time(i as u64));
                     let body = jsonl::chat_completion_json(
                         &completion,
                         created,

@@ -36,6 +36,28 @@ pub struct Upstream {
     /// Cancellation delays (batch timelines use one generator per batch).
     pub(crate) rng_batch: Pcg64,
     pub(crate) last_now: Time,
+    /// The server's wall clock, for the timestamps the model renders into files itself.
+    pub(crate) wall: Option<WallClock>,
+}
+
+/// How a real-time driver maps model time onto the wall clock: model `Time::ZERO` is
+/// `unix_start_ms`, and model time runs `speedup` times faster than real time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WallClock {
+    /// Wall-clock Unix time at model `Time::ZERO`, in milliseconds.
+    pub unix_start_ms: u64,
+    /// Model seconds per real second.
+    pub speedup: f64,
+}
+
+impl WallClock {
+    /// Converts a Unix timestamp the model rendered (`model_epoch_s` + model seconds) into
+    /// wall-clock seconds: start + model elapsed ÷ speedup.
+    pub fn unix_from_model(&self, model_unix_s: u64, model_epoch_s: u64) -> u64 {
+        let model_ms = model_unix_s.saturating_sub(model_epoch_s) as f64 * 1000.0;
+        let real_ms = (model_ms / self.speedup) as u64;
+        self.unix_start_ms.saturating_add(real_ms) / 1000
+    }
 }
 
 /// Seeds one named random stream, so streams are independent of each other's use.
@@ -58,6 +80,7 @@ impl Upstream {
             rng_chat: stream(seed, 1),
             rng_batch: stream(seed, 2),
             last_now: Time::ZERO,
+            wall: None,
         })
     }
 
@@ -121,6 +144,22 @@ impl Upstream {
         self.config
             .epoch_unix_s
             .saturating_add(t.as_nanos() / 1_000_000_000)
+    }
+
+    /// Renders the `created` of batch output lines on `wall` instead of `epoch_unix_s` + model
+    /// seconds, so they agree with the batch timestamps a real-time server reports.
+    pub fn set_wall_clock(&mut self, wall: WallClock) {
+        self.wall = Some(wall);
+    }
+
+    /// The Unix seconds of a timestamp rendered into a file: [`Upstream::unix_s`], moved onto
+    /// the wall clock if one is set.
+    pub(crate) fn file_unix_s(&self, t: Time) -> u64 {
+        let model = self.unix_s(t);
+        match self.wall {
+            Some(w) => w.unix_from_model(model, self.config.epoch_unix_s),
+            None => model,
+        }
     }
 
     /// Clamps `now` so it never goes backwards.

@@ -1300,6 +1300,39 @@ async fn multipart_edge_cases_get_openai_errors() {
     m.shutdown().await;
 }
 
+/// A batch output line's `created` lies within its batch's run, on the same clock as the batch
+/// object's timestamps (here the manual clock's wall start, at speedup 1 and 100).
+#[tokio::test]
+async fn batch_output_created_is_on_the_servers_clock() {
+    for speedup in [1.0, 100.0] {
+        let (clock, handle) = ServerClock::manual(speedup, START_UNIX).unwrap();
+        let m = start_with(config(BASE), clock, Some(handle)).await;
+        let b = create_batch(&m, &jsonl(3)).await;
+        let id = b["id"].as_str().unwrap().to_owned();
+        let mut done = Value::Null;
+        for _ in 0..2000 {
+            m.advance(Duration::from_secs(30));
+            done = batch(&m, &id).await;
+            if done["status"] == "completed" {
+                break;
+            }
+        }
+        assert_eq!(done["status"], "completed", "{done}");
+        let (ip, end) = (
+            done["in_progress_at"].as_u64().unwrap(),
+            done["completed_at"].as_u64().unwrap(),
+        );
+        for l in content(&m, done["output_file_id"].as_str().unwrap()).await {
+            let created = l["response"]["body"]["created"].as_u64().unwrap();
+            assert!(
+                (ip..=end).contains(&created),
+                "speedup {speedup}: created {created} outside {ip}..={end}"
+            );
+        }
+        m.shutdown().await;
+    }
+}
+
 /// `max_tokens: null` beside `max_completion_tokens` is the latter's value, in the realtime
 /// charge as in a batch line.
 #[tokio::test]

@@ -10,14 +10,14 @@
 //! | `retry-after` (whole seconds, ≥ 1, rounded up), `retry-after-ms` | model duration ÷ N |
 //! | "Please try again in …" in a 429 body | model duration ÷ N |
 //! | modelled latency, 500/503 delays, timeout holds, slow-body dribbles | slept for model ÷ N |
-//! | `created_at`, `in_progress_at`, `expires_at`, … of batches and files | wall-clock start + (model elapsed ÷ N) |
+//! | `created_at`, `in_progress_at`, `expires_at`, … of batches and files, `created` of batch output lines | wall-clock start + (model elapsed ÷ N) |
 //! | `created` of a realtime chat completion | the wall clock at the response |
 //! | `x-ratelimit-limit-*`, `remaining-*`, and the Limit/Used/Requested counts | unchanged (counts, not durations) |
 //!
 //! So a client that sleeps what the headers say is admitted, and the gap between a batch's
-//! `created_at` and `completed_at` is its modelled turnaround divided by N. One exception: the
-//! `created` field inside batch output lines is rendered by the model and stays in model
-//! seconds since the model's `epoch_unix_s`.
+//! `created_at` and `completed_at` is its modelled turnaround divided by N. The `created` of
+//! batch output lines, which the model renders itself, goes through the same mapping
+//! ([`crate::upstream::WallClock`], handed to the model by [`crate::server::State::new`]).
 //!
 //! Tests substitute [`ServerClock::manual`], whose real elapsed time only moves when told.
 
@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tagstorm_core::Time;
+
+use crate::upstream::WallClock;
 
 /// Smallest accepted speedup (one model second per 1,000 real seconds).
 pub const MIN_SPEEDUP: f64 = 0.001;
@@ -154,9 +156,15 @@ impl ServerClock {
     /// Converts a Unix timestamp the model rendered (`model_epoch_s` + model seconds) into
     /// wall-clock seconds: start + model elapsed ÷ speedup.
     pub fn unix_from_model(&self, model_unix_s: u64, model_epoch_s: u64) -> u64 {
-        let model_ms = model_unix_s.saturating_sub(model_epoch_s) as f64 * 1000.0;
-        let real_ms = (model_ms / self.speedup) as u64;
-        self.unix_start_ms.saturating_add(real_ms) / 1000
+        self.wall().unix_from_model(model_unix_s, model_epoch_s)
+    }
+
+    /// The mapping of model time onto the wall clock, for the model's own rendering.
+    pub fn wall(&self) -> WallClock {
+        WallClock {
+            unix_start_ms: self.unix_start_ms,
+            speedup: self.speedup,
+        }
     }
 }
 

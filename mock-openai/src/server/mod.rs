@@ -149,6 +149,7 @@ impl State {
     pub fn new(config: ServerConfig, clock: ServerClock) -> Result<Arc<State>, StateError> {
         config.validate()?;
         let mut upstream = Upstream::new(config.upstream.clone(), config.seed)?;
+        upstream.set_wall_clock(clock.wall());
         let entry = |up: &mut Upstream, account: &crate::config::AccountConfig| {
             let org = up.add_org(account)?;
             let name: Arc<str> = Arc::from(up.org_name(org).unwrap_or("org-unknown"));
