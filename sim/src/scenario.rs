@@ -31,6 +31,10 @@ pub const MAX_TIME_S: f64 = 365.0 * 86_400.0;
 /// Most uploads one scenario may generate, so a typo in a rate can't exhaust memory.
 pub const MAX_UPLOADS: u64 = 20_000_000;
 
+/// Most images one scenario may generate (about 3 GiB of simulator state), so a typo in a count
+/// can't exhaust memory.
+pub const MAX_IMAGES: u64 = 20_000_000;
+
 /// A scenario as written in its file. Every field is documented with its unit; see
 /// `scenarios/*.toml` for commented examples.
 #[derive(Clone, Debug, Deserialize)]
@@ -565,8 +569,11 @@ impl Scenario {
             ));
         }
         let mut expected = 0.0;
+        let mut images = 0.0;
         for (i, g) in s.uploads.iter().enumerate() {
-            expected += check_group(root().key("uploads").index(i), g)?;
+            let uploads = check_group(root().key("uploads").index(i), g)?;
+            expected += uploads;
+            images += uploads * mean_count(&g.images);
         }
         if expected > MAX_UPLOADS as f64 {
             return Err((
@@ -574,6 +581,12 @@ impl Scenario {
                 format!(
                     "about {expected:.0} uploads expected; at most {MAX_UPLOADS} are supported"
                 ),
+            ));
+        }
+        if images > MAX_IMAGES as f64 {
+            return Err((
+                root().key("uploads"),
+                format!("about {images:.0} images expected; at most {MAX_IMAGES} are supported"),
             ));
         }
         Ok(())
@@ -715,6 +728,36 @@ fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)
         return Ok(d.uploads_per_day * f64::from(d.days));
     }
     Ok(expected)
+}
+
+/// The mean upload size of a (validated) count, in images, draws clamped to `[min, max]` as
+/// [`crate::workload::draw_count`] does (the lognormal's clamping is approximated).
+pub fn mean_count(c: &ImageCount) -> f64 {
+    match c {
+        ImageCount::Fixed(n) => f64::from(*n),
+        ImageCount::Dist(SizeDist::Uniform { min, max }) => {
+            (f64::from(*min) + f64::from(*max)) / 2.0
+        }
+        ImageCount::Dist(SizeDist::Lognormal {
+            median,
+            p99,
+            min,
+            max,
+        }) => {
+            let sigma = (p99 / median).ln() / 2.326_347_874;
+            (median * (sigma * sigma / 2.0).exp()).clamp(f64::from(*min), f64::from(*max))
+        }
+        ImageCount::Dist(SizeDist::Pareto { min, alpha, max }) => {
+            // E[min(X, max)] = min + the integral from min to max of (min / x)^alpha.
+            let (xm, m) = (f64::from(*min), f64::from(*max));
+            let tail = if (alpha - 1.0).abs() < 1e-9 {
+                xm * (m / xm).ln()
+            } else {
+                xm.powf(*alpha) * (m.powf(1.0 - alpha) - xm.powf(1.0 - alpha)) / (1.0 - alpha)
+            };
+            (xm + tail).clamp(xm, m)
+        }
+    }
 }
 
 fn check_rate(path: FieldPath, v: f64) -> Result<(), (FieldPath, String)> {
@@ -873,8 +916,11 @@ impl<'a> Locator<'a> {
                 value,
                 base..base + set.value.len(),
             )
-            .map_err(|message| ScenarioError::BadSet {
-                arg: set.raw.clone(),
+            .map_err(|message| ScenarioError::Invalid {
+                file: self.file.to_owned(),
+                line: None,
+                set: Some(set.raw.clone()),
+                field: String::new(),
                 message,
             })?;
         }
@@ -1231,6 +1277,25 @@ at_s = 0
     }
 
     #[test]
+    fn huge_workloads_are_refused_before_they_exhaust_memory() {
+        // 20 million uploads of a million images each passed validation, and the run then
+        // aborted allocating its per-image tables.
+        check(
+            BASE,
+            &["uploads.0.users=20000000", "uploads.0.images=1000000"],
+            "x.toml:14: uploads: about 20000000000000 images expected; at most 20000000 are supported",
+        );
+        check(
+            &edit(
+                "images = 15",
+                "images = { kind = \"uniform\", min = 500000, max = 1000000 }",
+            ),
+            &["uploads.0.users=1000"],
+            "x.toml:14: uploads: about 750000000 images expected; at most 20000000 are supported",
+        );
+    }
+
+    #[test]
     fn sets_edit_the_document() {
         check(
             BASE,
@@ -1250,8 +1315,9 @@ at_s = 0
         );
         check(
             BASE,
+            // With several scenario files, an index valid in one and not in another says which.
             &["uploads.3.images=1"],
-            "--set uploads.3.images=1: `uploads` has 1 entries; there is no index 3",
+            "x.toml: --set uploads.3.images=1: `uploads` has 1 entries; there is no index 3",
         );
         check(
             BASE,
