@@ -1381,3 +1381,56 @@ async fn batch_line_cut_by_max_tokens_says_length() {
     );
     m.shutdown().await;
 }
+
+/// `output_expires_after` is checked as OpenAI's spec states it: `anchor` must be `created_at`,
+/// `seconds` an integer in 3600..=2592000 (facts §5).
+#[tokio::test]
+async fn output_expires_after_is_validated() {
+    let m = start_manual(BASE).await;
+    let file = upload(&m, "in.jsonl", jsonl(1).as_bytes()).await.json();
+    let fid = file["id"].as_str().unwrap();
+    let create = |oea: Value| {
+        post_json(
+            &m,
+            "/v1/batches",
+            json!({"input_file_id": fid, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h", "output_expires_after": oea}),
+        )
+    };
+    for (bad, param) in [
+        (json!("soon"), "output_expires_after"),
+        (
+            json!({"anchor": "updated_at", "seconds": 3600}),
+            "output_expires_after.anchor",
+        ),
+        (json!({"seconds": 3600}), "output_expires_after.anchor"),
+        (
+            json!({"anchor": "created_at"}),
+            "output_expires_after.seconds",
+        ),
+        (
+            json!({"anchor": "created_at", "seconds": 60}),
+            "output_expires_after.seconds",
+        ),
+        (
+            json!({"anchor": "created_at", "seconds": 2_592_001}),
+            "output_expires_after.seconds",
+        ),
+        (
+            json!({"anchor": "created_at", "seconds": "3600"}),
+            "output_expires_after.seconds",
+        ),
+    ] {
+        let e = create(bad.clone()).await.error(400);
+        assert_eq!(e["param"], param, "{bad}: {e}");
+    }
+    for ok in [
+        Value::Null,
+        json!({"anchor": "created_at", "seconds": 3600}),
+        json!({"anchor": "created_at", "seconds": 2_592_000}),
+    ] {
+        let r = create(ok.clone()).await;
+        assert_eq!(r.status, 200, "{ok}: {:?}", r.body);
+    }
+    m.shutdown().await;
+}

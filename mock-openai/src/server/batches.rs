@@ -87,6 +87,41 @@ fn check_metadata(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     }
 }
 
+/// `output_expires_after`: `{"anchor": "created_at", "seconds": 3600..=2592000}` (facts §5).
+/// Checked only; the mock keeps result files for as long as it runs.
+fn check_output_expires_after(v: Option<&Value>) -> Result<(), ApiError> {
+    const KEY: &str = "output_expires_after";
+    let o = match v {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(invalid_type(KEY, "an object", other)),
+    };
+    let anchor = format!("{KEY}.anchor");
+    match o.get("anchor") {
+        None | Some(Value::Null) => return Err(ApiError::missing_parameter(&anchor)),
+        Some(Value::String(a)) if a == "created_at" => {}
+        Some(Value::String(a)) => {
+            return Err(ApiError::invalid_value(
+                &anchor,
+                &format!("'{a}'. Supported values are: 'created_at'."),
+            ));
+        }
+        Some(other) => return Err(invalid_type(&anchor, "a string", other)),
+    }
+    let seconds = format!("{KEY}.seconds");
+    match o.get("seconds") {
+        None | Some(Value::Null) => Err(ApiError::missing_parameter(&seconds)),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => match n.as_i64() {
+            Some(3600..=2_592_000) => Ok(()),
+            _ => Err(ApiError::invalid_value(
+                &seconds,
+                &format!("expected an integer between 3600 and 2592000, got {n}."),
+            )),
+        },
+        Some(other) => Err(invalid_type(&seconds, "an integer", other)),
+    }
+}
+
 /// `POST /v1/batches`.
 pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>) -> Delivery {
     let bytes = match read_body(req, state.limits.json).await {
@@ -122,6 +157,9 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
         Ok(m) => m,
         Err(e) => return e.into(),
     };
+    if let Err(e) = check_output_expires_after(obj.get("output_expires_after")) {
+        return e.into();
+    }
     let now = state.clock.now();
     let mut b = state.lock();
     match b
