@@ -303,8 +303,9 @@ fn cmd_run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outc
     }
     let mut files = Vec::new();
     let many = scenarios.len() > 1;
+    let folders = folder_names(scenarios.iter().map(|s| s.spec.name.as_str()));
     let mut summary = String::new();
-    for (s, r) in scenarios.iter().zip(&runs) {
+    for ((s, r), folder) in scenarios.iter().zip(&runs).zip(&folders) {
         if a.json {
             write_line(out, &json_line(&r.results))?;
         } else {
@@ -313,11 +314,7 @@ fn cmd_run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outc
         summary.push_str(&report::markdown(s, &[&r.results]));
         summary.push('\n');
         if let Some(dir) = &a.out {
-            let dir = if many {
-                dir.join(&s.spec.name)
-            } else {
-                dir.clone()
-            };
+            let dir = if many { dir.join(folder) } else { dir.clone() };
             files.extend(run_files(&dir, r)?);
         }
     }
@@ -364,8 +361,9 @@ fn cmd_compare(
     }
     if let Some(dir) = &a.out {
         let mut files = Vec::new();
-        for r in &runs {
-            files.extend(run_files(&dir.join(&r.results.policy), r)?);
+        let folders = folder_names(runs.iter().map(|r| r.results.policy.as_str()));
+        for (r, folder) in runs.iter().zip(&folders) {
+            files.extend(run_files(&dir.join(folder), r)?);
         }
         files.push((dir.join("summary.md"), report::markdown(&s, &all)));
         let refs: Vec<&RunOutput> = runs.iter().collect();
@@ -398,6 +396,37 @@ fn cmd_validate(a: &ValidateArgs, out: &mut dyn Write) -> Result<Outcome, CliErr
         )?;
     }
     Ok(Outcome::Ok)
+}
+
+/// One folder name per scenario or policy name: a single path component inside `--out` (no
+/// separator, no leading dot, so `../x` or `/etc` stays inside), and distinct (a repeated
+/// name gets `-2`, `-3`, … instead of overwriting the first).
+pub fn folder_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let clean = match clean.trim_start_matches('.') {
+            "" => "_".to_owned(),
+            c => c.to_owned(),
+        };
+        let mut pick = clean.clone();
+        let mut n = 1;
+        while out.contains(&pick) {
+            n += 1;
+            pick = format!("{clean}-{n}");
+        }
+        out.push(pick);
+    }
+    out
 }
 
 fn json_line(r: &Results) -> String {
@@ -472,24 +501,87 @@ fn plot_files(dir: &Path, runs: &[&RunOutput]) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// Writes every file through a temporary file and a rename, so no file is ever half-written.
+/// Writes every file or none: each goes to a temporary file first, and only when all of them
+/// are written are they renamed into place. On failure the temporary files and any folder this
+/// call created are removed, so a failed `--out` leaves no partial results behind.
 pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
     let fail = |p: &Path, e: std::io::Error| CliError::Output {
         path: display_path(p),
         message: e.to_string().to_lowercase(),
     };
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut tmps: Vec<(PathBuf, &Path)> = Vec::new();
+    let undo = |tmps: &[(PathBuf, &Path)], created: &[PathBuf]| {
+        for (tmp, _) in tmps {
+            let _ = std::fs::remove_file(tmp);
+        }
+        for dir in created.iter().rev() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
     for (path, text) in files {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The outermost folder that does not exist yet is the one to remove on failure.
+            let new_top = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .last();
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                undo(&tmps, &created);
+                return Err(fail(dir, e));
+            }
+            if let Some(top) = new_top {
+                created.push(top.to_path_buf());
+            }
         }
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, text).map_err(|e| fail(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            fail(path, e)
-        })?;
+        let written = std::fs::write(&tmp, text);
+        tmps.push((tmp.clone(), path));
+        if let Err(e) = written {
+            undo(&tmps, &created);
+            return Err(fail(&tmp, e));
+        }
+    }
+    for (i, (tmp, path)) in tmps.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            undo(&tmps[i..], &[]);
+            return Err(fail(path, e));
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_all_writes_nothing_when_one_file_fails() {
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file where the second folder should be: the second write fails.
+        std::fs::write(dir.join("blocked"), "").unwrap();
+        let files = vec![
+            (dir.join("a/results.json"), "{}".to_owned()),
+            (dir.join("blocked/results.json"), "{}".to_owned()),
+        ];
+        let e = write_all(&files).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["blocked"], "a failed --out left partial output");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn folder_names_are_single_distinct_components() {
+        let got = folder_names(["a/b", "..", "", "x", "x", "x-2", "/etc", "ünï"].into_iter());
+        assert_eq!(got, ["a-b", "_", "_-2", "x", "x-2", "x-2-2", "-etc", "ünï"]);
+    }
 }

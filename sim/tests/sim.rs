@@ -438,3 +438,84 @@ fn pending_at_the_bound_is_reported_and_exits_1() {
     assert_eq!(v["sim"]["hit_max_duration"], true);
     assert!(text(&o.stderr).contains("images still pending"));
 }
+
+/// Every file under `dir`, relative to it, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn out_folders_stay_inside_out_and_never_collide() {
+    let tmp = std::env::temp_dir().join(format!("tagstorm-sim-names-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let good = std::fs::read_to_string(scenarios_dir().join("single-300-upload.toml")).unwrap();
+    // A name is free text: slashes, dots and unicode must not leave --out or overwrite.
+    let escape = tmp.join("escape.toml");
+    std::fs::write(
+        &escape,
+        good.replacen("name = \"single-300-upload\"", "name = \"../élan/x\"", 1),
+    )
+    .unwrap();
+    let same = tmp.join("same.toml");
+    std::fs::write(&same, &good).unwrap();
+    let out = tmp.join("out");
+    let o = bin(&[
+        "run",
+        "scenarios/single-300-upload.toml",
+        &same.to_string_lossy(),
+        &escape.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !tmp.join("élan").exists(),
+        "a scenario name wrote outside --out"
+    );
+    let results: Vec<String> = tree(&out)
+        .into_iter()
+        .filter(|f| f.ends_with("results.json"))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "-élan-x/results.json",
+            "single-300-upload-2/results.json",
+            "single-300-upload/results.json"
+        ]
+    );
+    // The same policy twice in compare: two folders, not one overwritten.
+    let out = tmp.join("cmp");
+    let o = bin(&[
+        "compare",
+        "scenarios/single-300-upload.toml",
+        "--policies",
+        "tagstorm,tagstorm",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let results: Vec<String> = tree(&out)
+        .into_iter()
+        .filter(|f| f.ends_with("results.json"))
+        .collect();
+    assert_eq!(
+        results,
+        ["tagstorm-2/results.json", "tagstorm/results.json"]
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
