@@ -1434,3 +1434,41 @@ async fn output_expires_after_is_validated() {
     }
     m.shutdown().await;
 }
+
+/// Shutdown does not wait out a slow-body fault: like a timeout hold it is cut short, and the
+/// rest of the body goes out at once, so the client still gets the whole response.
+#[tokio::test]
+async fn graceful_shutdown_rushes_slow_bodies() {
+    let m = start_real(
+        &format!(
+            "{BASE}\n[mock_server.transport]\nsequence = [\"slow_body\"]\nslow_body_ms = 60000"
+        ),
+        1.0,
+    )
+    .await;
+    let addr = m.addr;
+    let in_flight = tokio::spawn(async move { chat_on(addr, "https://img/slow.jpg").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    m.shutdown().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for a slow body",
+        stopped.elapsed()
+    );
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["object"], "chat.completion");
+}
+
+async fn chat_on(addr: SocketAddr, url: &str) -> Result<Resp, String> {
+    send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(KEY),
+        &[],
+        chat_body(url),
+    )
+    .await
+}

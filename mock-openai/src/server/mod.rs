@@ -366,8 +366,8 @@ impl AsyncWrite for ConnIo {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets every
-/// in-flight request finish (timeout holds are cut short), and returns once all connections
-/// have closed.
+/// in-flight request finish (timeout holds are cut short, slow bodies sent at once), and
+/// returns once all connections have closed.
 pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: F) {
     let (shutdown_tx, _) = watch::channel(false);
     // Each connection task holds a sender; `recv` returns `None` once all have finished.
@@ -470,7 +470,7 @@ async fn handle(
             let reply = decorate(reply, &rid, org_name.as_deref(), processing_ms);
             let body = reply.body.clone();
             let (tx, rx) = mpsc::channel(1);
-            tokio::spawn(dribble(body.clone(), over, tx));
+            tokio::spawn(dribble(body.clone(), over, tx, ctx.shutdown.clone()));
             Ok(reply.into_response_with(Body::Chunks(rx, body.len() as u64)))
         }
         Delivery::Reset => {
@@ -507,14 +507,26 @@ fn decorate(reply: Reply, rid: &str, org: Option<&str>, processing_ms: u128) -> 
     }
 }
 
-/// Sends `body` in up to 20 pieces spread evenly over `over`.
-async fn dribble(body: Bytes, over: Duration, tx: mpsc::Sender<Bytes>) {
+/// Sends `body` in up to 20 pieces spread evenly over `over`; once shutdown begins, the rest
+/// goes out at once (a slow body is an injected fault, cut short like a timeout hold).
+async fn dribble(
+    body: Bytes,
+    over: Duration,
+    tx: mpsc::Sender<Bytes>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let pieces = body.len().clamp(1, 20);
     let step = body.len().div_ceil(pieces).max(1);
     let pause = over / u32::try_from(pieces).unwrap_or(1);
+    let mut rushed = false;
     let mut at = 0;
     while at < body.len() {
-        tokio::time::sleep(pause).await;
+        if !rushed {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                () = shutting_down(&mut shutdown) => rushed = true,
+            }
+        }
         let end = (at + step).min(body.len());
         if tx.send(body.slice(at..end)).await.is_err() {
             return;
