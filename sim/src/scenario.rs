@@ -897,7 +897,17 @@ impl<'a> Locator<'a> {
                 // Recovery guesses; keep the field only when it sits on the error's line.
                 let same_line = span_of(partial.get_ref(), &path.0)
                     .is_some_and(|k| self.line_of(k.start) == self.line_of(span.start));
-                if !same_line {
+                // A duplicate key's error is on the second one and recovery keeps the first:
+                // the same field when the key at the error is the one found.
+                let at_error = self
+                    .text
+                    .get(span.clone())
+                    .map(|t| t.trim().trim_matches(['"', '\'']));
+                let same_key = matches!(
+                    (path.0.last(), at_error),
+                    (Some(Seg::Key(k)), Some(t)) if k == t
+                );
+                if !same_line && !same_key {
                     path = FieldPath::default();
                 }
             }
@@ -1292,6 +1302,25 @@ at_s = 0
             ),
             &["uploads.0.users=1000"],
             "x.toml:14: uploads: about 750000000 images expected; at most 20000000 are supported",
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_field() {
+        check(
+            &edit("width_px = 1024", "width_px = 1024\nwidth_px = 5"),
+            &[],
+            "x.toml:10: images.width_px: duplicate key",
+        );
+        check(
+            &edit("seed = 1", "seed = 1\nseed = 2"),
+            &[],
+            "x.toml:3: seed: duplicate key",
+        );
+        check(
+            &format!("{BASE}\n[[uploads]]\nusers = 1\nimages = 2\nat_s = 3\nat_s = 4\n"),
+            &[],
+            "x.toml:23: uploads[1].at_s: duplicate key",
         );
     }
 
