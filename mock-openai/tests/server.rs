@@ -1472,3 +1472,35 @@ async fn chat_on(addr: SocketAddr, url: &str) -> Result<Resp, String> {
     )
     .await
 }
+
+/// The smallest limits at both speedup bounds: 429s with sane headers, never a panic.
+#[tokio::test]
+async fn smallest_limits_at_both_speedup_bounds() {
+    let toml = format!(
+        "{BASE}\n[mock_server]\nretry_after_ms = true\nkeys = [{{ key = \"{KEY}\", rpm = 1, tpm = 1, rpd = 1, batch_queue_tokens = 1 }}, {{ key = \"sk-rpd-one-0001\", rpm = 1, tpm = 100000, rpd = 1 }}]"
+    );
+    for speedup in [
+        mock_openai::server::clock::MIN_SPEEDUP,
+        mock_openai::server::clock::MAX_SPEEDUP,
+    ] {
+        let (clock, handle) = ServerClock::manual(speedup, START_UNIX).unwrap();
+        let m = start_with(config(&toml), clock, Some(handle)).await;
+        chat(&m, KEY, "u").await.unwrap().error(429);
+        assert_eq!(chat(&m, "sk-rpd-one-0001", "u").await.unwrap().status, 200);
+        for _ in 0..2 {
+            let r = chat(&m, "sk-rpd-one-0001", "u").await.unwrap();
+            r.error(429);
+            let secs: u64 = r.header("retry-after").parse().unwrap();
+            let ms: u64 = r.header("retry-after-ms").parse().unwrap();
+            assert!(secs >= 1 && ms >= 1 && ms <= secs * 1000, "{secs} {ms}");
+            assert!(parse_duration(r.header("x-ratelimit-reset-requests")).is_some());
+            // Under a model minute at the top speedup: the RPM and RPD windows still deny.
+            m.advance(Duration::from_micros(50));
+        }
+        let b = create_batch(&m, &jsonl(1)).await;
+        m.advance(Duration::from_secs(1_000_000));
+        let s = batch(&m, b["id"].as_str().unwrap()).await;
+        assert_eq!(s["status"], "failed", "{s}");
+        m.shutdown().await;
+    }
+}
