@@ -1504,3 +1504,27 @@ async fn smallest_limits_at_both_speedup_bounds() {
         m.shutdown().await;
     }
 }
+
+/// Model time must keep moving for as long as a server at the top speedup may reasonably run
+/// (a week of uptime): a u64 of model nanoseconds lasts 584 years, only 5.1 real hours at
+/// speedup 1,000,000, after which the clock froze and limits never refilled.
+#[tokio::test]
+async fn model_time_keeps_moving_after_a_week_at_the_top_speedup() {
+    let (clock, handle) =
+        ServerClock::manual(mock_openai::server::clock::MAX_SPEEDUP, START_UNIX).unwrap();
+    let m = start_with(
+        config(&format!(
+            "{BASE}\n[mock_server]\nkeys = [{{ key = \"{KEY}\", rpm = 1 }}]"
+        )),
+        clock,
+        Some(handle),
+    )
+    .await;
+    m.advance(Duration::from_secs(7 * 86_400));
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    chat(&m, KEY, "u").await.unwrap().error(429);
+    // A whole model minute later the one request per minute is admitted again.
+    m.advance(Duration::from_secs(1));
+    assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    m.shutdown().await;
+}

@@ -31,8 +31,10 @@ use crate::upstream::WallClock;
 
 /// Smallest accepted speedup (one model second per 1,000 real seconds).
 pub const MIN_SPEEDUP: f64 = 0.001;
-/// Largest accepted speedup.
-pub const MAX_SPEEDUP: f64 = 1_000_000.0;
+/// Largest accepted speedup. Model time is a u64 of nanoseconds (584 years) and saturates
+/// there, freezing limits and batches; at `N` it lasts 584/`N` years of uptime, so 10,000
+/// leaves three weeks (1,000,000 froze the server after 5.1 hours).
+pub const MAX_SPEEDUP: f64 = 10_000.0;
 
 /// A speedup outside [`MIN_SPEEDUP`, `MAX_SPEEDUP`] or not finite.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
