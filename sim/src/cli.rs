@@ -128,8 +128,10 @@ pub struct BenchArgs {
     /// The scenario to scale.
     #[arg(value_name = "SCENARIO", default_value = "scenarios/workday.toml")]
     pub scenario: PathBuf,
-    /// Scale the scenario's uploads so the workload has about this many images.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Scale the scenario's uploads so the workload has about this many images (1 to
+    /// 20,000,000).
+    #[arg(long, default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=crate::scenario::MAX_IMAGES))]
     pub images: u64,
     /// A preset or a policy TOML file.
     #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]

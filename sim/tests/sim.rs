@@ -519,3 +519,18 @@ fn out_folders_stay_inside_out_and_never_collide() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn bench_refuses_an_image_count_it_cannot_hold() {
+    // u64::MAX images scaled `users` to u64::MAX and aborted on a capacity overflow.
+    let o = bin(&[
+        "bench",
+        "scenarios/single-300-upload.toml",
+        "--images",
+        "18446744073709551615",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--images"), "{}", text(&o.stderr));
+    let o = bin(&["bench", "scenarios/single-300-upload.toml", "--images", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
