@@ -529,6 +529,13 @@ impl Scenario {
         }
         s.account.validate().map_err(cfg)?;
         s.upstream.validate().map_err(cfg)?;
+        if s.upstream.image_charge_tokens == Some(0) {
+            // Core refuses it too (as `request.image_charge_tokens`), but only when a run starts.
+            return Err((
+                root().key("upstream").key("image_charge_tokens"),
+                "must be at least 1 when set".into(),
+            ));
+        }
         s.prices
             .validate()
             .map_err(|e| (root().key("prices"), e.to_string()))?;
@@ -1321,6 +1328,17 @@ at_s = 0
             &format!("{BASE}\n[[uploads]]\nusers = 1\nimages = 2\nat_s = 3\nat_s = 4\n"),
             &[],
             "x.toml:23: uploads[1].at_s: duplicate key",
+        );
+    }
+
+    #[test]
+    fn a_zero_image_charge_is_refused_at_its_field() {
+        // It passed validation (`validate` said ok), then `run` failed with core's
+        // "request.image_charge_tokens", a field no scenario has, and no file or line.
+        check(
+            &format!("{BASE}\n[upstream]\nimage_charge_tokens = 0\n"),
+            &[],
+            "x.toml:20: upstream.image_charge_tokens: must be at least 1 when set",
         );
     }
 
