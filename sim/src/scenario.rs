@@ -662,6 +662,12 @@ fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)
         check_time(p.clone().key("deadline_s"), d, true)?;
     }
     if let Some(s) = g.start_s {
+        if g.at_s.is_some() {
+            return Err((
+                p.key("start_s"),
+                "only applies to every_s, poisson and daily; at_s is the start".into(),
+            ));
+        }
         check_time(p.clone().key("start_s"), s, false)?;
     }
     check_count(p.clone().key("images"), &g.images)?;
@@ -1339,6 +1345,16 @@ at_s = 0
             &format!("{BASE}\n[upstream]\nimage_charge_tokens = 0\n"),
             &[],
             "x.toml:20: upstream.image_charge_tokens: must be at least 1 when set",
+        );
+    }
+
+    #[test]
+    fn start_s_with_at_s_is_refused_not_ignored() {
+        // `at_s = 0` with `start_s = 3600` arrived at 0: start_s was silently dropped.
+        check(
+            &edit("at_s = 0", "at_s = 0\nstart_s = 3600"),
+            &[],
+            "x.toml:18: uploads[0].start_s: only applies to every_s, poisson and daily; at_s is the start",
         );
     }
 
