@@ -117,6 +117,18 @@ impl Upstream {
     /// were, and existing batches keep the timelines they were created with.
     pub fn set_config(&mut self, config: UpstreamConfig) -> Result<(), ConfigError> {
         config.validate()?;
+        // A script set while running counts from now: "fail the next 2" means the next 2, not
+        // the 2 after however many requests the server has already seen.
+        let new_faults = config.faults != self.config.faults;
+        let new_batch_script = config.batch.batch_outcomes != self.config.batch.batch_outcomes;
+        for o in &mut self.orgs {
+            if new_faults {
+                o.requests_seen = 0;
+            }
+            if new_batch_script {
+                o.batches_created = 0;
+            }
+        }
         self.config = config;
         Ok(())
     }

@@ -736,6 +736,24 @@ slow_body_ms = 200
 }
 
 #[tokio::test]
+async fn a_live_script_counts_from_when_it_is_set() {
+    let m = start_manual(BASE).await;
+    for _ in 0..3 {
+        chat(&m, KEY, "u").await.unwrap().json();
+    }
+    let set = post_json(
+        &m,
+        "/_mock/config",
+        json!({"upstream": {"faults": [{"outcome": "500", "times": 2}]}}),
+    )
+    .await;
+    set.json();
+    chat(&m, KEY, "u").await.unwrap().error(500);
+    chat(&m, KEY, "u").await.unwrap().error(500);
+    chat(&m, KEY, "u").await.unwrap().json();
+}
+
+#[tokio::test]
 async fn live_config_validates_and_applies() {
     let m = start_manual(BASE).await;
     let before = get(&m, "/_mock/config").await.json();

@@ -397,6 +397,10 @@ pub(crate) async fn config(state: &State, req: Request<Incoming>) -> Delivery {
             }
         }
         if let Some(t) = transport {
+            // Like the upstream scripts, a new transport script counts from now.
+            if t.after != b.transport.after || t.sequence != b.transport.sequence {
+                b.reset_transport_script();
+            }
             b.transport = t;
         }
         tracing::info!("configuration updated through /_mock/config");

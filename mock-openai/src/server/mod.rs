@@ -107,6 +107,11 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
+    /// Restarts the count the transport script indexes.
+    pub fn reset_transport_script(&mut self) {
+        self.transport_seen = 0;
+    }
+
     /// The transport fault of the next successful chat response: scripted first, else one
     /// random draw (always made, so a script does not shift later draws).
     pub fn next_transport_fault(&mut self) -> TransportFault {
