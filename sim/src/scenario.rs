@@ -296,6 +296,38 @@ impl FieldPath {
         FieldPath(segs)
     }
 
+    /// Parses a `--set` path strictly: dot-separated keys (`A-Z a-z 0-9 _ -`), each optionally
+    /// followed by `[index]`s; a key of digits only is an index. `None` if anything is left over.
+    pub fn parse_strict(s: &str) -> Option<FieldPath> {
+        let mut segs = Vec::new();
+        for part in s.split('.') {
+            let (key, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+            let bare = |k: &str| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !bare(key) {
+                return None;
+            }
+            match key.parse::<usize>() {
+                Ok(i) if key.bytes().all(|b| b.is_ascii_digit()) => segs.push(Seg::Index(i)),
+                _ => segs.push(Seg::Key(key.to_owned())),
+            }
+            while !rest.is_empty() {
+                let inner = rest.strip_prefix('[')?;
+                let end = inner.find(']')?;
+                let digits = &inner[..end];
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                segs.push(Seg::Index(digits.parse().ok()?));
+                rest = &inner[end + 1..];
+            }
+        }
+        Some(FieldPath(segs))
+    }
+
     fn key(mut self, k: &str) -> FieldPath {
         self.0.push(Seg::Key(k.to_owned()));
         self
@@ -399,9 +431,14 @@ impl SetArg {
         if value.is_empty() {
             return Err(bad("the value is empty"));
         }
+        let path = FieldPath::parse_strict(path).ok_or_else(|| {
+            bad(&format!(
+                "`{path}` is not a field path (e.g. uploads.0.images or uploads[0].images)"
+            ))
+        })?;
         Ok(SetArg {
             raw: raw.to_owned(),
-            path: FieldPath::parse(path),
+            path,
             value: value.to_owned(),
         })
     }
@@ -935,6 +972,7 @@ impl<'a> Locator<'a> {
             let value = reoffset(value, base);
             apply_set(
                 doc.get_mut(),
+                FieldPath::default(),
                 &set.path.0,
                 value,
                 base..base + set.value.len(),
@@ -1030,6 +1068,7 @@ fn reoffset<'i>(v: Spanned<DeValue<'i>>, base: usize) -> Spanned<DeValue<'i>> {
 
 fn apply_set<'i>(
     table: &mut DeTable<'i>,
+    prefix: FieldPath,
     path: &[Seg],
     value: Spanned<DeValue<'i>>,
     span: Range<usize>,
@@ -1058,37 +1097,38 @@ fn apply_set<'i>(
     let Some(child) = table.get_mut(key.as_str()) else {
         return Err(format!("no field `{key}`"));
     };
-    descend(child.get_mut(), key, rest, value, span)
+    descend(child.get_mut(), prefix.key(key), rest, value, span)
 }
 
+/// Applies the rest of a `--set` path below `node`, which sits at `at` (named in errors).
 fn descend<'i>(
     node: &mut DeValue<'i>,
-    name: &str,
+    at: FieldPath,
     rest: &[Seg],
     value: Spanned<DeValue<'i>>,
     span: Range<usize>,
 ) -> Result<(), String> {
     match (node, &rest[0]) {
-        (DeValue::Table(t), Seg::Key(_)) => apply_set(t, rest, value, span),
+        (DeValue::Table(t), Seg::Key(_)) => apply_set(t, at, rest, value, span),
         (DeValue::Array(a), Seg::Index(i)) => {
             let len = a.len();
             let Some(item) = a.get_mut(*i) else {
-                return Err(format!("`{name}` has {len} entries; there is no index {i}"));
+                return Err(format!("`{at}` has {len} entries; there is no index {i}"));
             };
             if rest.len() == 1 {
                 *item = value;
                 return Ok(());
             }
-            descend(item.get_mut(), name, &rest[1..], value, span)
+            descend(item.get_mut(), at.index(*i), &rest[1..], value, span)
         }
-        (DeValue::Array(_), Seg::Key(k)) => Err(format!(
-            "`{name}` is a list; use an index, e.g. {name}.0.{k}"
-        )),
-        (_, _) => Err(format!("`{name}` is not a table")),
+        (DeValue::Array(_), Seg::Key(k)) => {
+            Err(format!("`{at}` is a list; use an index, e.g. {at}.0.{k}"))
+        }
+        (DeValue::Table(_), Seg::Index(_)) => Err(format!("`{at}` is a table, not a list")),
+        (_, _) => Err(format!("`{at}` is not a table")),
     }
 }
 
-/// The path of the deepest key or value whose span contains `offset`.
 /// Whether `segs` names a table or an array of tables in `table`.
 fn holds_fields(table: &DeTable<'_>, segs: &[Seg]) -> bool {
     let mut value: Option<&DeValue<'_>> = None;
@@ -1108,6 +1148,7 @@ fn holds_fields(table: &DeTable<'_>, segs: &[Seg]) -> bool {
     )
 }
 
+/// The path of the deepest key or value whose span contains `offset`.
 fn path_at(table: &DeTable<'_>, offset: usize, path: &mut FieldPath, fallback: bool) {
     for (k, v) in table.iter() {
         if k.span().contains(&offset) {
@@ -1355,6 +1396,42 @@ at_s = 0
             &edit("at_s = 0", "at_s = 0\nstart_s = 3600"),
             &[],
             "x.toml:18: uploads[0].start_s: only applies to every_s, poisson and daily; at_s is the start",
+        );
+    }
+
+    #[test]
+    fn a_malformed_set_path_is_refused_and_named() {
+        // `uploads[0]x.images` was read as `uploads[0].images`, the `x` dropped silently.
+        for bad in [
+            "uploads[0]x.images=3",
+            "uploads[zero].images=3",
+            "uploads[0.images=3",
+        ] {
+            let e = SetArg::parse(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "--set {bad}: `{}` is not a field path (e.g. uploads.0.images or uploads[0].images)",
+                    bad.split('=').next().unwrap()
+                )
+            );
+        }
+        assert!(SetArg::parse("upstream.faults[1].count=3").is_ok());
+        // An index into something that is not a list names the path that isn't one.
+        check(
+            BASE,
+            &["uploads.0.0=1"],
+            "x.toml: --set uploads.0.0=1: `uploads[0]` is a table, not a list",
+        );
+        check(
+            BASE,
+            &["upstream.faults.0=1"],
+            "x.toml: --set upstream.faults.0=1: `upstream.faults` is a table, not a list",
+        );
+        check(
+            BASE,
+            &["uploads.0.images.kind=\"pareto\""],
+            "x.toml: --set uploads.0.images.kind=\"pareto\": `uploads[0].images` is not a table",
         );
     }
 
