@@ -212,7 +212,11 @@ pub fn table(s: &Scenario, runs: &[&Results]) -> String {
     );
     let _ = writeln!(
         out,
-        "admitted as early as full-then-refilling buckets permit, plus the fastest request)."
+        "admitted as early as full-then-refilling buckets permit, plus the fastest request). Batch"
+    );
+    let _ = writeln!(
+        out,
+        "traffic is not under RPM/TPM, so a policy that batches can come in under 1.00."
     );
     let _ = writeln!(
         out,
