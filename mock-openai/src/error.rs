@@ -165,7 +165,7 @@ impl ApiError {
         )
     }
 
-    /// 400: a parameter has an unsupported value. The wording is **[inferred]**: facts §2
+    /// 400: a parameter has an unsupported value. The wording is **\[inferred\]**: facts §2
     /// gives no verbatim body for this case.
     pub fn invalid_value(param: &str, detail: &str) -> Self {
         Self::new(
@@ -188,7 +188,7 @@ impl ApiError {
         )
     }
 
-    /// 404: no such object. The wording is **[inferred]** (facts list no body for unknown
+    /// 404: no such object. The wording is **\[inferred\]** (facts list no body for unknown
     /// file or batch ids); `kind` is `File` or `Batch`.
     pub fn no_such_object(kind: &str, id: &str) -> Self {
         Self::new(
@@ -201,7 +201,7 @@ impl ApiError {
     }
 
     /// 409: a batch cannot be cancelled from its current status. Status and wording are
-    /// **[inferred]** (facts §5: allowed cancel source states are unconfirmed); 409 is
+    /// **\[inferred\]** (facts §5: allowed cancel source states are unconfirmed); 409 is
     /// retried by the SDK, which is harmless because the state will not change back.
     pub fn cannot_cancel(status: &str) -> Self {
         Self::new(

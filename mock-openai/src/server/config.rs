@@ -401,7 +401,7 @@ pub struct Args {
     /// organization. Without any, every key is accepted as one default organization.
     #[arg(long = "api-key", value_name = "KEY[:TIER]")]
     pub api_keys: Vec<String>,
-    /// TOML file with [account], [upstream] and [mock_server] sections (a scenario file works).
+    /// TOML file with `[account]`, `[upstream]` and `[mock_server]` sections (a scenario file works).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Seed of every random choice (default: the file's `seed`, else 0).

@@ -175,7 +175,7 @@ pub fn bad_request(
     }
 }
 
-/// The 413 for a body over `limit` bytes (wording **[inferred]**).
+/// The 413 for a body over `limit` bytes (wording **`[inferred]`**).
 pub fn too_large(limit: usize) -> ApiError {
     ApiError {
         status: 413,
@@ -186,7 +186,7 @@ pub fn too_large(limit: usize) -> ApiError {
     }
 }
 
-/// The 400 for a body that is not JSON (OpenAI's wording, **[obs]** in common client logs).
+/// The 400 for a body that is not JSON (OpenAI's wording, **`[obs]`** in common client logs).
 pub fn invalid_json() -> ApiError {
     bad_request(
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
