@@ -231,9 +231,10 @@ impl Rate {
     /// or when it would pass.
     #[inline]
     fn decide(&self, tat: u128, now: Time, n: u64) -> Result<u128, Verdict> {
-        // Taking nothing can exceed no limit, even from a bucket in debt.
+        // Taking nothing can exceed no limit, even from a bucket in debt. The TAT moves up to
+        // `now` as `force` moves it, so a check equals a peek followed by a forced take.
         if n == 0 {
-            return Ok(tat);
+            return Ok(tat.max(self.ticks(now)));
         }
         if n > self.capacity {
             return Err(Verdict::Never);
@@ -524,6 +525,30 @@ impl RateLimits {
 
     /// Takes `c` from every limit, or nothing if any would deny.
     pub fn check(&mut self, now: Time, c: Charge) -> Result<(), Denied> {
+        // The common case, every limit admitting, decides each bucket once and commits the
+        // new TATs; only a denial takes the slower path that works out which limit binds.
+        if let (Ok(r), Ok(t)) = (
+            self.requests.decide(now, c.requests),
+            self.tokens.decide(now, c.tokens),
+        ) {
+            let d = match &self.rpd {
+                None => None,
+                Some(b) => match b.decide(now, c.requests) {
+                    Ok(d) => Some(d),
+                    Err(_) => return self.check_slow(now, c),
+                },
+            };
+            self.requests.tat = r;
+            self.tokens.tat = t;
+            if let (Some(b), Some(d)) = (&mut self.rpd, d) {
+                b.tat = d;
+            }
+            return Ok(());
+        }
+        self.check_slow(now, c)
+    }
+
+    fn check_slow(&mut self, now: Time, c: Charge) -> Result<(), Denied> {
         self.peek(now, c)?;
         self.force_take(now, c);
         Ok(())
@@ -1406,6 +1431,36 @@ mod tests {
                     );
                 }
             }
+        }
+
+        /// `RateLimits::check` (one decision per bucket) is exactly a peek followed by a forced
+        /// take, with RPD on or off and with a bucket blocked by a retry-after.
+        #[test]
+        fn rate_limits_check_is_peek_then_take(
+            used in (0u64..=12, 0u64..=1500),
+            c in (0u64..=3, 0u64..=1200),
+            at_ms in 0u64..=20_000,
+            rpd in proptest::option::of(1u64..=20),
+            blocked_ms in proptest::option::of(0u64..=20_000),
+        ) {
+            let now = Time::from_millis(at_ms);
+            let c = charge(c.0, c.1);
+            let mut s = rl(10, 1000);
+            if let Some(d) = rpd {
+                s = s.with_rpd(nz(d));
+            }
+            s.force_take(Time::ZERO, charge(used.0, used.1));
+            if let Some(b) = blocked_ms {
+                s.requests_mut().block_until(Time::ZERO, Time::from_millis(b));
+            }
+            let mut want = s.clone();
+            let peeked = want.peek(now, c);
+            if peeked.is_ok() {
+                want.force_take(now, c);
+            }
+            let got = s.check(now, c);
+            prop_assert_eq!(got, peeked);
+            prop_assert_eq!(s, want);
         }
 
         /// `check_all` takes from every scope exactly when each would admit, and otherwise

@@ -34,6 +34,7 @@ use crate::ids;
 use crate::jsonl::BatchError;
 use crate::latency::lognormal_ms;
 use crate::org::OrgId;
+use crate::tags::Tags;
 use crate::upstream::Upstream;
 
 /// The only endpoint the model serves batches for.
@@ -221,8 +222,8 @@ pub enum LineOutcome {
     Ok {
         /// Billing usage.
         usage: Usage,
-        /// `{"tags":[…]}` for its image.
-        content: String,
+        /// Its image's tags: the content is `{"tags":[…]}`.
+        tags: Tags,
     },
     /// It failed or never ran.
     Err {
@@ -431,7 +432,7 @@ impl BatchState {
         i: usize,
         done: u64,
         status: BatchStatus,
-        content: impl FnOnce() -> String,
+        tags: impl FnOnce() -> Tags,
     ) -> LineOutcome {
         if (i as u64) < done {
             if self.failed_lines.binary_search(&(i as u32)).is_ok() {
@@ -443,7 +444,7 @@ impl BatchState {
             } else {
                 LineOutcome::Ok {
                     usage: self.lines[i].usage,
-                    content: content(),
+                    tags: tags(),
                 }
             }
         } else if status == BatchStatus::Cancelled {
@@ -840,7 +841,7 @@ impl Upstream {
             .enumerate()
             .map(|(i, l)| LineResult {
                 custom_id: l.custom_id.clone(),
-                outcome: b.line_outcome(i, done, status, || crate::tags::tags_json(&l.image_url)),
+                outcome: b.line_outcome(i, done, status, || Tags::of(&l.image_url)),
             })
             .collect();
         Some(BatchResults { status, lines })

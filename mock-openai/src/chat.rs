@@ -19,7 +19,7 @@ use crate::fault::{FaultKind, random_fault, scripted};
 use crate::headers::RateLimitHeaders;
 use crate::latency::ms_to_duration;
 use crate::org::{Org, OrgId};
-use crate::tags::tags_json;
+use crate::tags::Tags;
 use crate::upstream::Upstream;
 
 /// One realtime request, borrowed from the caller (the simulator builds millions).
@@ -63,12 +63,31 @@ pub struct ChatOk {
     pub latency: Duration,
     /// Billing usage: input = text + image billing tokens, output ≤ `max_tokens`.
     pub usage: Usage,
-    /// The assistant message: `{"tags":[…]}` (truncated when `finish_reason` is `length`).
-    pub content: String,
+    /// The image's tags; [`ChatOk::content`] renders the assistant message from them.
+    pub tags: Tags,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
     /// The `x-ratelimit-*` values after this request.
     pub headers: RateLimitHeaders,
+}
+
+impl ChatOk {
+    /// The assistant message: `{"tags":[…]}`, cut to `max_tokens` × 4 bytes when
+    /// `finish_reason` is `length`.
+    pub fn content(&self) -> String {
+        content(self.tags, self.usage, self.finish_reason)
+    }
+}
+
+/// The assistant message for `tags`: whole, or cut to 4 bytes a token when generation stopped
+/// at `max_tokens`.
+pub fn content(tags: Tags, usage: Usage, finish: FinishReason) -> String {
+    match finish {
+        FinishReason::Stop => tags.json_truncated(usize::MAX),
+        FinishReason::Length => tags.json_truncated(
+            usize::try_from(usage.output_tokens.saturating_mul(4)).unwrap_or(usize::MAX),
+        ),
+    }
 }
 
 /// A 429 from a per-minute or per-day limit.
@@ -195,7 +214,8 @@ impl Upstream {
         }
     }
 
-    /// The billing usage and content of a successful answer to a request for `image_url`.
+    /// The billing usage and tags of a successful answer to a request for `image_url`, and
+    /// whether `max_tokens` cut it short ([`content`] renders the message).
     pub fn answer(
         &self,
         model: Model,
@@ -203,23 +223,17 @@ impl Upstream {
         text_chars: u64,
         images: &[ImageSpec],
         image_url: &str,
-    ) -> (Usage, String, FinishReason) {
+    ) -> (Usage, Tags, FinishReason) {
         let text = text_tokens(usize::try_from(text_chars).unwrap_or(usize::MAX));
         let input = images.iter().fold(text, |acc, img| {
             acc.saturating_add(image_tokens(model, img))
         });
-        let mut content = tags_json(image_url);
+        let tags = Tags::of(image_url);
         let natural = self
             .config
             .output_tokens
-            .map_or_else(|| text_tokens(content.len()), u64::from);
+            .map_or_else(|| text_tokens(tags.json_len()), u64::from);
         let (output, finish) = if max_tokens > 0 && natural > u64::from(max_tokens) {
-            // Tags JSON is ASCII, so any byte index is a char boundary.
-            content.truncate(
-                usize::try_from(u64::from(max_tokens) * 4)
-                    .unwrap_or(usize::MAX)
-                    .min(content.len()),
-            );
             (u64::from(max_tokens), FinishReason::Length)
         } else {
             (natural, FinishReason::Stop)
@@ -229,7 +243,7 @@ impl Upstream {
                 input_tokens: input,
                 output_tokens: output,
             },
-            content,
+            tags,
             finish,
         )
     }
@@ -295,7 +309,7 @@ impl Upstream {
         let hdrs = headers(o, now);
         // Both draws happen for every admitted request, so a script or a zero rate does not
         // shift the random stream of later requests.
-        let base = self.config.latency.sample(&mut self.rng_chat);
+        let base = self.latency.sample(&mut self.rng_chat);
         let random = random_fault(&self.config, &mut self.rng_chat);
         let fault = match script {
             Some(FaultKind::Ok) => None,
@@ -315,7 +329,7 @@ impl Upstream {
                 after: Duration::from_millis(self.config.timeout_after_ms),
             },
             Some(FaultKind::Ok | FaultKind::RateLimited) | None => {
-                let (usage, content, finish_reason) = self.answer(
+                let (usage, tags, finish_reason) = self.answer(
                     req.model,
                     req.max_tokens,
                     req.text_chars,
@@ -328,7 +342,7 @@ impl Upstream {
                 ChatOutcome::Ok(ChatOk {
                     latency: base + extra,
                     usage,
-                    content,
+                    tags,
                     finish_reason,
                     headers: hdrs,
                 })

@@ -296,7 +296,7 @@ impl Upstream {
         let mut out = String::new();
         for (i, line) in b.lines.iter().enumerate() {
             let outcome =
-                b.line_outcome(i, done, status, || crate::tags::tags_json(&line.image_url));
+                b.line_outcome(i, done, status, || crate::tags::Tags::of(&line.image_url));
             let is_ok = matches!(outcome, LineOutcome::Ok { .. });
             if is_ok != want_ok {
                 continue;
@@ -308,18 +308,15 @@ impl Upstream {
             );
             let request_id = format!("req_{}", ids::hex(ids::mix(k, ids::ns::REQUEST, 0), 32));
             let text = match outcome {
-                LineOutcome::Ok { usage, mut content } => {
+                LineOutcome::Ok { usage, tags } => {
+                    // Cut as a realtime answer is: 4 bytes a token.
                     let finish = if b.cut_lines.binary_search(&(i as u32)).is_ok() {
-                        // As `answer` cuts a realtime one: 4 bytes a token, tags JSON is ASCII.
-                        content.truncate(
-                            usize::try_from(usage.output_tokens.saturating_mul(4))
-                                .unwrap_or(usize::MAX)
-                                .min(content.len()),
-                        );
-                        "length"
+                        FinishReason::Length
                     } else {
-                        "stop"
+                        FinishReason::Stop
                     };
+                    let content = crate::chat::content(tags, usage, finish);
+                    let finish = finish.as_str();
                     let completion = format!(
                         "chatcmpl-{}",
                         ids::alnum(ids::mix(k, ids::ns::COMPLETION, 0), 29)

@@ -144,34 +144,43 @@ impl LatencyConfig {
 
     /// Draws one latency.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Duration {
-        ms_to_duration(self.sample_ms(rng))
+        self.sampler().sample(rng)
     }
 
     /// Draws one latency in milliseconds (not yet clamped to the one-week cap).
     pub fn sample_ms<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
-        match self {
-            LatencyConfig::Fixed { ms } => *ms,
-            LatencyConfig::Uniform { min_ms, max_ms } => {
-                let u: f64 = rng.random();
-                min_ms + u * (max_ms - min_ms).max(0.0)
-            }
+        self.sampler().sample_ms(rng)
+    }
+
+    /// This distribution with its logarithms worked out once, for drawing many samples; it
+    /// draws exactly what [`LatencyConfig::sample`] does.
+    pub fn sampler(&self) -> Sampler {
+        Sampler(match self {
+            LatencyConfig::Fixed { ms } => Draw::Fixed(*ms),
+            LatencyConfig::Uniform { min_ms, max_ms } => Draw::Uniform {
+                min: *min_ms,
+                span: (max_ms - min_ms).max(0.0),
+            },
             LatencyConfig::Lognormal {
                 median_ms,
                 p99_ms,
                 min_ms,
                 max_ms,
             } => {
-                let v = lognormal_ms(rng, *median_ms, sigma_from_p99(*median_ms, *p99_ms));
-                v.max(*min_ms).min(max_ms.max(*min_ms))
-            }
-            LatencyConfig::Empirical { samples_ms } => {
-                if samples_ms.is_empty() {
-                    0.0
-                } else {
-                    samples_ms[rng.random_range(0..samples_ms.len())]
+                let sigma = sigma_from_p99(*median_ms, *p99_ms);
+                Draw::Lognormal {
+                    dist: lognormal(*median_ms, sigma),
+                    otherwise: if median_ms.is_finite() && *median_ms > 0.0 {
+                        *median_ms
+                    } else {
+                        0.0
+                    },
+                    min: *min_ms,
+                    max: max_ms.max(*min_ms),
                 }
             }
-        }
+            LatencyConfig::Empirical { samples_ms } => Draw::Empirical(samples_ms.clone()),
+        })
     }
 
     /// The fastest latency this distribution can produce.
@@ -225,9 +234,72 @@ pub fn lognormal_ms<R: Rng + ?Sized>(rng: &mut R, median: f64, sigma: f64) -> f6
     if !(median.is_finite() && median > 0.0) {
         return 0.0;
     }
-    match LogNormal::new(median.ln(), sigma.max(0.0)) {
-        Ok(dist) if sigma.is_finite() && sigma > 0.0 => dist.sample(rng),
-        _ => median,
+    match lognormal(median, sigma) {
+        Some(dist) => dist.sample(rng),
+        None => median,
+    }
+}
+
+/// The lognormal distribution with this median and sigma, if both make one with any spread.
+fn lognormal(median: f64, sigma: f64) -> Option<LogNormal<f64>> {
+    if !(median.is_finite() && median > 0.0 && sigma.is_finite() && sigma > 0.0) {
+        return None;
+    }
+    LogNormal::new(median.ln(), sigma).ok()
+}
+
+/// A [`LatencyConfig`] ready to draw from: see [`LatencyConfig::sampler`].
+#[derive(Clone, Debug)]
+pub struct Sampler(Draw);
+
+#[derive(Clone, Debug)]
+enum Draw {
+    Fixed(f64),
+    Uniform {
+        min: f64,
+        span: f64,
+    },
+    Lognormal {
+        dist: Option<LogNormal<f64>>,
+        /// The value when there is no spread (or no valid median: 0).
+        otherwise: f64,
+        min: f64,
+        max: f64,
+    },
+    Empirical(Vec<f64>),
+}
+
+impl Sampler {
+    /// Draws one latency.
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Duration {
+        ms_to_duration(self.sample_ms(rng))
+    }
+
+    /// Draws one latency in milliseconds (not yet clamped to the one-week cap).
+    pub fn sample_ms<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        match &self.0 {
+            Draw::Fixed(ms) => *ms,
+            Draw::Uniform { min, span } => {
+                let u: f64 = rng.random();
+                min + u * span
+            }
+            Draw::Lognormal {
+                dist,
+                otherwise,
+                min,
+                max,
+            } => {
+                let v = dist.map_or(*otherwise, |d| d.sample(rng));
+                v.max(*min).min(*max)
+            }
+            Draw::Empirical(samples) => {
+                if samples.is_empty() {
+                    0.0
+                } else {
+                    samples[rng.random_range(0..samples.len())]
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! - [`chat::ChatOutcome`] and [`batch::Batch`]: what a call does, as values; error bodies
 //!   come from [`error::ApiError`], headers from [`headers::RateLimitHeaders`] and
 //!   [`headers::format_duration`].
-//! - [`tags::tags_for`]: the tags of an image, a pure function of its URL.
+//! - [`tags::Tags::of`]: the tags of an image, a pure function of its URL.
 //!
 //! All randomness comes from the seed given to [`Upstream::new`]; the same seed and the same
 //! sequence of calls give the same outputs.
@@ -39,7 +39,7 @@
 //! };
 //! match api.chat(Time::ZERO, org, &req) {
 //!     ChatOutcome::Ok(ok) => {
-//!         assert!(mock_openai::tags::content_matches(req.image_url, &ok.content));
+//!         assert!(mock_openai::tags::content_matches(req.image_url, &ok.content()));
 //!         assert_eq!(ok.headers.remaining_requests, 499);
 //!     }
 //!     other => panic!("unexpected {other:?}"),

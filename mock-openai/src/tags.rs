@@ -92,32 +92,93 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The 3–5 distinct tags of the image at `image_url`, in a deterministic order.
-pub fn tags_for(image_url: &str) -> Vec<&'static str> {
-    let (words, n) = draw(image_url);
-    words[..n].to_vec()
+/// The tags of one image: 3–5 distinct vocabulary words, in a deterministic order.
+///
+/// A small `Copy` value, so the model can hand out an answer without rendering its JSON; the
+/// HTTP server renders it with [`Tags::write_json`], and the simulator compares
+/// [`Tags::code`]s, which are equal exactly when the tags are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tags {
+    /// Indexes into [`VOCABULARY`]; the first `n` are used.
+    words: [u8; 5],
+    n: u8,
 }
 
-/// The tags without allocating: up to five words and how many there are. The simulator asks
-/// for them twice per image (to answer and to verify), so this path stays off the heap.
-fn draw(image_url: &str) -> ([&'static str; 5], usize) {
-    let mut state = fnv1a64(image_url.as_bytes());
-    let count = 3 + (splitmix64(&mut state) % 3) as usize;
-    let mut picked = [""; 5];
-    let mut n = 0;
-    // Each draw succeeds with probability ≥ 60/64, so the bound is never reached in practice;
-    // it only guarantees termination.
-    for _ in 0..256 {
-        if n == count {
-            break;
+impl Tags {
+    /// The tags of the image at `image_url`.
+    pub fn of(image_url: &str) -> Tags {
+        let mut state = fnv1a64(image_url.as_bytes());
+        let count = 3 + (splitmix64(&mut state) % 3) as usize;
+        let mut words = [0u8; 5];
+        let mut n = 0;
+        // One bit per vocabulary word already picked.
+        let mut picked = 0u64;
+        // Each draw succeeds with probability ≥ 60/64, so the bound is never reached in
+        // practice; it only guarantees termination.
+        for _ in 0..256 {
+            if n == count {
+                break;
+            }
+            // The vocabulary has 64 words, so the low six bits pick one uniformly.
+            let word = (splitmix64(&mut state) % VOCABULARY.len() as u64) as u8;
+            if picked & (1 << word) == 0 {
+                picked |= 1 << word;
+                words[n] = word;
+                n += 1;
+            }
         }
-        let word = VOCABULARY[(splitmix64(&mut state) % VOCABULARY.len() as u64) as usize];
-        if !picked[..n].contains(&word) {
-            picked[n] = word;
-            n += 1;
-        }
+        Tags { words, n: n as u8 }
     }
-    (picked, n)
+
+    /// The words, in order.
+    pub fn words(&self) -> impl ExactSizeIterator<Item = &'static str> + '_ {
+        self.words[..usize::from(self.n)]
+            .iter()
+            .map(|&w| VOCABULARY[usize::from(w)])
+    }
+
+    /// A nonzero number that identifies these tags: equal codes, equal tags.
+    pub fn code(&self) -> u64 {
+        self.words[..usize::from(self.n)]
+            .iter()
+            .fold(u64::from(self.n), |acc, &w| (acc << 6) | u64::from(w))
+    }
+
+    /// The length in bytes of [`Tags::write_json`]'s output.
+    pub fn json_len(&self) -> usize {
+        // `{"tags":[` and `]}`, then each word quoted, with a comma between words.
+        let words: usize = self.words().map(|w| w.len() + 2).sum();
+        11 + words + usize::from(self.n).saturating_sub(1)
+    }
+
+    /// Appends `{"tags":["…","…"]}` (compact JSON) to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        out.reserve(self.json_len());
+        out.push_str("{\"tags\":[");
+        for (i, tag) in self.words().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(tag);
+            out.push('"');
+        }
+        out.push_str("]}");
+    }
+
+    /// [`Tags::write_json`]'s output cut to at most `max_bytes` (tags JSON is ASCII, so any
+    /// byte index is a character boundary): the content of an answer cut short by `max_tokens`.
+    pub fn json_truncated(&self, max_bytes: usize) -> String {
+        let mut out = String::with_capacity(self.json_len());
+        self.write_json(&mut out);
+        out.truncate(max_bytes);
+        out
+    }
+}
+
+/// The 3–5 distinct tags of the image at `image_url`, in a deterministic order.
+pub fn tags_for(image_url: &str) -> Vec<&'static str> {
+    Tags::of(image_url).words().collect()
 }
 
 /// The assistant message content for `image_url`: `{"tags":["…","…"]}` (compact JSON).
@@ -129,17 +190,7 @@ pub fn tags_json(image_url: &str) -> String {
 
 /// Appends [`tags_json`]'s content for `image_url` to `out`, so a caller can reuse one buffer.
 pub fn write_tags_json(image_url: &str, out: &mut String) {
-    let (words, n) = draw(image_url);
-    out.push_str("{\"tags\":[");
-    for (i, tag) in words[..n].iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        out.push_str(tag);
-        out.push('"');
-    }
-    out.push_str("]}");
+    Tags::of(image_url).write_json(out);
 }
 
 /// Whether `content` is exactly the content the mock returns for `image_url`.
@@ -160,6 +211,7 @@ mod tests {
 
     #[test]
     fn tags_are_deterministic_distinct_and_sized() {
+        let mut codes = std::collections::HashMap::new();
         for i in 0..500 {
             let url = format!("https://img.example/{i}.jpg");
             let tags = tags_for(&url);
@@ -173,7 +225,16 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(parsed["tags"].as_array().unwrap().len(), tags.len());
             assert!(content_matches(&url, &json));
+            let t = Tags::of(&url);
+            assert_eq!(t.json_len(), json.len());
+            assert_eq!(t.json_truncated(7), json[..7]);
+            assert_ne!(t.code(), 0);
+            // Equal codes mean equal tags: a code seen before came with the same content.
+            if let Some(before) = codes.insert(t.code(), json.clone()) {
+                assert_eq!(before, json, "{url}");
+            }
         }
+        assert!(codes.len() > 400, "{} distinct codes", codes.len());
         assert_ne!(tags_json("a"), tags_json("b"));
     }
 }

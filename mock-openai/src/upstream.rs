@@ -12,6 +12,7 @@ use crate::batch::BatchState;
 use crate::config::{AccountConfig, ConfigError, UpstreamConfig};
 use crate::files::StoredFile;
 use crate::ids;
+use crate::latency::Sampler;
 use crate::org::{Org, OrgId};
 
 /// Most organizations one model holds.
@@ -25,6 +26,8 @@ pub const MAX_ORGS: usize = 1 << 16;
 #[derive(Debug)]
 pub struct Upstream {
     pub(crate) config: UpstreamConfig,
+    /// `config.latency`, ready to draw from.
+    pub(crate) latency: Sampler,
     pub(crate) seed: u64,
     pub(crate) orgs: Vec<Org>,
     pub(crate) batches: Vec<BatchState>,
@@ -70,6 +73,7 @@ impl Upstream {
     pub fn new(config: UpstreamConfig, seed: u64) -> Result<Upstream, ConfigError> {
         config.validate()?;
         Ok(Upstream {
+            latency: config.latency.sampler(),
             config,
             seed,
             orgs: Vec::new(),
@@ -129,6 +133,7 @@ impl Upstream {
                 o.batches_created = 0;
             }
         }
+        self.latency = config.latency.sampler();
         self.config = config;
         Ok(())
     }

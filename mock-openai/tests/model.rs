@@ -174,7 +174,7 @@ fn ok_carries_tags_usage_and_headers() {
     let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &req("https://img/1.jpg")) else {
         panic!()
     };
-    assert!(tags::content_matches("https://img/1.jpg", &ok.content));
+    assert!(tags::content_matches("https://img/1.jpg", &ok.content()));
     assert_eq!(ok.usage.input_tokens, 10 + 2_833);
     assert!(ok.usage.output_tokens > 0 && ok.usage.output_tokens <= 300);
     assert!(ok.latency >= Duration::from_secs(1));
@@ -246,10 +246,10 @@ fn batch_completes_through_every_status() {
     assert_eq!(v.usage.input_tokens, 300 * 2_900);
     let res = up.batch_results(at_s(t), org, &b.id).unwrap();
     assert_eq!(res.lines.len(), 300);
-    let LineOutcome::Ok { content, .. } = &res.lines[7].outcome else {
+    let LineOutcome::Ok { tags, .. } = &res.lines[7].outcome else {
         panic!()
     };
-    assert!(tags::content_matches("https://img/7.jpg", content));
+    assert_eq!(*tags, tags::Tags::of("https://img/7.jpg"));
 }
 
 #[test]

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use mock_openai::batch::{BatchLine, BatchStatus as ApiStatus, LineOutcome};
+use mock_openai::chat::FinishReason;
 use mock_openai::chat::{ChatOutcome, ChatRequest};
-use mock_openai::tags::{fnv1a64, write_tags_json};
+use mock_openai::tags::Tags;
 use mock_openai::{OrgId, Upstream};
 use tagstorm_core::cost::Channel;
 use tagstorm_core::limit::{Charge, Observed, RateLimits};
@@ -172,14 +173,12 @@ struct Sim<'a> {
     free: Vec<u32>,
     /// Scratch buffer for image URLs.
     url: String,
-    /// Reused buffer for the content an image's tags should have.
-    expected: String,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     uploads: Vec<UploadRec>,
     /// Global index of the next upload's first image.
     next_base: usize,
-    /// Per image (by global index): the FNV hash of the tags content delivered for it, 0 = none.
+    /// Per image (by global index): the [`Tags::code`] delivered for it, 0 = none.
     delivered: Vec<u64>,
     /// Per image: 0 = not terminal, 1 = tagged, 2 = failed.
     state: Vec<u8>,
@@ -225,20 +224,9 @@ fn write_url(buf: &mut String, image: ImageId) {
     buf.push_str(".jpg");
 }
 
-fn push_u32(buf: &mut String, mut v: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        buf.push(char::from(d));
-    }
+fn push_u32(buf: &mut String, v: u32) {
+    // itoa formats without `fmt` machinery or UTF-8 checks: this runs twice per image.
+    buf.push_str(itoa::Buffer::new().format(v));
 }
 
 fn ms(d: Duration) -> u64 {
@@ -300,7 +288,6 @@ impl<'a> Sim<'a> {
             slab: Vec::new(),
             free: Vec::new(),
             url: String::with_capacity(64),
-            expected: String::with_capacity(64),
             uploads: Vec::with_capacity(arrivals.len()),
             next_base: 0,
             arrivals,
@@ -480,7 +467,12 @@ impl<'a> Sim<'a> {
                                 retry_after: None,
                             },
                         },
-                        fnv1a64(ok.content.as_bytes()),
+                        // A cut-short answer carries no valid tags: it counts as a mismatch.
+                        if ok.finish_reason == FinishReason::Stop {
+                            ok.tags.code()
+                        } else {
+                            0
+                        },
                     ),
                     ChatOutcome::RateLimited(r) => {
                         self.upstream.rate_limited += 1;
@@ -628,9 +620,9 @@ impl<'a> Sim<'a> {
                         .into_iter()
                         .map(|l| {
                             let outcome = match l.outcome {
-                                LineOutcome::Ok { usage, content } => {
+                                LineOutcome::Ok { usage, tags } => {
                                     if let Ok(img) = l.custom_id.parse::<ImageId>() {
-                                        contents.push((img, fnv1a64(content.as_bytes())));
+                                        contents.push((img, tags.code()));
                                     }
                                     Ok(usage)
                                 }
@@ -784,10 +776,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 write_url(&mut self.url, image);
-                self.expected.clear();
-                write_tags_json(&self.url, &mut self.expected);
-                let expected = fnv1a64(self.expected.as_bytes());
-                if self.delivered[g] != expected {
+                if self.delivered[g] != Tags::of(&self.url).code() {
                     self.verification.tag_mismatches += 1;
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];

@@ -453,7 +453,7 @@ pub(crate) async fn create(
         image_url: &body.image_url,
     };
     if !state.enforce_limits {
-        let (usage, content, finish) = state.lock().upstream.answer(
+        let (usage, tags, finish) = state.lock().upstream.answer(
             body.model,
             body.max_tokens,
             body.text_chars,
@@ -461,6 +461,7 @@ pub(crate) async fn create(
             &body.image_url,
         );
         let id = state.completion_id(rid);
+        let content = crate::chat::content(tags, usage, finish);
         let json = jsonl::ChatCompletion::new(
             &id,
             state.clock.unix_now_s(),
@@ -485,11 +486,12 @@ pub(crate) async fn create(
     match outcome {
         ChatOutcome::Ok(ok) => {
             let id = state.completion_id(rid);
+            let content = ok.content();
             let json = jsonl::ChatCompletion::new(
                 &id,
                 state.clock.unix_now_s(),
                 body.model,
-                &ok.content,
+                &content,
                 ok.finish_reason.as_str(),
                 ok.usage,
             );
