@@ -223,6 +223,11 @@ impl Rate {
 
     /// The first whole nanosecond at or after `ticks`; rounding up keeps it conservative.
     fn time_at_or_after(&self, ticks: u128) -> Time {
+        // Most tick counts fit in 64 bits, where division is a single instruction rather than
+        // a call into the 128-bit routine.
+        if let Ok(t) = u64::try_from(ticks) {
+            return Time::from_nanos(t.div_ceil(self.limit));
+        }
         let nanos = ticks.div_ceil(u128::from(self.limit));
         Time::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }

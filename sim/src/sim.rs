@@ -172,7 +172,7 @@ struct Sim<'a> {
     slab: Vec<Option<Ev>>,
     free: Vec<u32>,
     /// Scratch buffer for image URLs.
-    url: String,
+    url: UrlBuf,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     uploads: Vec<UploadRec>,
@@ -209,24 +209,38 @@ impl std::fmt::Debug for Sim<'_> {
 }
 
 fn image_url(image: ImageId) -> String {
-    let mut s = String::with_capacity(48);
-    write_url(&mut s, image);
-    s
+    let mut u = UrlBuf::default();
+    u.set(image);
+    u.buf
 }
 
-/// Writes the image's URL into `buf` (cleared first): `https://img.tagstorm.test/u{upload}/i{index}.jpg`.
-fn write_url(buf: &mut String, image: ImageId) {
-    buf.clear();
-    buf.push_str("https://img.tagstorm.test/u");
-    push_u32(buf, image.upload.0);
-    buf.push_str("/i");
-    push_u32(buf, image.index);
-    buf.push_str(".jpg");
+/// An image's URL, `https://img.tagstorm.test/u{upload}/i{index}.jpg`, built in a reused
+/// buffer. The `…/u{upload}/i` prefix is kept between calls, so consecutive images of one
+/// upload only rewrite the index: URLs are built twice per image (to ask, then to verify).
+#[derive(Debug, Default)]
+struct UrlBuf {
+    buf: String,
+    /// The upload whose prefix `buf` starts with, and that prefix's length.
+    prefix: Option<(u32, usize)>,
 }
 
-fn push_u32(buf: &mut String, v: u32) {
-    // itoa formats without `fmt` machinery or UTF-8 checks: this runs twice per image.
-    buf.push_str(itoa::Buffer::new().format(v));
+impl UrlBuf {
+    fn set(&mut self, image: ImageId) -> &str {
+        let mut digits = itoa::Buffer::new();
+        match self.prefix {
+            Some((upload, len)) if upload == image.upload.0 => self.buf.truncate(len),
+            _ => {
+                self.buf.clear();
+                self.buf.push_str("https://img.tagstorm.test/u");
+                self.buf.push_str(digits.format(image.upload.0));
+                self.buf.push_str("/i");
+                self.prefix = Some((image.upload.0, self.buf.len()));
+            }
+        }
+        self.buf.push_str(digits.format(image.index));
+        self.buf.push_str(".jpg");
+        &self.buf
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -287,7 +301,7 @@ impl<'a> Sim<'a> {
             seq: 0,
             slab: Vec::new(),
             free: Vec::new(),
-            url: String::with_capacity(64),
+            url: UrlBuf::default(),
             uploads: Vec::with_capacity(arrivals.len()),
             next_base: 0,
             arrivals,
@@ -448,13 +462,13 @@ impl<'a> Sim<'a> {
             } => {
                 self.upstream.requests += 1;
                 let mut url = std::mem::take(&mut self.url);
-                write_url(&mut url, image);
+                let image_url = url.set(image);
                 let req = ChatRequest {
                     model: self.model,
                     max_tokens,
                     text_chars: self.text_chars,
                     images: std::slice::from_ref(&spec),
-                    image_url: &url,
+                    image_url,
                 };
                 let (delay, outcome, content) = match self.up.chat(now, self.org, &req) {
                     ChatOutcome::Ok(ok) => (
@@ -775,8 +789,7 @@ impl<'a> Sim<'a> {
                         self.money.batch += cost;
                     }
                 }
-                write_url(&mut self.url, image);
-                if self.delivered[g] != Tags::of(&self.url).code() {
+                if self.delivered[g] != Tags::of(self.url.set(image)).code() {
                     self.verification.tag_mismatches += 1;
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
