@@ -49,9 +49,11 @@ pub struct Cli {
 pub enum Command {
     /// Run scenarios under one policy and print their results.
     Run(RunArgs),
-    /// Run one scenario under several policies and print them side by side.
+    /// Run one scenario under several policies (at once, one thread each) and print them side
+    /// by side.
     Compare(CompareArgs),
-    /// Check scenario files without running them.
+    /// Check scenario files without running them; every file is checked and every problem
+    /// reported.
     Validate(ValidateArgs),
     /// Measure the simulator's speed on a scenario scaled to a number of images.
     Bench(BenchArgs),
@@ -161,6 +163,9 @@ pub enum CliError {
     /// Core or the model refused the configuration.
     #[error("{0}")]
     Setup(#[from] sim::SimError),
+    /// Several inputs were invalid; each was reported on its own line first.
+    #[error("{0}")]
+    Invalid(String),
     /// Writing results failed.
     #[error("{path}: cannot write: {message}")]
     Output {
@@ -196,7 +201,7 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ou
     match &cli.command {
         Command::Run(a) => cmd_run(a, out, err),
         Command::Compare(a) => cmd_compare(a, out, err),
-        Command::Validate(a) => cmd_validate(a, out),
+        Command::Validate(a) => cmd_validate(a, out, err),
         Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
     }
 }
@@ -270,6 +275,68 @@ pub fn run_one(s: &Scenario, base: &Policy, err: &mut dyn Write) -> Result<RunOu
     };
     clear_progress(err);
     Ok(out)
+}
+
+/// Runs one scenario under several policies at once, one thread each (runs share nothing, so
+/// each result is what a run of its own gives), with one progress line for all of them.
+fn run_policies(
+    s: &Scenario,
+    bases: &[Policy],
+    err: &mut dyn Write,
+) -> Result<Vec<RunOutput>, CliError> {
+    let policies = bases
+        .iter()
+        .map(|b| s.policy(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tty = std::io::stderr().is_terminal();
+    let latest = std::sync::Mutex::new(vec![None::<Progress>; policies.len()]);
+    let results: Vec<Result<RunOutput, sim::SimError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, policy)| {
+                let (latest, policies) = (&latest, &policies);
+                scope.spawn(move || {
+                    let mut progress = |p: &Progress| {
+                        if !tty {
+                            return;
+                        }
+                        let Ok(mut all) = latest.lock() else { return };
+                        all[i] = Some(*p);
+                        let line = all
+                            .iter()
+                            .zip(policies.iter())
+                            .map(|(p, pol)| match p {
+                                Some(p) => format!(
+                                    "{} {} / {}",
+                                    pol.name,
+                                    report::thousands(p.terminal),
+                                    report::thousands(p.total)
+                                ),
+                                None => format!("{} starting", pol.name),
+                            })
+                            .collect::<Vec<_>>()
+                            .join("  |  ");
+                        let _ = write!(std::io::stderr(), "\r  images terminal: {line} ");
+                    };
+                    sim::run_with_progress(s, policy, &mut progress)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                // A panicking run is a bug; re-raise it rather than report half a table.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    clear_progress(err);
+    results
+        .into_iter()
+        .map(|r| r.map_err(CliError::from))
+        .collect()
 }
 
 fn check_invariants(runs: &[&Results], err: &mut dyn Write) -> Outcome {
@@ -349,10 +416,7 @@ fn cmd_compare(
     for b in &bases {
         s.policy(b)?;
     }
-    let mut runs = Vec::new();
-    for b in &bases {
-        runs.push(run_one(&s, b, err)?);
-    }
+    let runs = run_policies(&s, &bases, err)?;
     let all: Vec<&Results> = runs.iter().map(|r| &r.results).collect();
     if a.json {
         for r in &all {
@@ -375,29 +439,52 @@ fn cmd_compare(
     Ok(check_invariants(&all, err))
 }
 
-fn cmd_validate(a: &ValidateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+fn cmd_validate(
+    a: &ValidateArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     let sets = set_args(&a.flags)?;
+    // Every file is checked, so one run lists every problem; a single file's error is the
+    // command's error as is.
+    let mut bad = 0usize;
     for p in &a.scenarios {
-        let s = Scenario::load(&display_path(p), &sets)?;
-        for name in PRESETS {
-            if let Some(base) = Policy::preset(name) {
-                s.policy(&base)?;
+        match validate_one(&display_path(p), &sets) {
+            Ok(line) => write_line(out, &line)?,
+            Err(e) if a.scenarios.len() == 1 => return Err(e),
+            Err(e) => {
+                bad += 1;
+                let _ = writeln!(err, "{e}");
             }
         }
-        let images = crate::workload::generate(&s.spec);
-        let total: u64 = images.iter().map(|a| u64::from(a.images)).sum();
-        write_line(
-            out,
-            &format!(
-                "{}: ok ({}, {}, {})",
-                s.file,
-                s.spec.name,
-                report::count(images.len() as u64, "upload"),
-                report::count(total, "image")
-            ),
-        )?;
+    }
+    if bad > 0 {
+        return Err(CliError::Invalid(format!(
+            "{bad} of {} scenarios are invalid",
+            a.scenarios.len()
+        )));
     }
     Ok(Outcome::Ok)
+}
+
+/// Loads one scenario, checks it under every preset and generates its workload: the line
+/// `validate` prints for it.
+fn validate_one(path: &str, sets: &[SetArg]) -> Result<String, CliError> {
+    let s = Scenario::load(path, sets)?;
+    for name in PRESETS {
+        if let Some(base) = Policy::preset(name) {
+            s.policy(&base)?;
+        }
+    }
+    let images = crate::workload::generate(&s.spec);
+    let total: u64 = images.iter().map(|a| u64::from(a.images)).sum();
+    Ok(format!(
+        "{}: ok ({}, {}, {})",
+        s.file,
+        s.spec.name,
+        report::count(images.len() as u64, "upload"),
+        report::count(total, "image")
+    ))
 }
 
 /// One folder name per scenario or policy name: a single path component inside `--out` (no

@@ -403,6 +403,22 @@ fn compare_prints_one_column_per_policy() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("--policy nope: not a preset"));
+
+    // The policies run side by side on threads; each result is byte for byte what a run of
+    // its own gives.
+    let scenario = "scenarios/flaky-upstream.toml";
+    let o = bin(&["compare", scenario, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines: Vec<String> = text(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    for (line, policy) in lines
+        .iter()
+        .zip(["seed-current", "seed-proposed", "tagstorm"])
+    {
+        let alone = bin(&["run", scenario, "--policy", policy, "--json"]);
+        assert_eq!(alone.status.code(), Some(0), "{}", text(&alone.stderr));
+        assert_eq!(text(&alone.stdout).trim_end(), line, "{policy}");
+    }
 }
 
 #[test]
@@ -533,4 +549,40 @@ fn bench_refuses_an_image_count_it_cannot_hold() {
     assert!(text(&o.stderr).contains("--images"), "{}", text(&o.stderr));
     let o = bin(&["bench", "scenarios/single-300-upload.toml", "--images", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn validate_reports_every_bad_file_not_just_the_first() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-sim-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good =
+        std::fs::read_to_string(scenarios_dir().join("ten-users-fifteen-images.toml")).unwrap();
+    let bad_type = dir.join("bad-type.toml");
+    std::fs::write(
+        &bad_type,
+        good.replacen("images = 15 ", "images = \"x\" ", 1),
+    )
+    .unwrap();
+    let bad_field = dir.join("bad-field.toml");
+    std::fs::write(&bad_field, format!("{good}\nsurprise = 1\n")).unwrap();
+    let (t, f) = (
+        bad_type.to_string_lossy().into_owned(),
+        bad_field.to_string_lossy().into_owned(),
+    );
+    let o = bin(&["validate", &t, "scenarios/single-300-upload.toml", &f]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("scenarios/single-300-upload.toml: ok"),
+        "{out}"
+    );
+    let err = text(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].starts_with(&format!("{t}:")), "{err}");
+    assert!(lines[0].contains("images"), "{err}");
+    assert!(lines[1].starts_with(&format!("{f}:")), "{err}");
+    assert!(lines[1].contains("surprise"), "{err}");
+    assert_eq!(lines[2], "2 of 3 scenarios are invalid");
+    let _ = std::fs::remove_dir_all(&dir);
 }
