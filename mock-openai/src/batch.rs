@@ -601,13 +601,15 @@ impl Upstream {
                 } else {
                     BatchOutcomeKind::Completed
                 });
-                if !o.queue.try_enqueue(tokens) {
+                let queue = &mut o.model_mut(model).queue;
+                if !queue.try_enqueue(tokens) {
+                    let limit = queue.limit();
                     errors.push(BatchError {
                         code: "token_limit_exceeded".into(),
                         message: format!(
                             "Enqueued token limit reached for {model} in organization {}. Limit: {} enqueued tokens. Please try again once some in_progress batches have been completed.",
                             o.name,
-                            thousands(o.queue.limit())
+                            thousands(limit)
                         ),
                         param: None,
                         line: None,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use tagstorm_core::Time;
-use tagstorm_core::limit::{Charge, Denied, Dimension};
+use tagstorm_core::limit::{Charge, Denied, Dimension, RateLimits};
 use tagstorm_core::tokens::{
     ImageSpec, Model, Usage, image_tokens, rate_limit_charge, text_tokens,
 };
@@ -18,7 +18,7 @@ use crate::error::{ApiError, LimitDimension};
 use crate::fault::{FaultKind, random_fault, scripted};
 use crate::headers::RateLimitHeaders;
 use crate::latency::ms_to_duration;
-use crate::org::{Org, OrgId};
+use crate::org::OrgId;
 use crate::tags::Tags;
 use crate::upstream::Upstream;
 
@@ -175,9 +175,9 @@ impl ChatOutcome {
     }
 }
 
-fn headers(org: &Org, now: Time) -> RateLimitHeaders {
-    let r = org.rate.requests();
-    let t = org.rate.tokens();
+fn headers(rate: &RateLimits, now: Time) -> RateLimitHeaders {
+    let r = rate.requests();
+    let t = rate.tokens();
     RateLimitHeaders {
         limit_requests: r.limit(),
         limit_tokens: t.limit(),
@@ -258,8 +258,10 @@ impl Upstream {
         let n = o.requests_seen;
         o.requests_seen = n.saturating_add(1);
         let script = scripted(&self.config.faults, n);
+        // Limits are per organization and model.
+        let rate = &mut o.model_mut(req.model).rate;
         if script == Some(FaultKind::RateLimited) {
-            let bucket = o.rate.requests();
+            let bucket = rate.requests();
             let interval =
                 Duration::from_secs(60) / u32::try_from(bucket.limit()).unwrap_or(u32::MAX).max(1);
             return ChatOutcome::RateLimited(RateLimited {
@@ -268,20 +270,20 @@ impl Upstream {
                 used: bucket.limit().saturating_sub(bucket.remaining(now)),
                 requested: 1,
                 retry_after: bucket.time_until(now, 1).unwrap_or(interval).max(interval),
-                headers: headers(o, now),
+                headers: headers(rate, now),
                 scripted: true,
             });
         }
-        if let Err(denied) = o.rate.check(now, charge) {
+        if let Err(denied) = rate.check(now, charge) {
             let dimension = match denied.dimension() {
                 Dimension::Tokens => LimitDimension::Tokens,
                 Dimension::RequestsPerDay => LimitDimension::RequestsPerDay,
                 _ => LimitDimension::Requests,
             };
             let bucket = match dimension {
-                LimitDimension::Tokens => o.rate.tokens(),
-                LimitDimension::RequestsPerDay => o.rate.rpd().unwrap_or(o.rate.requests()),
-                LimitDimension::Requests => o.rate.requests(),
+                LimitDimension::Tokens => rate.tokens(),
+                LimitDimension::RequestsPerDay => rate.rpd().unwrap_or(rate.requests()),
+                LimitDimension::Requests => rate.requests(),
             };
             let requested = if dimension == LimitDimension::Tokens {
                 charge.tokens
@@ -301,12 +303,12 @@ impl Upstream {
                     used: bucket.limit().saturating_sub(bucket.remaining(now)),
                     requested,
                     retry_after: denied.retry_after(now).unwrap_or(Duration::ZERO),
-                    headers: headers(o, now),
+                    headers: headers(rate, now),
                     scripted: false,
                 }),
             };
         }
-        let hdrs = headers(o, now);
+        let hdrs = headers(rate, now);
         // Both draws happen for every admitted request, so a script or a zero rate does not
         // shift the random stream of later requests.
         let base = self.latency.sample(&mut self.rng_chat);

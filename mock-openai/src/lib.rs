@@ -8,7 +8,8 @@
 //! - [`Upstream`]: the modelled service. [`Upstream::chat`] for realtime calls,
 //!   [`Upstream::submit_batch`] / [`Upstream::batch_results`] for structured batches (the
 //!   simulator's path), [`Upstream::upload_file`] / [`Upstream::create_batch`] /
-//!   [`Upstream::file_content`] for the JSONL path, plus retrieve/list/cancel.
+//!   [`Upstream::file_content`] for the JSONL path, plus retrieve/list/cancel. Rate limits and
+//!   the enqueued-token queue count per organization and model, as OpenAI's do.
 //! - [`config::AccountConfig`] and [`config::UpstreamConfig`]: the `[account]` and
 //!   `[upstream]` sections of a scenario file.
 //! - [`chat::ChatOutcome`] and [`batch::Batch`]: what a call does, as values; error bodies

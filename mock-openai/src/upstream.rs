@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64;
 use tagstorm_core::Time;
 use tagstorm_core::account::AccountLimits;
+use tagstorm_core::tokens::Model;
 
 use crate::batch::BatchState;
 use crate::config::{AccountConfig, ConfigError, UpstreamConfig};
@@ -88,14 +89,21 @@ impl Upstream {
         })
     }
 
-    /// Adds an organization with the limits `account` resolves to.
+    /// Adds an organization with the limits `account` resolves to. Models other than
+    /// `account.model` get the published limits of the same tier (or the same numbers where
+    /// that tier has none), each in buckets of their own.
     pub fn add_org(&mut self, account: &AccountConfig) -> Result<OrgId, ConfigError> {
         let limits = account.resolve()?;
-        self.add_org_with_limits(limits)
+        self.push_org(limits, account.tier)
     }
 
-    /// Adds an organization with explicit limits.
+    /// Adds an organization with explicit limits; other models get the same numbers, each in
+    /// buckets of their own.
     pub fn add_org_with_limits(&mut self, limits: AccountLimits) -> Result<OrgId, ConfigError> {
+        self.push_org(limits, None)
+    }
+
+    fn push_org(&mut self, limits: AccountLimits, tier: Option<u8>) -> Result<OrgId, ConfigError> {
         if self.orgs.len() >= MAX_ORGS {
             return Err(ConfigError::invalid(
                 "account",
@@ -107,7 +115,7 @@ impl Upstream {
             "org-{}",
             ids::alnum(ids::mix(self.seed, ids::ns::ORG, u64::from(index)), 24)
         );
-        self.orgs.push(Org::new(name, limits));
+        self.orgs.push(Org::new(name, limits, tier));
         Ok(OrgId(index))
     }
 
@@ -143,16 +151,23 @@ impl Upstream {
         self.orgs.get(org.0 as usize).map(|o| o.name.as_str())
     }
 
-    /// The organization's resolved limits.
+    /// The organization's resolved limits, for its configured model.
     pub fn org_limits(&self, org: OrgId) -> Option<&AccountLimits> {
         self.orgs.get(org.0 as usize).map(|o| &o.limits)
     }
 
-    /// Batch input tokens the organization has enqueued at `now`.
+    /// The limits the organization has for `model` (each model counts in buckets of its own).
+    pub fn model_limits(&self, org: OrgId, model: Model) -> Option<&AccountLimits> {
+        self.orgs
+            .get(org.0 as usize)
+            .map(|o| &o.model(model).limits)
+    }
+
+    /// Batch input tokens the organization has enqueued at `now`, over every model.
     pub fn enqueued_tokens(&mut self, now: Time, org: OrgId) -> Option<u64> {
         let now = self.advance(now);
         self.release_ended(now, org);
-        self.orgs.get(org.0 as usize).map(|o| o.queue.enqueued())
+        self.orgs.get(org.0 as usize).map(Org::enqueued)
     }
 
     /// Unix seconds of `t` (facts §5 timestamps): `epoch_unix_s` plus whole seconds since
@@ -200,7 +215,7 @@ impl Upstream {
             if let Some(b) = self.batches.get_mut(idx) {
                 if !b.released && b.end_time() == end {
                     b.released = true;
-                    o.queue.release(b.queued_tokens);
+                    o.model_mut(b.model).queue.release(b.queued_tokens);
                 }
             }
         }

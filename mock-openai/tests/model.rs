@@ -80,6 +80,59 @@ fn rpm_exceeded_gives_requests_429_with_bucket_retry_after() {
 }
 
 #[test]
+fn limits_are_per_organization_and_model() {
+    let account = AccountConfig {
+        rpm: Some(2),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    // gpt-4o gets tier 1's published gpt-4o limits in buckets of its own.
+    let gpt4o = up.model_limits(org, Model::Gpt4o).copied().unwrap();
+    assert_eq!((gpt4o.rpm.get(), gpt4o.tpm.get()), (500, 30_000));
+    assert_eq!(up.model_limits(org, Model::Gpt4oMini).unwrap().rpm.get(), 2);
+    for _ in 0..2 {
+        assert!(matches!(
+            up.chat(Time::ZERO, org, &req("u")),
+            ChatOutcome::Ok(_)
+        ));
+    }
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &req("u")),
+        ChatOutcome::RateLimited(_)
+    ));
+    // gpt-4o-mini is out of requests; gpt-4o is untouched, and its headers say so.
+    let big = ChatRequest {
+        model: Model::Gpt4o,
+        ..req("u")
+    };
+    let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &big) else {
+        panic!("gpt-4o shares no bucket with gpt-4o-mini")
+    };
+    assert_eq!(ok.headers.limit_requests, 500);
+    assert_eq!(ok.headers.limit_tokens, 30_000);
+    assert_eq!(ok.headers.remaining_requests, 499);
+
+    // Explicit limits without a tier: other models get the same numbers, counted apart.
+    let mut up = Upstream::new(UpstreamConfig::default(), 1).unwrap();
+    let limits = tier1().resolve().unwrap();
+    let org = up
+        .add_org_with_limits(tagstorm_core::account::AccountLimits {
+            rpm: std::num::NonZeroU64::new(1).unwrap(),
+            ..limits
+        })
+        .unwrap();
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &req("u")),
+        ChatOutcome::Ok(_)
+    ));
+    assert!(matches!(up.chat(Time::ZERO, org, &big), ChatOutcome::Ok(_)));
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &big),
+        ChatOutcome::RateLimited(_)
+    ));
+}
+
+#[test]
 fn tpm_exceeded_gives_tokens_429() {
     // Each request charges max(10 + 2833, 300) = 2843 tokens; TPM 6000 admits two.
     let account = AccountConfig {
@@ -396,6 +449,43 @@ fn jsonl_line(id: &str) -> String {
     format!(
         r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"gpt-4o-mini","max_tokens":60,"messages":[{{"role":"user","content":[{{"type":"text","text":"Tag this image."}},{{"type":"image_url","image_url":{{"url":"https://img/{id}.jpg","detail":"low"}}}}]}}]}}}}"#
     )
+}
+
+#[test]
+fn the_enqueued_token_limit_is_per_model() {
+    // Room for one two-line gpt-4o-mini batch (2 × 2,837 tokens) and no more.
+    let account = AccountConfig {
+        batch_queue_tokens: Some(6_000),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    let batch = |up: &mut Upstream, model: &str| {
+        let text =
+            format!("{}\n{}\n", jsonl_line("a"), jsonl_line("b")).replace("gpt-4o-mini", model);
+        let f = up
+            .upload_file(Time::ZERO, org, "in.jsonl", "batch", text.into_bytes())
+            .unwrap();
+        up.create_batch(Time::ZERO, org, &f.id, "/v1/chat/completions", "24h")
+            .unwrap()
+            .id
+    };
+    let first = batch(&mut up, "gpt-4o-mini");
+    let over = batch(&mut up, "gpt-4o-mini");
+    // gpt-4o's queue (tier 1: 90,000 tokens) is its own.
+    let other = batch(&mut up, "gpt-4o");
+    // Two gpt-4o-mini lines at 4 + 2,833 tokens, two gpt-4o lines at 4 + 85 (a low-detail image).
+    assert_eq!(
+        up.enqueued_tokens(Time::ZERO, org),
+        Some(2 * (4 + 2_833) + 2 * (4 + 85))
+    );
+    let status = |up: &mut Upstream, id: &str| up.retrieve_batch(at_s(86_400), org, id).unwrap();
+    assert_eq!(status(&mut up, &first).status, BatchStatus::Completed);
+    assert_eq!(status(&mut up, &other).status, BatchStatus::Completed);
+    let full = status(&mut up, &over);
+    assert_eq!(full.status, BatchStatus::Failed);
+    let e = &full.errors.as_ref().unwrap().data[0];
+    assert_eq!(e.code, "token_limit_exceeded");
+    assert!(e.message.contains("gpt-4o-mini"), "{}", e.message);
 }
 
 #[test]
