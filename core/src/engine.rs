@@ -416,6 +416,9 @@ struct BatchRec {
     output_file_id: Option<String>,
     error_file_id: Option<String>,
     download_attempts: u32,
+    /// A download was asked for and not yet answered: a second answer to the same request
+    /// (a duplicated message) must not count as another attempt.
+    download_pending: bool,
     queue_released: bool,
     terminal_state: Option<BatchState>,
 }
@@ -965,9 +968,10 @@ impl Engine {
         let Some(b) = self.batches.get_mut(batch.0 as usize) else {
             return;
         };
-        if b.phase != BatchPhase::Downloading {
+        if b.phase != BatchPhase::Downloading || !b.download_pending {
             return;
         }
+        b.download_pending = false;
         let lines = match result {
             Ok(lines) => lines,
             Err(e) => {
@@ -1718,6 +1722,7 @@ impl Engine {
             output_file_id: None,
             error_file_id: None,
             download_attempts: 0,
+            download_pending: false,
             queue_released: !reserved,
             terminal_state: None,
         });
@@ -1754,7 +1759,8 @@ impl Engine {
     }
 
     fn request_download(&mut self, batch: BatchRef) {
-        let b = &self.batches[batch.0 as usize];
+        let b = &mut self.batches[batch.0 as usize];
+        b.download_pending = true;
         self.actions.push_back(Action::DownloadResults {
             batch,
             batch_id: b.batch_id.clone().unwrap_or_default(),

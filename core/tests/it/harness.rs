@@ -86,6 +86,8 @@ pub struct Harness {
     pub batch_turnaround: Duration,
     /// Upload files fail this many times before succeeding (scripted, on top of `faults`).
     pub fail_next_downloads: u32,
+    /// Every failed download answer is delivered twice (a duplicated message).
+    pub duplicate_download_failures: bool,
     pub fail_next_creates: u32,
     limits: RateLimits,
     rng: Pcg64Mcg,
@@ -127,6 +129,7 @@ impl Harness {
             latency: Duration::from_secs(3),
             batch_turnaround: Duration::from_secs(20 * 60),
             fail_next_downloads: 0,
+            duplicate_download_failures: false,
             fail_next_creates: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
@@ -369,10 +372,17 @@ impl Harness {
                     self.chance(self.faults.download_fail)
                 };
                 let result = if fail {
-                    Err(UpstreamError {
+                    let e = UpstreamError {
                         status: Some(503),
                         message: "download failed".into(),
-                    })
+                    };
+                    if self.duplicate_download_failures {
+                        self.deliver_at(
+                            now + Duration::from_millis(310),
+                            Delivery::Results(batch, Err(e.clone())),
+                        );
+                    }
+                    Err(e)
                 } else {
                     Ok(self.results(&batch_id))
                 };

@@ -233,6 +233,17 @@ fn regression_failed_result_download_is_retried_and_surfaced() {
     assert_eq!(h.log.download_failures_surfaced, 2);
     assert_eq!(h.log.tagged.len(), 3_000);
 
+    // A failure answer delivered twice is one failed attempt, not two: with five attempts
+    // allowed, four real failures (eight answers) still end in a fifth, successful download.
+    let mut h = harness(Policy::tagstorm(), 7);
+    h.fail_next_downloads = 4;
+    h.duplicate_download_failures = true;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert_eq!(h.log.download_failures_surfaced, 4);
+    assert_eq!(h.log.tagged.len(), 3_000);
+
     // When downloads keep failing, the images fail with that reason instead of staying pending.
     let mut h = harness(Policy::tagstorm(), 7);
     h.fail_next_downloads = 1_000;
