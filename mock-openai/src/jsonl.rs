@@ -459,13 +459,117 @@ impl<'a> ChatCompletion<'a> {
         }
     }
 
-    /// The JSON bytes.
+    /// The JSON bytes: the same bytes as serializing it with `serde_json` (a property test holds
+    /// them together), written directly, since the server renders one per request and the
+    /// generic serializer spends most of its time escaping the constant keys.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(640);
-        // Serializing plain strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, self);
+        let u = &self.usage;
+        let choice = &self.choices[0];
+        let mut out = Vec::with_capacity(
+            560 + self.id.len() + choice.message.content.len() + choice.finish_reason.len(),
+        );
+        out.extend_from_slice(b"{\"id\":");
+        write_json_str(&mut out, self.id);
+        out.extend_from_slice(b",\"object\":");
+        write_json_str(&mut out, self.object);
+        out.extend_from_slice(b",\"created\":");
+        write_u64(&mut out, self.created);
+        out.extend_from_slice(b",\"model\":");
+        write_json_str(&mut out, self.model);
+        out.extend_from_slice(b",\"choices\":[{\"index\":");
+        write_u64(&mut out, u64::from(choice.index));
+        out.extend_from_slice(b",\"message\":{\"role\":");
+        write_json_str(&mut out, choice.message.role);
+        out.extend_from_slice(b",\"content\":");
+        write_json_str(&mut out, choice.message.content);
+        out.extend_from_slice(
+            b",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":",
+        );
+        write_json_str(&mut out, choice.finish_reason);
+        out.extend_from_slice(b"}],\"usage\":{\"prompt_tokens\":");
+        write_u64(&mut out, u.prompt_tokens);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        write_u64(&mut out, u.completion_tokens);
+        out.extend_from_slice(b",\"total_tokens\":");
+        write_u64(&mut out, u.total_tokens);
+        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+        write_u64(&mut out, u.prompt_tokens_details.cached_tokens);
+        out.extend_from_slice(b",\"audio_tokens\":");
+        write_u64(&mut out, u.prompt_tokens_details.audio_tokens);
+        let d = &u.completion_tokens_details;
+        out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
+        write_u64(&mut out, d.reasoning_tokens);
+        out.extend_from_slice(b",\"audio_tokens\":");
+        write_u64(&mut out, d.audio_tokens);
+        out.extend_from_slice(b",\"accepted_prediction_tokens\":");
+        write_u64(&mut out, d.accepted_prediction_tokens);
+        out.extend_from_slice(b",\"rejected_prediction_tokens\":");
+        write_u64(&mut out, d.rejected_prediction_tokens);
+        out.extend_from_slice(b"}},\"service_tier\":");
+        write_json_str(&mut out, self.service_tier);
+        out.extend_from_slice(b",\"system_fingerprint\":");
+        match self.system_fingerprint {
+            Some(f) => write_json_str(&mut out, f),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
         out
     }
+}
+
+/// Appends `n` in decimal.
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // A remainder of 10 is one decimal digit.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Appends `s` as a JSON string, escaped exactly as `serde_json` escapes it: `"` and `\`,
+/// the short escapes `\b \f \n \r \t`, and `\u00XX` (lower-case hex) for other control
+/// characters; everything else, non-ASCII included, as is.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        // Most bytes need no escape; they are copied in runs.
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short == 0 {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.push(b'\\');
+            out.push(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// A `chat.completion` object as a `Value` (for batch output lines, which embed it).
@@ -640,6 +744,30 @@ mod tests {
     }
 
     proptest! {
+        /// The hand-written completion is byte for byte what `serde_json` writes for it.
+        #[test]
+        fn completion_bytes_match_serde(
+            id in "\\PC{0,40}",
+            content in prop_oneof![
+                Just(r#"{"tags":["cat","sky","tree"]}"#.to_owned()),
+                "[\\x00-\\x7f]{0,60}",
+                "\\PC{0,60}",
+            ],
+            finish in prop_oneof![Just("stop"), Just("length"), Just("a\"\\\u{1}b")],
+            created in any::<u64>(),
+            input in any::<u64>(),
+            output in any::<u64>(),
+            mini in any::<bool>(),
+        ) {
+            let model = if mini { Model::Gpt4oMini } else { Model::Gpt4o };
+            let usage = Usage { input_tokens: input / 2, output_tokens: output / 2 };
+            let c = ChatCompletion::new(&id, created, model, &content, finish, usage);
+            prop_assert_eq!(
+                String::from_utf8(c.to_bytes()).unwrap(),
+                serde_json::to_string(&c).unwrap()
+            );
+        }
+
         #[test]
         fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = parse_batch_input(&bytes, EP, LIMITS);

@@ -302,12 +302,44 @@ pub mod fast {
         content: Content<'a>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
+    /// A string or an array of parts. Deserialized by hand: `#[serde(untagged)]` buffers the
+    /// value and tries each variant in turn, building an error for the one that misses, which
+    /// cost more than the rest of the body's parse.
     enum Content<'a> {
         Text(&'a str),
-        #[serde(borrow)]
         Parts(Vec<Part<'a>>),
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+                type Value = Content<'a>;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a string without escapes or an array of content parts")
+                }
+
+                fn visit_borrowed_str<E: serde::de::Error>(
+                    self,
+                    s: &'de str,
+                ) -> Result<Self::Value, E> {
+                    Ok(Content::Text(s))
+                }
+
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2));
+                    while let Some(p) = seq.next_element()? {
+                        parts.push(p);
+                    }
+                    Ok(Content::Parts(parts))
+                }
+            }
+            d.deserialize_any(V(std::marker::PhantomData))
+        }
     }
 
     #[derive(Deserialize)]
@@ -463,7 +495,7 @@ pub(crate) async fn create(
         let id = state.completion_id(rid);
         let content = crate::chat::content(tags, usage, finish);
         let json = jsonl::ChatCompletion::new(
-            &id,
+            id.as_str(),
             state.clock.unix_now_s(),
             body.model,
             &content,
@@ -488,7 +520,7 @@ pub(crate) async fn create(
             let id = state.completion_id(rid);
             let content = ok.content();
             let json = jsonl::ChatCompletion::new(
-                &id,
+                id.as_str(),
                 state.clock.unix_now_s(),
                 body.model,
                 &content,

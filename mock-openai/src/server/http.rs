@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
@@ -67,6 +67,10 @@ impl hyper::body::Body for Body {
     }
 }
 
+/// Headers a reply usually carries (request id, version, timing, organization and the six
+/// `x-ratelimit-*`), so that adding them does not grow the list.
+const REPLY_HEADERS: usize = 10;
+
 /// A reply under construction: status, extra headers and body.
 #[derive(Debug)]
 pub struct Reply {
@@ -86,7 +90,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            headers: Vec::new(),
+            headers: Vec::with_capacity(REPLY_HEADERS),
             body: body.into(),
         }
     }
@@ -111,7 +115,7 @@ impl Reply {
         Reply {
             status: err.status,
             content_type: "application/json; charset=utf-8",
-            headers: Vec::new(),
+            headers: Vec::with_capacity(REPLY_HEADERS),
             body: Bytes::from(err.to_json()),
         }
     }
@@ -139,17 +143,19 @@ impl Reply {
         self
     }
 
-    /// The hyper response, with `body` as given.
+    /// The hyper response, with `body` as given. `content-length` is left to hyper, which
+    /// writes it from the body's exact size.
     pub fn into_response_with(self, body: Body) -> Response<Body> {
         let mut resp = Response::new(body);
         *resp.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let h = resp.headers_mut();
+        // Sized once: growing a header map rehashes it.
+        let mut h = HeaderMap::with_capacity(self.headers.len() + 1);
         h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        h.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         for (name, value) in self.headers {
             h.append(name, value);
         }
+        *resp.headers_mut() = h;
         resp
     }
 

@@ -83,6 +83,8 @@ pub struct OrgEntry {
     pub org: OrgId,
     /// `org-…`, shown in logs and `openai-organization` instead of the key.
     pub name: Arc<str>,
+    /// `name` as the `openai-organization` header value, built once.
+    pub header: HeaderValue,
     /// The organization's model.
     pub model: Model,
 }
@@ -158,9 +160,12 @@ impl State {
         let entry = |up: &mut Upstream, account: &crate::config::AccountConfig| {
             let org = up.add_org(account)?;
             let name: Arc<str> = Arc::from(up.org_name(org).unwrap_or("org-unknown"));
+            let header = HeaderValue::from_str(&name)
+                .unwrap_or_else(|_| HeaderValue::from_static("org-unknown"));
             Ok::<_, ConfigError>(OrgEntry {
                 org,
                 name,
+                header,
                 model: account.model,
             })
         };
@@ -213,20 +218,23 @@ impl State {
         }
     }
 
-    fn next_request_id(&self) -> String {
+    /// The next `req_…` id: `req_` and 32 hex digits, as [`ids::hex`] draws them.
+    fn next_request_id(&self) -> StackId<36> {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "req_{}",
-            ids::hex(ids::mix(self.seed, ids::ns::REQUEST, n), 32)
-        )
+        let mut id = StackId(*b"req_00000000000000000000000000000000");
+        fill_hex(ids::mix(self.seed, ids::ns::REQUEST, n), &mut id.0[4..]);
+        id
     }
 
-    /// A `chatcmpl-…` id for the `n`-th completion.
-    pub(crate) fn completion_id(&self, rid: &str) -> String {
-        format!(
-            "chatcmpl-{}",
-            ids::alnum(crate::tags::fnv1a64(rid.as_bytes()) ^ self.seed, 29)
-        )
+    /// The `chatcmpl-…` id of the completion answering request `rid`: `chatcmpl-` and 29
+    /// alphanumerics, as [`ids::alnum`] draws them.
+    pub(crate) fn completion_id(&self, rid: &str) -> StackId<38> {
+        let mut id = StackId(*b"chatcmpl-00000000000000000000000000000");
+        fill_alnum(
+            crate::tags::fnv1a64(rid.as_bytes()) ^ self.seed,
+            &mut id.0[9..],
+        );
+        id
     }
 
     fn authenticate(&self, req: &Request<Incoming>) -> Result<&OrgEntry, ApiError> {
@@ -255,6 +263,38 @@ impl State {
                 .get(token)
                 .ok_or_else(|| ApiError::invalid_api_key(&mask_key(token))),
         }
+    }
+}
+
+/// An ASCII id of `N` bytes, built on the stack: the ids made for every request cost no
+/// allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StackId<const N: usize>([u8; N]);
+
+impl<const N: usize> StackId<N> {
+    /// The id as text.
+    pub(crate) fn as_str(&self) -> &str {
+        // Built only from ASCII prefixes and digits; the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+/// Fills `out` with lower-case hex digits drawn from `state`, the same digits as [`ids::hex`].
+fn fill_hex(mut state: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for chunk in out.chunks_mut(16) {
+        let v = crate::tags::splitmix64(&mut state);
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = HEX[((v >> (i * 4)) & 0xf) as usize];
+        }
+    }
+}
+
+/// Fills `out` with `[0-9A-Za-z]` drawn from `state`, the same characters as [`ids::alnum`].
+fn fill_alnum(mut state: u64, out: &mut [u8]) {
+    const ALNUM: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    for b in out {
+        *b = ALNUM[(crate::tags::splitmix64(&mut state) % 62) as usize];
     }
 }
 
@@ -457,22 +497,25 @@ async fn handle(
 ) -> Result<Response<Body>, Abort> {
     let started = state.clock.real_elapsed();
     let rid = state.next_request_id();
+    let rid = rid.as_str();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let (endpoint, delivery, org_name) = dispatch(&state, req, &method, &path, &rid).await;
-    let org_label = org_name.as_deref().unwrap_or("-");
+    // A cheap clone (the path shares the request head's buffer), kept for logs and the 404.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let (endpoint, delivery, org) = dispatch(&state, req, &method, path, rid).await;
+    let org_label = org.map_or("-", |o| &*o.name);
     match delivery {
         Delivery::Now(reply) => {
             state.stats.record(endpoint, Outcome::Status(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, request_id = %rid, "answered");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
-            Ok(decorate(reply, &rid, org_name.as_deref(), processing_ms).into_response())
+            Ok(decorate(reply, rid, org, processing_ms).into_response())
         }
         Delivery::Slow(reply, over) => {
             state.stats.record(endpoint, Outcome::Status(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, ?over, "answering slowly");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
-            let reply = decorate(reply, &rid, org_name.as_deref(), processing_ms);
+            let reply = decorate(reply, rid, org, processing_ms);
             let body = reply.body.clone();
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(dribble(body.clone(), over, tx, ctx.shutdown.clone()));
@@ -497,17 +540,18 @@ async fn handle(
     }
 }
 
-fn decorate(reply: Reply, rid: &str, org: Option<&str>, processing_ms: u128) -> Reply {
+fn decorate(reply: Reply, rid: &str, org: Option<&OrgEntry>, processing_ms: u128) -> Reply {
     const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     const VERSION: HeaderName = HeaderName::from_static("openai-version");
     const PROCESSING_MS: HeaderName = HeaderName::from_static("openai-processing-ms");
+    const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
     let processing_ms = u64::try_from(processing_ms).unwrap_or(u64::MAX);
     let reply = reply
         .header_text(&REQUEST_ID, rid)
         .header_value(&VERSION, HeaderValue::from_static("2020-10-01"))
         .header_value(&PROCESSING_MS, HeaderValue::from(processing_ms));
     match org {
-        Some(o) => reply.header("openai-organization", o),
+        Some(o) => reply.header_value(&ORGANIZATION, o.header.clone()),
         None => reply,
     }
 }
@@ -551,16 +595,25 @@ fn unknown_url(method: &Method, path: &str) -> ApiError {
     }
 }
 
-async fn dispatch(
-    state: &State,
+async fn dispatch<'s>(
+    state: &'s State,
     req: Request<Incoming>,
     method: &Method,
     path: &str,
     rid: &str,
-) -> (Endpoint, Delivery, Option<Arc<str>>) {
-    let trimmed = path.trim_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').collect();
-    let (endpoint, allowed): (Endpoint, &[Method]) = match segs.as_slice() {
+) -> (Endpoint, Delivery, Option<&'s OrgEntry>) {
+    // Up to five segments without allocating; a sixth makes the path unknown.
+    let mut seg_buf = [""; 5];
+    let mut n = 0;
+    for seg in path.trim_matches('/').split('/') {
+        if n == seg_buf.len() {
+            return (Endpoint::Unknown, unknown_url(method, path).into(), None);
+        }
+        seg_buf[n] = seg;
+        n += 1;
+    }
+    let segs = &seg_buf[..n];
+    let (endpoint, allowed): (Endpoint, &[Method]) = match segs {
         ["v1", "chat", "completions"] => (Endpoint::ChatCompletions, &[Method::POST]),
         ["v1", "files"] => (Endpoint::FilesCreate, &[Method::POST]),
         ["v1", "files", _] => (
@@ -610,24 +663,48 @@ async fn dispatch(
         _ => {}
     }
     let org = match state.authenticate(&req) {
-        Ok(o) => o.clone(),
+        Ok(o) => o,
         Err(e) => return (endpoint, e.into(), None),
     };
     let id = segs.get(2).copied().unwrap_or("");
     let delivery = match endpoint {
-        Endpoint::ChatCompletions => chat::create(state, &org, req, rid).await,
-        Endpoint::FilesCreate => files::create(state, &org, req).await,
-        Endpoint::FilesRetrieve => files::retrieve(state, &org, id),
-        Endpoint::FilesDelete => files::delete(state, &org, id),
-        Endpoint::FilesContent => files::content(state, &org, id),
-        Endpoint::BatchesCreate => batches::create(state, &org, req).await,
-        Endpoint::BatchesRetrieve => batches::retrieve(state, &org, id),
-        Endpoint::BatchesCancel => batches::cancel(state, &org, id),
-        Endpoint::BatchesList => batches::list(state, &org, req.uri().query()),
+        Endpoint::ChatCompletions => chat::create(state, org, req, rid).await,
+        Endpoint::FilesCreate => files::create(state, org, req).await,
+        Endpoint::FilesRetrieve => files::retrieve(state, org, id),
+        Endpoint::FilesDelete => files::delete(state, org, id),
+        Endpoint::FilesContent => files::content(state, org, id),
+        Endpoint::BatchesCreate => batches::create(state, org, req).await,
+        Endpoint::BatchesRetrieve => batches::retrieve(state, org, id),
+        Endpoint::BatchesCancel => batches::cancel(state, org, id),
+        Endpoint::BatchesList => batches::list(state, org, req.uri().query()),
         Endpoint::Models => models::get(segs.get(2).copied()),
         Endpoint::MockConfig | Endpoint::MockStats | Endpoint::Metrics | Endpoint::Unknown => {
             unknown_url(method, path).into()
         }
     };
-    (endpoint, delivery, Some(org.name))
+    (endpoint, delivery, Some(org))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fill_alnum, fill_hex};
+    use crate::ids;
+
+    #[test]
+    fn stack_ids_draw_the_same_characters_as_ids() {
+        for seed in [0, 1, 42, u64::MAX] {
+            for n in 0..50 {
+                let state = ids::mix(seed, ids::ns::REQUEST, n);
+                let mut hex = [0u8; 32];
+                fill_hex(state, &mut hex);
+                assert_eq!(std::str::from_utf8(&hex), Ok(ids::hex(state, 32).as_str()));
+                let mut alnum = [0u8; 29];
+                fill_alnum(state, &mut alnum);
+                assert_eq!(
+                    std::str::from_utf8(&alnum),
+                    Ok(ids::alnum(state, 29).as_str())
+                );
+            }
+        }
+    }
 }
