@@ -1118,6 +1118,86 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
+/// `serve_threads`: several current-thread runtimes accept from one listener; shutdown waits
+/// for the in-flight requests of every thread, then nothing listens.
+#[tokio::test]
+async fn worker_threads_share_the_listener_and_shut_down_gracefully() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = State::new(
+        config("[upstream]\nlatency = { kind = \"fixed\", ms = 400 }"),
+        ServerClock::system(1.0).unwrap(),
+    )
+    .unwrap();
+    let (stop, stopped_rx) = oneshot::channel::<()>();
+    let workers = std::num::NonZeroUsize::new(3).unwrap();
+    let server = std::thread::spawn(move || {
+        server::serve_threads(listener, state, workers, async move {
+            let _ = stopped_rx.await;
+        })
+    });
+    // More connections than threads, all in flight at once.
+    let in_flight: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let url = format!("https://img/{i}.jpg");
+                let r = send(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(KEY),
+                    &[],
+                    chat_body(&url),
+                )
+                .await;
+                (url, r)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    let _ = stop.send(());
+    let joined = tokio::task::spawn_blocking(move || server.join());
+    let served = tokio::time::timeout(Duration::from_secs(10), joined)
+        .await
+        .expect("serve_threads returns after shutdown")
+        .unwrap()
+        .expect("no thread panicked");
+    assert!(served.is_ok(), "{served:?}");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(250),
+        "returned before the in-flight requests were answered: {:?}",
+        stopped.elapsed()
+    );
+    for t in in_flight {
+        let (url, r) = t.await.unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        let content = r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(tags::content_matches(&url, &content), "{url}: {content}");
+    }
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+/// `--workers` takes 1..=1024 threads and defaults to one.
+#[test]
+fn workers_flag_is_bounded() {
+    use clap::Parser as _;
+    use mock_openai::server::config::Args;
+    let parse = |extra: &[&str]| {
+        Args::try_parse_from(["mock-openai"].iter().chain(extra)).map(|a| a.workers)
+    };
+    assert_eq!(parse(&[]).unwrap(), 1);
+    assert_eq!(parse(&["--workers", "4"]).unwrap(), 4);
+    assert_eq!(parse(&["--workers", "1024"]).unwrap(), 1024);
+    for bad in ["0", "1025", "-1", "two"] {
+        assert!(parse(&["--workers", bad]).is_err(), "--workers {bad}");
+    }
+}
+
 #[tokio::test]
 async fn no_limits_mode_answers_everything() {
     let mut c = config(&format!(

@@ -1,7 +1,8 @@
 //! The `mock-openai` binary: parses flags, sets up logging to stderr, binds, prints
-//! `listening on http://HOST:PORT`, and serves until SIGINT or SIGTERM.
+//! `listening on http://HOST:PORT`, and serves on `--workers` threads until SIGINT or SIGTERM.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::num::NonZeroUsize;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -17,8 +18,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[tokio::main]
-async fn serve(args: Args) -> anyhow::Result<()> {
+fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -29,14 +29,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .init();
     let (addr, config, speedup) = args.load()?;
     let state = State::new(config, ServerClock::system(speedup)?)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on http://{}", listener.local_addr()?)?;
     out.flush()?;
     drop(out);
-    server::run(listener, state, shutdown_signal()).await;
+    let workers = NonZeroUsize::new(usize::from(args.workers)).unwrap_or(NonZeroUsize::MIN);
+    server::serve_threads(listener, state, workers, shutdown_signal())?;
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! - [`clock::ServerClock`]: real time ↦ model time × `--speedup`, and back for everything
 //!   reported.
 //! - [`config::ServerConfig`] / [`config::Args`]: flags and the TOML file, validated.
+//! - [`serve_threads`]: [`run`] on N threads, one current-thread runtime each, sharing the
+//!   listener (the binary's `--workers`).
 //! - Endpoints: [`chat`], [`files`], [`batches`], [`models`], [`admin`] (`/_mock/config`,
 //!   `/_mock/stats`, `/metrics`); routing and authentication live here.
 //!
@@ -453,6 +455,74 @@ pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: 
     drop(done_tx);
     let _ = done_rx.recv().await;
     info!("all connections closed");
+}
+
+/// Serves `state` on `listener` from `workers` threads, each running [`run`] on its own
+/// current-thread runtime and accepting from the same socket; blocks until `shutdown`
+/// completes and every thread has finished its connections.
+///
+/// One thread per core is cheaper than a work-stealing runtime for this server: a request is
+/// a few microseconds of work that never moves between threads, so stealing only adds
+/// cross-thread wake-ups, which cost more than the request itself at low load. `shutdown` runs
+/// on the calling thread's runtime (it may use `tokio::signal`).
+pub fn serve_threads<F>(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    workers: std::num::NonZeroUsize,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    listener.set_nonblocking(true)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut threads = Vec::with_capacity(workers.get() - 1);
+    for i in 1..workers.get() {
+        let listener = listener.try_clone()?;
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mock-openai-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                runtime()?.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    run(
+                        listener,
+                        state,
+                        async move { shutting_down(&mut stop).await },
+                    )
+                    .await;
+                    Ok(())
+                })
+            })?;
+        threads.push(thread);
+    }
+    let stop_all = &stop_tx;
+    let served = runtime().and_then(|rt| {
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            let shutdown = async move {
+                shutdown.await;
+                let _ = stop_all.send(true);
+            };
+            run(listener, state, shutdown).await;
+            Ok(())
+        })
+    });
+    // Also when this thread could not start serving: the others must not serve forever.
+    let _ = stop_tx.send(true);
+    for t in threads {
+        match t.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    served
 }
 
 /// Completes once shutdown has begun (or the signal's sender is gone).
