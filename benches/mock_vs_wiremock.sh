@@ -1,39 +1,59 @@
 #!/usr/bin/env bash
-# mock-openai vs a wiremock-rs stub under the same wrk load on loopback: requests/s and latency
-# percentiles for POST /v1/chat/completions with zero modelled latency.
+# mock-openai vs a wiremock-rs stub, side by side in one run, on loopback: POST
+# /v1/chat/completions with zero modelled latency. Prints markdown tables with the ratios.
 #
-# Rows: wiremock-rs (serves on one current-thread runtime, its design); mock-openai with limits
-# off (--no-limits) and with limits on (huge limits, nothing rejected), each with 1 tokio worker
-# (same as wiremock) and with the default workers. Then a paced run near 5,000 requests/s.
+# 1. Closed loop (wrk, CONNS connections, as fast as they go): requests/s, wrk's latency
+#    percentiles, and the server's CPU time per request (user + system ticks from /proc/PID/stat
+#    over the measured run). Rows: wiremock-rs; mock-openai --no-limits; mock-openai with limits
+#    on (huge limits, nothing rejected); both mock-openai rows with one worker thread; without
+#    pinning also mock-openai --no-limits --workers 2.
+# 2. Open loop at RATE requests/s with oha --latency-correction (coordinated omission
+#    corrected), when oha is installed; else wrk paced with Lua delay() (a closed loop, so not
+#    corrected).
 #
-#   benches/mock_vs_wiremock.sh            # 10 s per run
-#   DURATION=5s CONNS=32 benches/mock_vs_wiremock.sh
+# Each round runs every row once, wiremock first; ROUNDS rounds. Pinning (PIN=1, the default
+# on 2+ CPUs): the server runs on CPU 1 and the load generator on CPU 0 (taskset), so they do
+# not take turns on one core; PIN=0 leaves both to the scheduler.
 #
-# Needs `wrk` (Debian: apt-get install -y wrk). wrk2 is not packaged, so the 5,000 req/s row is
-# paced with wrk's Lua delay(): 50 connections each waiting 10 ms between requests. That is a
-# closed loop, so its percentiles are not corrected for coordinated omission.
+#   benches/mock_vs_wiremock.sh
+#   DURATION=5s ROUNDS=1 PIN=0 OHA=/tmp/oha/bin/oha benches/mock_vs_wiremock.sh
+#
+# Needs wrk (Debian: apt-get install -y wrk); oha is optional (cargo install oha --locked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-64}"
+RATE="${RATE:-5000}"
+ROUNDS="${ROUNDS:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
+OHA="${OHA:-$(command -v oha || true)}"
+PIN="${PIN:-$([ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 
 cargo build --quiet --release -p mock-openai --bin mock-openai
 cargo build --quiet --release -p tagstorm-benches --features peers --example wiremock_stub
+
+if [ "$PIN" = 1 ]; then
+  srv=(taskset -c 1) gen=(taskset -c 0) pinning="server on CPU 1, load generator on CPU 0"
+else
+  srv=() gen=() pinning="no pinning (server and load generator share $(nproc) CPUs)"
+fi
 
 work="$(mktemp -d)"
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat >"$work/post.lua" <<'LUA'
+body='{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":[{"type":"text","text":"Tag this image."},{"type":"image_url","image_url":{"url":"https://img.example/bench.jpg","detail":"low"}}]}]}'
+printf '%s' "$body" >"$work/body.json"
+cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
-wrk.body = '{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":[{"type":"text","text":"Tag this image."},{"type":"image_url","image_url":{"url":"https://img.example/bench.jpg","detail":"low"}}]}]}'
+wrk.body = '$body'
 LUA
 cp "$work/post.lua" "$work/paced.lua"
+# 50 connections × one request per 10 ms ≈ 5,000 requests/s when answers are fast.
 echo 'function delay() return 10 end' >>"$work/paced.lua"
 
 cat >"$work/zero.toml" <<'TOML'
@@ -50,8 +70,24 @@ batch_queue_tokens = 1000000000
 latency = { kind = "fixed", ms = 0 }
 TOML
 
-start() { # command... ; sets pid and url
-  "$@" >"$work/out" 2>"$work/err" &
+mock="$TARGET/release/mock-openai"
+stub="$TARGET/release/examples/wiremock_stub"
+declare -A server=(
+  [wiremock]="$stub"
+  [nolimits]="$mock --port 0 --no-limits --config $work/zero.toml"
+  [limits]="$mock --port 0 --config $work/huge.toml"
+  [nolimits2]="$mock --port 0 --no-limits --config $work/zero.toml --workers 2"
+)
+declare -A label=(
+  [wiremock]="wiremock-rs stub (1 thread)"
+  [nolimits]="mock-openai --no-limits, 1 worker"
+  [limits]="mock-openai, limits on (huge), 1 worker"
+  [nolimits2]="mock-openai --no-limits, --workers 2"
+)
+
+start() { # key; sets pid and url
+  # shellcheck disable=SC2086 # the command line is split on purpose
+  "${srv[@]}" ${server[$1]} >"$work/out" 2>"$work/err" &
   pid=$!
   url=""
   for _ in $(seq 1 100); do
@@ -59,51 +95,90 @@ start() { # command... ; sets pid and url
     [ -n "$url" ] && return 0
     sleep 0.05
   done
-  echo "server did not start: $*" >&2; cat "$work/err" >&2; exit 1
+  echo "server did not start: ${server[$1]}" >&2; cat "$work/err" >&2; exit 1
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+cpu_us() { awk -v d="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }'; }
 
-rows=()
-run() { # label script conns
-  local label="$1" script="$2" conns="$3"
-  wrk -t1 -c"$conns" -d2s -s "$script" "$url/v1/chat/completions" >/dev/null # warm-up
-  # Server CPU (user + system ticks from /proc) over the measured run: wrk shares the CPUs, so
-  # CPU time per request is the comparison that doesn't depend on who wins the scheduler.
-  local t0 t1
-  t0="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
-  wrk -t1 -c"$conns" -d"$DURATION" --latency -s "$script" "$url/v1/chat/completions" >"$work/wrk"
-  t1="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
-  local rps p50 p90 p99 non2xx n cpu_us
-  rps="$(awk '/^Requests\/sec/ {print $2}' "$work/wrk")"
-  p50="$(awk '$1=="50%" {print $2}' "$work/wrk")"
-  p90="$(awk '$1=="90%" {print $2}' "$work/wrk")"
-  p99="$(awk '$1=="99%" {print $2}' "$work/wrk")"
-  non2xx="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
+declare -A rps cpu
+closed=() open=()
+closed_loop() { # key round
+  local key="$1" round="$2" t0 t1 n
+  start "$key"
+  "${gen[@]}" wrk -t1 -c"$CONNS" -d2s -s "$work/post.lua" "$url/v1/chat/completions" >/dev/null # warm-up
+  t0="$(ticks)"
+  "${gen[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/post.lua" "$url/v1/chat/completions" >"$work/wrk"
+  t1="$(ticks)"
+  stop
   n="$(awk '/requests in/ {print $1}' "$work/wrk")"
-  cpu_us="$(awk -v d="$((t1 - t0))" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
-  rows+=("| $label | $conns | ${rps} | ${p50} | ${p90} | ${p99} | ${non2xx:-0} | ${cpu_us} |")
-  echo "${rows[-1]}"
+  rps[$key,$round]="$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$work/wrk")"
+  cpu[$key,$round]="$(cpu_us "$((t1 - t0))" "$n")"
+  closed+=("| ${label[$key]} | $round | ${rps[$key,$round]} | $(awk '$1=="50%" {print $2}' "$work/wrk") | $(awk '$1=="99%" {print $2}' "$work/wrk") | $(awk '/Non-2xx/ {print $5}' "$work/wrk" | grep . || echo 0) | ${cpu[$key,$round]} |")
+  echo "${closed[-1]}"
 }
 
-mock="$TARGET/release/mock-openai"
-stub="$TARGET/release/examples/wiremock_stub"
+open_loop() { # key round
+  local key="$1" round="$2" t0 t1 n
+  start "$key"
+  if [ -n "$OHA" ]; then
+    local oha=("${gen[@]}" "$OHA" --no-tui -c 50 -q "$RATE" --latency-correction -m POST
+      -H "Authorization: Bearer sk-bench" -H "content-type: application/json" -D "$work/body.json")
+    "${oha[@]}" -z 2s --output-format quiet "$url/v1/chat/completions" >/dev/null # warm-up
+    t0="$(ticks)"
+    "${oha[@]}" -z "$DURATION" --output-format json "$url/v1/chat/completions" >"$work/oha"
+    t1="$(ticks)"
+    stop
+    # Percentiles in seconds from the "latencyPercentiles" object; responses by status.
+    local pct
+    pct="$(awk '/"latencyPercentiles"/ {on=1; next} on && /}/ {exit}
+      on { gsub(/[",:]/, ""); printf "%s %.3f ms\n", $1, $2 * 1000 }' "$work/oha")"
+    n="$(awk '/"statusCodeDistribution"/ {on=1; next} on && /}/ {exit} on { gsub(/[",:]/, ""); s += $2 } END { print s }' "$work/oha")"
+    local got
+    got="$(awk '/"requestsPerSec"/ { gsub(/,/, ""); printf "%.0f", $2; exit }' "$work/oha")"
+    open+=("| ${label[$key]} | $round | $got | $(awk '$1=="p50" {print $2, $3}' <<<"$pct") | $(awk '$1=="p90" {print $2, $3}' <<<"$pct") | $(awk '$1=="p99" {print $2, $3}' <<<"$pct") | $(awk '$1=="p99.9" {print $2, $3}' <<<"$pct") | $(cpu_us "$((t1 - t0))" "$n") |")
+  else
+    "${gen[@]}" wrk -t1 -c50 -d2s -s "$work/paced.lua" "$url/v1/chat/completions" >/dev/null
+    t0="$(ticks)"
+    "${gen[@]}" wrk -t1 -c50 -d"$DURATION" --latency -s "$work/paced.lua" "$url/v1/chat/completions" >"$work/wrk"
+    t1="$(ticks)"
+    stop
+    n="$(awk '/requests in/ {print $1}' "$work/wrk")"
+    open+=("| ${label[$key]} | $round | $(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$work/wrk") | $(awk '$1=="50%" {print $2}' "$work/wrk") | $(awk '$1=="90%" {print $2}' "$work/wrk") | $(awk '$1=="99%" {print $2}' "$work/wrk") | - | $(cpu_us "$((t1 - t0))" "$n") |")
+  fi
+  echo "${open[-1]}"
+}
 
-start "$stub"; run "wiremock-rs stub (1 thread)" "$work/post.lua" "$CONNS"; stop
-start env TOKIO_WORKER_THREADS=1 "$mock" --port 0 --no-limits --config "$work/zero.toml"
-run "mock-openai, limits off, 1 worker" "$work/post.lua" "$CONNS"; stop
-start env TOKIO_WORKER_THREADS=1 "$mock" --port 0 --config "$work/huge.toml"
-run "mock-openai, limits on, 1 worker" "$work/post.lua" "$CONNS"; stop
-start "$mock" --port 0 --no-limits --config "$work/zero.toml"
-run "mock-openai, limits off, default workers" "$work/post.lua" "$CONNS"; stop
-start "$mock" --port 0 --config "$work/huge.toml"
-run "mock-openai, limits on, default workers" "$work/post.lua" "$CONNS"; stop
-start "$mock" --port 0 --config "$work/huge.toml"
-run "mock-openai, limits on, paced ~5,000 req/s" "$work/paced.lua" 50; stop
-start "$stub"; run "wiremock-rs stub, paced ~5,000 req/s" "$work/paced.lua" 50; stop
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $pinning"
+for round in $(seq 1 "$ROUNDS"); do
+  for key in wiremock nolimits limits; do closed_loop "$key" "$round"; done
+  # Two workers only help when the server is not confined to one CPU.
+  [ "$PIN" = 1 ] || closed_loop nolimits2 "$round"
+  for key in wiremock limits nolimits; do open_loop "$key" "$round"; done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo
-echo "wrk -t1, $DURATION per row after a 2 s warm-up, POST /v1/chat/completions, $(nproc) CPUs shared by server and wrk"
+echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."
 echo
-echo "| server | connections | requests/s | p50 | p90 | p99 | non-2xx | server CPU µs/request |"
+echo "| server | round | requests/s | p50 | p99 | non-2xx | server CPU µs/request |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${closed[@]}"
+echo
+echo "| round | no-limits / wiremock, req/s | wiremock / no-limits, CPU per request | limits on / off, req/s |"
+echo "|---|---|---|---|"
+for round in $(seq 1 "$ROUNDS"); do
+  awk -v w="${rps[wiremock,$round]}" -v m="${rps[nolimits,$round]}" -v l="${rps[limits,$round]}" \
+    -v cw="${cpu[wiremock,$round]}" -v cm="${cpu[nolimits,$round]}" -v r="$round" \
+    'BEGIN { printf "| %s | %.2f× | %.2f× | %+.1f%% |\n", r, m / w, cw / cm, (l / m - 1) * 100 }'
+done
+echo
+if [ -n "$OHA" ]; then
+  echo "Open loop: $("$OHA" --version) -q $RATE -c 50 --latency-correction, $DURATION per row after a 2 s warm-up; $pinning."
+else
+  echo "Paced (closed loop, NOT corrected for coordinated omission): wrk -t1 -c50 with delay() 10 ms, $DURATION per row; $pinning."
+fi
+echo
+echo "| server | round | requests/s | p50 | p90 | p99 | p99.9 | server CPU µs/request |"
 echo "|---|---|---|---|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+printf '%s\n' "${open[@]}"
