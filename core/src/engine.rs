@@ -421,6 +421,10 @@ struct BatchRec {
     download_pending: bool,
     queue_released: bool,
     terminal_state: Option<BatchState>,
+    /// The stage the batch's pending images were last moved to. A poll that reports the same
+    /// stage again (most polls: a batch runs for hours) leaves them as they are instead of
+    /// walking every image.
+    reported: Stage,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -840,6 +844,7 @@ impl Engine {
                 let interval = Duration::from_millis(self.cfg.policy.poll_interval_ms);
                 b.poll_interval = interval;
                 b.next_poll = now + interval;
+                b.reported = Stage::Submitted;
                 let images = std::mem::take(&mut b.images);
                 for &img in &images {
                     self.set_stage(img, Stage::Submitted);
@@ -891,14 +896,19 @@ impl Engine {
             _ => None,
         };
         if let Some(stage) = stage {
-            let images = std::mem::take(&mut self.batches[batch.0 as usize].images);
-            for &img in &images {
-                if self.stage(img).is_some_and(|s| s.is_pending_upstream()) {
-                    self.set_stage(img, stage);
+            // While a batch runs, only this batch moves its images' stages, so when the stage
+            // is the one they were last moved to there is nothing to do.
+            if b.reported != stage {
+                b.reported = stage;
+                let images = std::mem::take(&mut b.images);
+                for &img in &images {
+                    if self.stage(img).is_some_and(|s| s.is_pending_upstream()) {
+                        self.set_stage(img, stage);
+                    }
                 }
+                self.batches[batch.0 as usize].images = images;
             }
             let b = &mut self.batches[batch.0 as usize];
-            b.images = images;
             if let Some(give_up) = self.cfg.policy.poll_give_up_ms {
                 let polled = now - b.created_at;
                 if polled >= Duration::from_millis(give_up) {
@@ -1725,6 +1735,7 @@ impl Engine {
             download_pending: false,
             queue_released: !reserved,
             terminal_state: None,
+            reported: Stage::Preparing,
         });
     }
 

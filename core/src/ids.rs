@@ -50,10 +50,36 @@ impl fmt::Display for BatchRef {
     }
 }
 
+impl ImageId {
+    /// The longest `custom_id`: `u` and `-i` around two ten-digit numbers.
+    pub const CUSTOM_ID_MAX_LEN: usize = 23;
+
+    /// The batch line's `custom_id`, `u{upload}-i{index}`, in a string that never grows.
+    ///
+    /// Same text as `to_string()`; a batch of 50,000 lines builds one per line, so this skips
+    /// the formatting machinery and the reallocations of a string built from empty.
+    pub fn custom_id(&self) -> String {
+        let mut out = String::with_capacity(Self::CUSTOM_ID_MAX_LEN);
+        self.write_custom_id(&mut out);
+        out
+    }
+
+    /// Appends the `custom_id` to `out`.
+    pub fn write_custom_id(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push('u');
+        out.push_str(digits.format(self.upload.0));
+        out.push_str("-i");
+        out.push_str(digits.format(self.index));
+    }
+}
+
 /// The `custom_id` of a batch line: `u{upload}-i{index}`.
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "u{}-i{}", self.upload.0, self.index)
+        let mut s = String::with_capacity(Self::CUSTOM_ID_MAX_LEN);
+        self.write_custom_id(&mut s);
+        f.pad(&s)
     }
 }
 
@@ -65,20 +91,40 @@ pub struct BadCustomId(pub String);
 impl FromStr for ImageId {
     type Err = BadCustomId;
 
+    /// Parses `u{upload}-i{index}`: both numbers plain decimal digits (no sign) that fit a
+    /// `u32`. Byte by byte, since core parses one per batch result line.
     fn from_str(s: &str) -> Result<ImageId, BadCustomId> {
         let bad = || BadCustomId(s.to_owned());
-        let rest = s.strip_prefix('u').ok_or_else(bad)?;
-        let (upload, index) = rest.split_once("-i").ok_or_else(bad)?;
-        // `u32::from_str` accepts a leading `+`; a custom_id we wrote never has one.
-        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-        if !digits(upload) || !digits(index) {
+        let b = s.as_bytes();
+        let (upload, rest) = match b.split_first() {
+            Some((b'u', rest)) => decimal(rest).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        let (index, rest) = match rest {
+            [b'-', b'i', rest @ ..] => decimal(rest).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if !rest.is_empty() {
             return Err(bad());
         }
         Ok(ImageId {
-            upload: UploadId(upload.parse().map_err(|_| bad())?),
-            index: index.parse().map_err(|_| bad())?,
+            upload: UploadId(upload),
+            index,
         })
     }
+}
+
+/// A leading run of at least one ASCII digit that fits a `u32`, and what follows it.
+fn decimal(b: &[u8]) -> Option<(u32, &[u8])> {
+    let len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if len == 0 {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &c in &b[..len] {
+        n = n.checked_mul(10)?.checked_add(u32::from(c - b'0'))?;
+    }
+    Some((n, &b[len..]))
 }
 
 #[cfg(test)]
@@ -111,5 +157,51 @@ mod tests {
         check("x1-i2", None);
         check("u1_i2", None);
         check("", None);
+        check("u", None);
+        check("u1-i2x", None);
+        check("u1--i2", None);
+        check("u1-i-2", None);
+        check("-i2", None);
+        // Leading zeros parse (as before); such an id is not one core wrote.
+        let id: ImageId = "u01-i002".parse().unwrap();
+        assert_eq!((id.upload.0, id.index), (1, 2));
+    }
+
+    /// The parser as first written, on `str` methods: the byte parser must agree with it.
+    fn reference(s: &str) -> Option<(u32, u32)> {
+        let rest = s.strip_prefix('u')?;
+        let (upload, index) = rest.split_once("-i")?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(upload) || !digits(index) {
+            return None;
+        }
+        Some((upload.parse().ok()?, index.parse().ok()?))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_agrees_with_reference(s in "u?[0-9+-]{0,11}(-i)?[0-9i+-]{0,11}") {
+            let got = s.parse::<ImageId>().ok().map(|i| (i.upload.0, i.index));
+            proptest::prop_assert_eq!(got, reference(&s));
+        }
+
+        #[test]
+        fn custom_id_round_trips_any(u: u32, i: u32) {
+            let id = ImageId { upload: UploadId(u), index: i };
+            proptest::prop_assert_eq!(id.custom_id().parse::<ImageId>(), Ok(id));
+        }
+    }
+
+    #[test]
+    fn custom_id_matches_display() {
+        for (u, i) in [(0, 0), (7, 10), (123_456, 9), (u32::MAX, u32::MAX)] {
+            let id = ImageId {
+                upload: UploadId(u),
+                index: i,
+            };
+            assert_eq!(id.custom_id(), format!("u{u}-i{i}"));
+            assert_eq!(id.to_string(), id.custom_id());
+            assert!(id.custom_id().len() <= ImageId::CUSTOM_ID_MAX_LEN);
+        }
     }
 }
