@@ -19,7 +19,6 @@
 
 use std::cmp::Reverse;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -45,8 +44,9 @@ pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 pub struct BatchLine {
     /// The caller's id, unique within the batch.
     pub custom_id: String,
-    /// The image the tags are derived from.
-    pub image_url: Arc<str>,
+    /// The tags a successful answer carries: [`Tags::of`] the request's image URL, worked out
+    /// once when the line is submitted.
+    pub tags: Tags,
     /// Input tokens this request counts against the enqueued-token limit.
     pub charge_tokens: u64,
     /// The billing usage the request reports when it succeeds.
@@ -843,7 +843,7 @@ impl Upstream {
             .enumerate()
             .map(|(i, l)| LineResult {
                 custom_id: l.custom_id.clone(),
-                outcome: b.line_outcome(i, done, status, || Tags::of(&l.image_url)),
+                outcome: b.line_outcome(i, done, status, || l.tags),
             })
             .collect();
         Some(BatchResults { status, lines })

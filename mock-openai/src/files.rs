@@ -1,7 +1,6 @@
 //! The Files API and the file path into batches: uploads, retrieval, deletion, batch creation
 //! from an uploaded JSONL file, and output/error files rendered as real JSONL on demand.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -295,8 +294,7 @@ impl Upstream {
         let base = ids::mix(self.seed, ids::ns::BATCH_REQ, idx as u64);
         let mut out = String::new();
         for (i, line) in b.lines.iter().enumerate() {
-            let outcome =
-                b.line_outcome(i, done, status, || crate::tags::Tags::of(&line.image_url));
+            let outcome = b.line_outcome(i, done, status, || line.tags);
             let is_ok = matches!(outcome, LineOutcome::Ok { .. });
             if is_ok != want_ok {
                 continue;
@@ -410,7 +408,7 @@ impl Upstream {
                     .into_iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        let (usage, _, finish) = self.answer(
+                        let (usage, tags, finish) = self.answer(
                             r.model,
                             r.max_tokens,
                             r.text_chars,
@@ -423,7 +421,7 @@ impl Upstream {
                         BatchLine {
                             charge_tokens: self.input_estimate(r.model, r.text_chars, &r.images),
                             custom_id: r.custom_id,
-                            image_url: Arc::from(r.image_url),
+                            tags,
                             usage,
                         }
                     })

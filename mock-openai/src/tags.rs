@@ -73,9 +73,17 @@ pub const VOCABULARY: [&str; 64] = [
     "winter",
 ];
 
+/// The FNV-1a 64-bit offset basis: the hash of no bytes.
+pub const FNV1A64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// 64-bit FNV-1a of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_extend(FNV1A64_OFFSET, bytes)
+}
+
+/// Continues an FNV-1a hash `h` over `bytes`: `fnv1a64_extend(fnv1a64(a), b) == fnv1a64(a ++ b)`,
+/// so a caller hashing many URLs with one prefix can hash the prefix once.
+pub fn fnv1a64_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -107,7 +115,12 @@ pub struct Tags {
 impl Tags {
     /// The tags of the image at `image_url`.
     pub fn of(image_url: &str) -> Tags {
-        let mut state = fnv1a64(image_url.as_bytes());
+        Tags::of_url_hash(fnv1a64(image_url.as_bytes()))
+    }
+
+    /// The tags of the image whose URL has the FNV-1a hash `url_hash` ([`fnv1a64`]).
+    pub fn of_url_hash(url_hash: u64) -> Tags {
+        let mut state = url_hash;
         let count = 3 + (splitmix64(&mut state) % 3) as usize;
         let mut words = [0u8; 5];
         let mut n = 0;
@@ -207,6 +220,16 @@ mod tests {
         // Published FNV-1a 64 test vectors.
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn extending_a_prefix_hash_is_hashing_the_whole() {
+        let url = "https://img.tagstorm.test/u12/i345.jpg";
+        for cut in 0..=url.len() {
+            let (a, b) = url.as_bytes().split_at(cut);
+            assert_eq!(fnv1a64_extend(fnv1a64(a), b), fnv1a64(url.as_bytes()));
+        }
+        assert_eq!(Tags::of_url_hash(fnv1a64(url.as_bytes())), Tags::of(url));
     }
 
     #[test]

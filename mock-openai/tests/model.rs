@@ -1,7 +1,6 @@
 //! End-to-end tests of the behaviour model: realtime limits and faults, every batch path, the
 //! enqueued-token queue over time, the file path, and determinism.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use mock_openai::Upstream;
@@ -11,7 +10,7 @@ use mock_openai::config::{AccountConfig, UpstreamConfig};
 use mock_openai::error::LimitDimension;
 use mock_openai::fault::{BatchOutcomeKind, FaultKind, ScriptedFault};
 use mock_openai::org::OrgId;
-use mock_openai::tags;
+use mock_openai::tags::{self, Tags};
 use tagstorm_core::Time;
 use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
 
@@ -241,7 +240,7 @@ fn lines(n: usize, tokens: u64) -> Vec<BatchLine> {
     (0..n)
         .map(|i| BatchLine {
             custom_id: format!("img-{i}"),
-            image_url: Arc::from(format!("https://img/{i}.jpg")),
+            tags: Tags::of(&format!("https://img/{i}.jpg")),
             charge_tokens: tokens,
             usage: Usage {
                 input_tokens: tokens,

@@ -7,14 +7,13 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use mock_openai::batch::{BatchLine, BatchStatus as ApiStatus, LineOutcome};
 use mock_openai::chat::FinishReason;
 use mock_openai::chat::{ChatOutcome, ChatRequest};
-use mock_openai::tags::Tags;
+use mock_openai::tags::{self, Tags};
 use mock_openai::{OrgId, Upstream};
 use tagstorm_core::cost::Channel;
 use tagstorm_core::limit::{Charge, Observed, RateLimits};
@@ -208,38 +207,47 @@ impl std::fmt::Debug for Sim<'_> {
     }
 }
 
-fn image_url(image: ImageId) -> String {
-    let mut u = UrlBuf::default();
-    u.set(image);
-    u.buf
-}
-
 /// An image's URL, `https://img.tagstorm.test/u{upload}/i{index}.jpg`, built in a reused
-/// buffer. The `…/u{upload}/i` prefix is kept between calls, so consecutive images of one
-/// upload only rewrite the index: URLs are built twice per image (to ask, then to verify).
+/// buffer. The `…/u{upload}/i` prefix and its FNV-1a hash are kept between calls, so
+/// consecutive images of one upload only rewrite (and rehash) the index: URLs are built twice
+/// per image (to ask, then to verify).
 #[derive(Debug, Default)]
 struct UrlBuf {
     buf: String,
-    /// The upload whose prefix `buf` starts with, and that prefix's length.
-    prefix: Option<(u32, usize)>,
+    /// The upload whose prefix `buf` starts with, that prefix's length and its hash.
+    prefix: Option<(u32, usize, u64)>,
 }
 
 impl UrlBuf {
     fn set(&mut self, image: ImageId) -> &str {
         let mut digits = itoa::Buffer::new();
         match self.prefix {
-            Some((upload, len)) if upload == image.upload.0 => self.buf.truncate(len),
+            Some((upload, len, _)) if upload == image.upload.0 => self.buf.truncate(len),
             _ => {
                 self.buf.clear();
                 self.buf.push_str("https://img.tagstorm.test/u");
                 self.buf.push_str(digits.format(image.upload.0));
                 self.buf.push_str("/i");
-                self.prefix = Some((image.upload.0, self.buf.len()));
+                let hash = tags::fnv1a64(self.buf.as_bytes());
+                self.prefix = Some((image.upload.0, self.buf.len(), hash));
             }
         }
         self.buf.push_str(digits.format(image.index));
         self.buf.push_str(".jpg");
         &self.buf
+    }
+
+    /// The tags of the image's URL: [`Tags::of`]`(self.set(image))`, hashing only the part
+    /// after the upload's prefix.
+    fn tags(&mut self, image: ImageId) -> Tags {
+        self.set(image);
+        let Some((_, len, prefix_hash)) = self.prefix else {
+            return Tags::of(&self.buf);
+        };
+        Tags::of_url_hash(tags::fnv1a64_extend(
+            prefix_hash,
+            &self.buf.as_bytes()[len..],
+        ))
     }
 }
 
@@ -559,7 +567,12 @@ impl<'a> Sim<'a> {
                         ),
                     })
                 } else {
-                    let lines = images.iter().map(|&img| self.batch_line(img)).collect();
+                    let mut url = std::mem::take(&mut self.url);
+                    let lines = images
+                        .iter()
+                        .map(|&img| self.batch_line(&mut url, img))
+                        .collect();
+                    self.url = url;
                     let id = format!("file-sim{}", self.files.len());
                     self.files.push(Some(lines));
                     Ok(id)
@@ -665,20 +678,19 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn batch_line(&self, image: ImageId) -> BatchLine {
-        let url = image_url(image);
+    fn batch_line(&self, url: &mut UrlBuf, image: ImageId) -> BatchLine {
         let spec = self.engine.image(image).map_or(self.spec, |i| i.spec);
-        let (usage, _, _) = self.up.answer(
+        let (usage, tags, _) = self.up.answer(
             self.model,
             self.max_tokens,
             self.text_chars,
             std::slice::from_ref(&spec),
-            &url,
+            url.set(image),
         );
         let queue_tokens = self.engine.image_tokens(image).map_or(0, |t| t.0);
         BatchLine {
-            custom_id: image.to_string(),
-            image_url: Arc::from(url),
+            custom_id: image.custom_id(),
+            tags,
             charge_tokens: queue_tokens,
             usage,
         }
@@ -789,7 +801,7 @@ impl<'a> Sim<'a> {
                         self.money.batch += cost;
                     }
                 }
-                if self.delivered[g] != Tags::of(self.url.set(image)).code() {
+                if self.delivered[g] != self.url.tags(image).code() {
                     self.verification.tag_mismatches += 1;
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
@@ -927,7 +939,7 @@ fn submit_foreign_batch(up: &mut Upstream, org: OrgId, tokens: u64) -> Result<()
     let lines = (0..n)
         .map(|i| BatchLine {
             custom_id: format!("foreign-{i}"),
-            image_url: Arc::from(format!("https://img.tagstorm.test/foreign/{i}.jpg")),
+            tags: Tags::of(&format!("https://img.tagstorm.test/foreign/{i}.jpg")),
             charge_tokens: tokens / n + u64::from(i < tokens % n),
             usage: tagstorm_core::tokens::Usage::default(),
         })
@@ -961,4 +973,32 @@ pub fn failures_line(f: &BTreeMap<String, u64>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tagstorm_core::UploadId;
+
+    #[test]
+    fn url_buffer_builds_urls_and_their_tags_across_uploads() {
+        let mut url = UrlBuf::default();
+        for (upload, index) in [
+            (0, 0),
+            (0, 9),
+            (0, 10),
+            (3, 7),
+            (3, 123_456),
+            (0, 1),
+            (12, 0),
+        ] {
+            let image = ImageId {
+                upload: UploadId(upload),
+                index,
+            };
+            let expect = format!("https://img.tagstorm.test/u{upload}/i{index}.jpg");
+            assert_eq!(url.set(image), expect);
+            assert_eq!(url.tags(image), Tags::of(&expect));
+        }
+    }
 }
