@@ -18,7 +18,6 @@
 //! released when it ends — failed, completed, expired or cancelled.
 
 use std::cmp::Reverse;
-use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -517,7 +516,10 @@ impl Upstream {
                 line: None,
             });
         } else {
-            let mut seen = HashSet::with_capacity(lines.len());
+            // FxHash, not SipHash: this structured path serves the simulator (50,000-line
+            // batches of ids it wrote), not untrusted input; the JSONL path checks on its own.
+            let mut seen = rustc_hash::FxHashSet::default();
+            seen.reserve(lines.len());
             for (i, l) in lines.iter().enumerate() {
                 if !seen.insert(l.custom_id.as_str()) {
                     errors.push(BatchError {
