@@ -141,6 +141,8 @@ impl Ord for Entry {
 #[derive(Debug)]
 struct UploadRec {
     start: Time,
+    /// FNV-1a of the upload's URL prefix (see [`expected_tags`]).
+    url_hash: u64,
     base: usize,
     first_tag: bool,
 }
@@ -207,48 +209,45 @@ impl std::fmt::Debug for Sim<'_> {
     }
 }
 
+/// The start of every image URL of `upload`: `https://img.tagstorm.test/u{upload}/i`.
+fn push_url_prefix(out: &mut String, upload: u32) {
+    out.push_str("https://img.tagstorm.test/u");
+    out.push_str(itoa::Buffer::new().format(upload));
+    out.push_str("/i");
+}
+
 /// An image's URL, `https://img.tagstorm.test/u{upload}/i{index}.jpg`, built in a reused
-/// buffer. The `…/u{upload}/i` prefix and its FNV-1a hash are kept between calls, so
-/// consecutive images of one upload only rewrite (and rehash) the index: URLs are built twice
-/// per image (to ask, then to verify).
+/// buffer that keeps the last upload's prefix, so consecutive images of one upload only
+/// rewrite the index.
 #[derive(Debug, Default)]
 struct UrlBuf {
     buf: String,
-    /// The upload whose prefix `buf` starts with, that prefix's length and its hash.
-    prefix: Option<(u32, usize, u64)>,
+    /// The upload whose prefix `buf` starts with, and that prefix's length.
+    prefix: Option<(u32, usize)>,
 }
 
 impl UrlBuf {
     fn set(&mut self, image: ImageId) -> &str {
-        let mut digits = itoa::Buffer::new();
         match self.prefix {
-            Some((upload, len, _)) if upload == image.upload.0 => self.buf.truncate(len),
+            Some((upload, len)) if upload == image.upload.0 => self.buf.truncate(len),
             _ => {
                 self.buf.clear();
-                self.buf.push_str("https://img.tagstorm.test/u");
-                self.buf.push_str(digits.format(image.upload.0));
-                self.buf.push_str("/i");
-                let hash = tags::fnv1a64(self.buf.as_bytes());
-                self.prefix = Some((image.upload.0, self.buf.len(), hash));
+                push_url_prefix(&mut self.buf, image.upload.0);
+                self.prefix = Some((image.upload.0, self.buf.len()));
             }
         }
-        self.buf.push_str(digits.format(image.index));
+        self.buf.push_str(itoa::Buffer::new().format(image.index));
         self.buf.push_str(".jpg");
         &self.buf
     }
+}
 
-    /// The tags of the image's URL: [`Tags::of`]`(self.set(image))`, hashing only the part
-    /// after the upload's prefix.
-    fn tags(&mut self, image: ImageId) -> Tags {
-        self.set(image);
-        let Some((_, len, prefix_hash)) = self.prefix else {
-            return Tags::of(&self.buf);
-        };
-        Tags::of_url_hash(tags::fnv1a64_extend(
-            prefix_hash,
-            &self.buf.as_bytes()[len..],
-        ))
-    }
+/// The tags of image `index` of an upload whose URL prefix hashes to `prefix_hash`:
+/// [`Tags::of`] the image's URL, hashing only what follows the prefix. Realtime answers
+/// interleave uploads, so the hash is kept per upload rather than for the last one.
+fn expected_tags(prefix_hash: u64, index: u32) -> Tags {
+    let h = tags::fnv1a64_extend(prefix_hash, itoa::Buffer::new().format(index).as_bytes());
+    Tags::of_url_hash(tags::fnv1a64_extend(h, b".jpg"))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -425,15 +424,23 @@ impl<'a> Sim<'a> {
             images: vec![image; a.images as usize],
             deadline: a.deadline,
         };
+        let mut prefix = String::new();
+        push_url_prefix(
+            &mut prefix,
+            u32::try_from(self.uploads.len()).unwrap_or(u32::MAX),
+        );
         self.uploads.push(UploadRec {
             start: self.now,
+            url_hash: tags::fnv1a64(prefix.as_bytes()),
             base,
             first_tag: false,
         });
         match self.engine.handle_upload(self.now, upload) {
             Ok(id) => debug_assert_eq!(id.0 as usize + 1, self.uploads.len()),
             Err(e) => {
-                // Core records nothing for a refused upload; its images fail here, visibly.
+                // Core records nothing for a refused upload and gives the next one this id, so
+                // the record goes too; its images fail here, visibly.
+                self.uploads.pop();
                 let n = u64::from(a.images);
                 self.counts.failed += n;
                 *self
@@ -801,10 +808,10 @@ impl<'a> Sim<'a> {
                         self.money.batch += cost;
                     }
                 }
-                if self.delivered[g] != self.url.tags(image).code() {
+                let u = &mut self.uploads[image.upload.0 as usize];
+                if self.delivered[g] != expected_tags(u.url_hash, image.index).code() {
                     self.verification.tag_mismatches += 1;
                 }
-                let u = &mut self.uploads[image.upload.0 as usize];
                 let since = ms(at - u.start);
                 let _ = self.h_tagged.record(since);
                 if !u.first_tag {
@@ -981,7 +988,7 @@ mod tests {
     use tagstorm_core::UploadId;
 
     #[test]
-    fn url_buffer_builds_urls_and_their_tags_across_uploads() {
+    fn url_buffer_and_expected_tags_agree_with_the_model() {
         let mut url = UrlBuf::default();
         for (upload, index) in [
             (0, 0),
@@ -998,7 +1005,10 @@ mod tests {
             };
             let expect = format!("https://img.tagstorm.test/u{upload}/i{index}.jpg");
             assert_eq!(url.set(image), expect);
-            assert_eq!(url.tags(image), Tags::of(&expect));
+            let mut prefix = String::new();
+            push_url_prefix(&mut prefix, upload);
+            let hash = tags::fnv1a64(prefix.as_bytes());
+            assert_eq!(expected_tags(hash, index), Tags::of(&expect));
         }
     }
 }

@@ -586,3 +586,19 @@ fn validate_reports_every_bad_file_not_just_the_first() {
     assert_eq!(lines[2], "2 of 3 scenarios are invalid");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The tag check is live: answers cut short by `max_tokens` carry no valid tags, and the
+/// simulator counts every one of them as a mismatch.
+#[test]
+fn answers_cut_short_are_counted_as_tag_mismatches() {
+    let s = Scenario::load(
+        &scenarios_dir()
+            .join("ten-users-fifteen-images.toml")
+            .to_string_lossy(),
+        &[SetArg::parse("images.output_tokens=1").unwrap()],
+    )
+    .unwrap();
+    let r = run(&s, "tagstorm");
+    assert_eq!(r.images.tagged, 150);
+    assert_eq!(r.verification.tag_mismatches, 150);
+}
