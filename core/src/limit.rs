@@ -530,33 +530,35 @@ impl RateLimits {
 
     /// Takes `c` from every limit, or nothing if any would deny.
     pub fn check(&mut self, now: Time, c: Charge) -> Result<(), Denied> {
-        // The common case, every limit admitting, decides each bucket once and commits the
-        // new TATs; only a denial takes the slower path that works out which limit binds.
-        if let (Ok(r), Ok(t)) = (
-            self.requests.decide(now, c.requests),
-            self.tokens.decide(now, c.tokens),
-        ) {
-            let d = match &self.rpd {
-                None => None,
-                Some(b) => match b.decide(now, c.requests) {
-                    Ok(d) => Some(d),
-                    Err(_) => return self.check_slow(now, c),
-                },
-            };
-            self.requests.tat = r;
-            self.tokens.tat = t;
-            if let (Some(b), Some(d)) = (&mut self.rpd, d) {
-                b.tat = d;
+        // Each bucket is decided once: when all admit, their new TATs are committed; when any
+        // denies, the denials merge exactly as `peek` merges them (a paced sender meets one
+        // denial per request, so this path is as hot as the other).
+        let r = self.requests.decide(now, c.requests);
+        let t = self.tokens.decide(now, c.tokens);
+        let d = self.rpd.as_ref().map(|b| b.decide(now, c.requests));
+        match (r, t, d) {
+            (Ok(r), Ok(t), None) => {
+                self.requests.tat = r;
+                self.tokens.tat = t;
+                Ok(())
             }
-            return Ok(());
+            (Ok(r), Ok(t), Some(Ok(d))) => {
+                self.requests.tat = r;
+                self.tokens.tat = t;
+                if let Some(b) = &mut self.rpd {
+                    b.tat = d;
+                }
+                Ok(())
+            }
+            (r, t, d) => {
+                let mut denied = merge(None, r.map(drop));
+                denied = merge(denied, t.map(drop));
+                if let Some(d) = d {
+                    denied = merge(denied, d.map(drop));
+                }
+                denied.map_or(Ok(()), Err)
+            }
         }
-        self.check_slow(now, c)
-    }
-
-    fn check_slow(&mut self, now: Time, c: Charge) -> Result<(), Denied> {
-        self.peek(now, c)?;
-        self.force_take(now, c);
-        Ok(())
     }
 
     /// Charges `c` to every limit even into debt.

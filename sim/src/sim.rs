@@ -966,8 +966,11 @@ pub fn bound_time(arrivals: &[Arrival], charge: Charge, mut limits: RateLimits) 
     for a in arrivals {
         t = t.max(a.at);
         for _ in 0..a.images {
-            t = limits.ready_at(t, charge)?;
-            limits.force_take(t, charge);
+            // Admitted now if `check` passes (it takes); else at the earliest instant it could.
+            if let Err(d) = limits.check(t, charge) {
+                t = d.earliest()?;
+                limits.force_take(t, charge);
+            }
             last = Some(t);
         }
     }
