@@ -85,6 +85,46 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Writes [`format_duration`]'s text for `d` to `out` without building a `String`: the
+/// server formats two of these per response straight into its header buffer.
+pub fn write_duration<W: std::fmt::Write + ?Sized>(d: Duration, out: &mut W) -> std::fmt::Result {
+    let total_ms = d.as_millis();
+    let mut digits = itoa::Buffer::new();
+    if total_ms == 0 {
+        return out.write_str("0s");
+    }
+    if total_ms < 1000 {
+        out.write_str(digits.format(total_ms))?;
+        return out.write_str("ms");
+    }
+    let hours = total_ms / 3_600_000;
+    let minutes = (total_ms / 60_000) % 60;
+    let secs = (total_ms / 1000) % 60;
+    let frac_ms = total_ms % 1000;
+    if hours > 0 {
+        out.write_str(digits.format(hours))?;
+        out.write_char('h')?;
+    }
+    if hours > 0 || minutes > 0 {
+        out.write_str(digits.format(minutes))?;
+        out.write_char('m')?;
+    }
+    out.write_str(digits.format(secs))?;
+    if frac_ms > 0 {
+        // Three digits with the trailing zeros dropped: 400 ms is `.4`, 298 ms `.298`.
+        out.write_char('.')?;
+        let mut frac = frac_ms;
+        let mut scale = 100;
+        while frac > 0 {
+            let digit = u8::try_from(frac / scale).unwrap_or(0);
+            out.write_char(char::from(b'0' + digit))?;
+            frac %= scale;
+            scale /= 10;
+        }
+    }
+    out.write_char('s')
+}
+
 /// Like [`format_duration`] but rounding *up* to the next millisecond, so that a non-zero
 /// wait never reads `0s`. Used for "Please try again in …", where a client that waits the
 /// printed time must then be admitted.
@@ -248,6 +288,17 @@ mod tests {
             let d = Duration::from_nanos(nanos);
             let truncated = Duration::from_millis(nanos / 1_000_000);
             prop_assert_eq!(parse_duration(&format_duration(d)), Some(truncated));
+        }
+
+        #[test]
+        fn write_duration_writes_what_format_duration_returns(
+            nanos in prop_oneof![0u64..10_000_000_000, 0u64..1_000_000_000_000_000, any::<u64>()],
+            extra_secs in prop_oneof![Just(0u64), any::<u64>()],
+        ) {
+            let d = Duration::from_nanos(nanos).saturating_add(Duration::from_secs(extra_secs));
+            let mut written = String::from("x");
+            write_duration(d, &mut written).unwrap();
+            prop_assert_eq!(&written[1..], format_duration(d));
         }
 
         #[test]

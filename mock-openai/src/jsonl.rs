@@ -463,102 +463,165 @@ impl<'a> ChatCompletion<'a> {
     /// them together), written directly, since the server renders one per request and the
     /// generic serializer spends most of its time escaping the constant keys.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(self.capacity(self.choices[0].message.content.len()));
+        self.write_parts(&mut out, |out| {
+            write_json_str_body(out, self.choices[0].message.content);
+        });
+        out.into_bytes()
+    }
+
+    /// Appends the JSON of this completion to `out`, with the message content that `content`
+    /// appends to the `String` it is given as plain text (escaped here, in place) instead of
+    /// the content this completion was built with: the server writes an answer's tags straight
+    /// into the response this way. The same bytes as [`ChatCompletion::to_bytes`] of the
+    /// completion built with that content.
+    pub fn write_with_content(&self, out: &mut String, content: impl FnOnce(&mut String)) {
+        self.write_parts(out, |out| {
+            let start = out.len();
+            content(out);
+            escape_in_place(out, start);
+        });
+    }
+
+    /// Bytes [`ChatCompletion::to_bytes`] writes around a content of `content_len` bytes, with
+    /// room for the numbers.
+    pub fn capacity(&self, content_len: usize) -> usize {
+        560 + self.id.len() + content_len + self.choices[0].finish_reason.len()
+    }
+
+    /// Writes every field in `serde_json`'s order and format; `content` writes the message
+    /// content, escaped, between its quotes. The fields [`ChatCompletion::new`] always sets to
+    /// the same value (`object`, `index`, `role`, `refusal`, the zero token details,
+    /// `service_tier`, `system_fingerprint`) are written as constant text; the property test
+    /// against `serde_json` would catch one that changes.
+    fn write_parts(&self, out: &mut String, content: impl FnOnce(&mut String)) {
         let u = &self.usage;
         let choice = &self.choices[0];
-        let mut out = Vec::with_capacity(
-            560 + self.id.len() + choice.message.content.len() + choice.finish_reason.len(),
+        let mut n = itoa::Buffer::new();
+        out.push_str("{\"id\":");
+        write_json_str(out, self.id);
+        out.push_str(",\"object\":\"chat.completion\",\"created\":");
+        out.push_str(n.format(self.created));
+        out.push_str(",\"model\":");
+        write_json_str(out, self.model);
+        out.push_str(
+            ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
         );
-        out.extend_from_slice(b"{\"id\":");
-        write_json_str(&mut out, self.id);
-        out.extend_from_slice(b",\"object\":");
-        write_json_str(&mut out, self.object);
-        out.extend_from_slice(b",\"created\":");
-        write_u64(&mut out, self.created);
-        out.extend_from_slice(b",\"model\":");
-        write_json_str(&mut out, self.model);
-        out.extend_from_slice(b",\"choices\":[{\"index\":");
-        write_u64(&mut out, u64::from(choice.index));
-        out.extend_from_slice(b",\"message\":{\"role\":");
-        write_json_str(&mut out, choice.message.role);
-        out.extend_from_slice(b",\"content\":");
-        write_json_str(&mut out, choice.message.content);
-        out.extend_from_slice(
-            b",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":",
+        content(out);
+        out.push_str(
+            "\",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":",
         );
-        write_json_str(&mut out, choice.finish_reason);
-        out.extend_from_slice(b"}],\"usage\":{\"prompt_tokens\":");
-        write_u64(&mut out, u.prompt_tokens);
-        out.extend_from_slice(b",\"completion_tokens\":");
-        write_u64(&mut out, u.completion_tokens);
-        out.extend_from_slice(b",\"total_tokens\":");
-        write_u64(&mut out, u.total_tokens);
-        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-        write_u64(&mut out, u.prompt_tokens_details.cached_tokens);
-        out.extend_from_slice(b",\"audio_tokens\":");
-        write_u64(&mut out, u.prompt_tokens_details.audio_tokens);
-        let d = &u.completion_tokens_details;
-        out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
-        write_u64(&mut out, d.reasoning_tokens);
-        out.extend_from_slice(b",\"audio_tokens\":");
-        write_u64(&mut out, d.audio_tokens);
-        out.extend_from_slice(b",\"accepted_prediction_tokens\":");
-        write_u64(&mut out, d.accepted_prediction_tokens);
-        out.extend_from_slice(b",\"rejected_prediction_tokens\":");
-        write_u64(&mut out, d.rejected_prediction_tokens);
-        out.extend_from_slice(b"}},\"service_tier\":");
-        write_json_str(&mut out, self.service_tier);
-        out.extend_from_slice(b",\"system_fingerprint\":");
-        match self.system_fingerprint {
-            Some(f) => write_json_str(&mut out, f),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.push(b'}');
-        out
+        write_json_str(out, choice.finish_reason);
+        out.push_str("}],\"usage\":{\"prompt_tokens\":");
+        out.push_str(n.format(u.prompt_tokens));
+        out.push_str(",\"completion_tokens\":");
+        out.push_str(n.format(u.completion_tokens));
+        out.push_str(",\"total_tokens\":");
+        out.push_str(n.format(u.total_tokens));
+        out.push_str(concat!(
+            ",\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0}",
+            ",\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,",
+            "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+            ",\"service_tier\":\"default\",\"system_fingerprint\":null}",
+        ));
     }
 }
 
-/// Appends `n` in decimal.
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
+/// How `serde_json` escapes each byte inside a string: 0 for none, `u` for `\u00XX`, else the
+/// character after the backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 /// Appends `s` as a JSON string, escaped exactly as `serde_json` escapes it: `"` and `\`,
 /// the short escapes `\b \f \n \r \t`, and `\u00XX` (lower-case hex) for other control
 /// characters; everything else, non-ASCII included, as is.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    write_json_str_body(out, s);
+    out.push('"');
+}
+
+/// [`write_json_str`] without the quotes.
+fn write_json_str_body(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        // Most bytes need no escape; they are copied in runs.
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+        // Most bytes need no escape; they are copied in runs. Every byte that does is ASCII,
+        // so `i` is a character boundary.
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
             continue;
         }
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x00..=0x1f => 0,
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if short == 0 {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.push(b'\\');
-            out.push(short);
+        out.push_str(&s[start..i]);
+        out.push('\\');
+        out.push(char::from(escape));
+        if escape == b'u' {
+            out.push_str("00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.push_str(&s[start..]);
+}
+
+/// Escapes `out[start..]` as the inside of a JSON string, in place (`start` is a character
+/// boundary). Text up to 128 bytes, such as a tags answer, is escaped through a buffer on the
+/// stack, byte by byte, and copied back once.
+fn escape_in_place(out: &mut String, start: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let raw = &out.as_bytes()[start..];
+    // An escape takes at most 6 bytes (`\u00XX`), so 128 bytes of text always fit.
+    let mut escaped = [0u8; 6 * 128];
+    if raw.len() > 128 {
+        let raw = out.split_off(start);
+        write_json_str_body(out, &raw);
+        return;
+    }
+    let mut n = 0;
+    for &b in raw {
+        match ESCAPE[usize::from(b)] {
+            0 => {
+                escaped[n] = b;
+                n += 1;
+            }
+            b'u' => {
+                escaped[n..n + 6].copy_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
+                n += 6;
+            }
+            short => {
+                escaped[n] = b'\\';
+                escaped[n + 1] = short;
+                n += 2;
+            }
+        }
+    }
+    out.truncate(start);
+    // The text's own bytes (from a `str`, cut at character boundaries: every escaped byte is
+    // ASCII) and ASCII escapes: valid UTF-8, so the text is borrowed, never replaced.
+    out.push_str(&String::from_utf8_lossy(&escaped[..n]));
 }
 
 /// A `chat.completion` object as a `Value` (for batch output lines, which embed it).
@@ -755,6 +818,29 @@ mod tests {
                 String::from_utf8(c.to_bytes()).unwrap(),
                 serde_json::to_string(&c).unwrap()
             );
+        }
+
+        /// Writing the content as plain text into the buffer gives the same bytes as building
+        /// the completion with that content (short content goes through the stack, long content
+        /// through the heap).
+        #[test]
+        fn content_written_in_place_matches_to_bytes(
+            prefix in "\\PC{0,8}",
+            content in prop_oneof![
+                Just(r#"{"tags":["cat","sky","tree"]}"#.to_owned()),
+                "[\\x00-\\x7f]{0,300}",
+                "\\PC{0,300}",
+            ],
+            finish in prop_oneof![Just("stop"), Just("length")],
+            created in any::<u64>(),
+            output in any::<u64>(),
+        ) {
+            let usage = Usage { input_tokens: 3, output_tokens: output / 2 };
+            let whole = ChatCompletion::new("chatcmpl-x", created, Model::Gpt4oMini, &content, finish, usage);
+            let empty = ChatCompletion::new("chatcmpl-x", created, Model::Gpt4oMini, "", finish, usage);
+            let mut out = prefix.clone();
+            empty.write_with_content(&mut out, |out| out.push_str(&content));
+            prop_assert_eq!(out, prefix + &String::from_utf8(whole.to_bytes()).unwrap());
         }
 
         #[test]

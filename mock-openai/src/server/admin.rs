@@ -269,7 +269,7 @@ pub(crate) fn metrics(state: &State) -> Reply {
         state.clock.now().since_epoch().as_secs_f64()
     );
     let mut reply = Reply::json(200, out);
-    reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    reply.set_content_type("text/plain; version=0.0.4; charset=utf-8");
     reply
 }
 

@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::Value;
+use tagstorm_core::tokens::{Model, Usage};
 
-use crate::chat::{ChatOutcome, ChatRequest};
+use crate::chat::{ChatOutcome, ChatRequest, FinishReason};
 use crate::error::{ApiError, LimitDimension};
-use crate::headers::{RateLimitHeaders, format_duration};
+use crate::headers::{RateLimitHeaders, write_duration};
 use crate::jsonl::{self, ChatBody, MAX_OUTPUT_TOKENS};
 use crate::latency::ms_to_duration;
 use crate::server::config::TransportFault;
@@ -21,6 +22,7 @@ use crate::server::http::{
     Reply, bad_request, invalid_json, invalid_type, read_body, unrecognized_argument,
 };
 use crate::server::{Delivery, OrgEntry, State};
+use crate::tags::Tags;
 
 /// Top-level request keys OpenAI accepts (facts §1, `CreateChatCompletionRequest` and the
 /// shared model-response properties); anything else is a 400 "Unrecognized request argument".
@@ -261,165 +263,347 @@ pub fn parse_request_checked(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     })
 }
 
-/// The common request shape, deserialized straight from the body with borrowed strings and no
-/// `Value` (which costs a map allocation per object). It accepts a strict subset of what
-/// [`parse_request_checked`] accepts and yields the same [`ChatBody`]; anything else (an escaped
-/// string, an optional key, a null, an invalid value) returns `None`, and the full validator
-/// answers, with OpenAI's exact error if there is one. A property test holds the two together.
+/// The common request shape, read straight from the body bytes by a small hand-written scanner:
+/// no `Value`, no serde visitors, no copies but the first image's URL. It accepts a strict
+/// subset of what [`parse_request_checked`] accepts and yields the same [`ChatBody`]; anything
+/// else (an escaped string, a `null`, an optional or repeated key, a number that is not a plain
+/// integer, an invalid value) returns `None`, and the full validator answers, with OpenAI's
+/// exact error if there is one. Property tests hold the two together.
 pub mod fast {
-    use serde::{Deserialize, Deserializer};
-    use tagstorm_core::tokens::{Detail, Model};
+    use tagstorm_core::tokens::{Detail, ImageSpec, Model};
 
     use super::ROLES;
     use crate::jsonl::{ChatBody, MAX_OUTPUT_TOKENS, image_spec_from_url};
 
-    /// `Some(v)` for a present key, so a `null` (`Some(None)`) differs from an absent key (`None`).
-    fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-        d: D,
-    ) -> Result<Option<T>, D::Error> {
-        T::deserialize(d).map(Some)
+    /// A position in the body. Every method returns `None` on anything outside the subset.
+    struct Scan<'a> {
+        bytes: &'a [u8],
+        at: usize,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Request<'a> {
-        #[serde(borrow)]
-        model: &'a str,
-        #[serde(borrow)]
-        messages: Vec<Message<'a>>,
-        #[serde(default, deserialize_with = "present")]
-        max_tokens: Option<Option<u64>>,
-        #[serde(default, deserialize_with = "present")]
-        max_completion_tokens: Option<Option<u64>>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Message<'a> {
-        #[serde(borrow)]
-        role: &'a str,
-        #[serde(borrow)]
-        content: Content<'a>,
-    }
-
-    /// A string or an array of parts. Deserialized by hand: `#[serde(untagged)]` buffers the
-    /// value and tries each variant in turn, building an error for the one that misses, which
-    /// cost more than the rest of the body's parse.
-    enum Content<'a> {
-        Text(&'a str),
-        Parts(Vec<Part<'a>>),
-    }
-
-    impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V<'a>(std::marker::PhantomData<&'a ()>);
-            impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-                type Value = Content<'a>;
-
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a string without escapes or an array of content parts")
+    impl<'a> Scan<'a> {
+        /// The next byte after JSON whitespace, not consumed.
+        fn peek(&mut self) -> Option<u8> {
+            while let Some(&b) = self.bytes.get(self.at) {
+                if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                    return Some(b);
                 }
+                self.at += 1;
+            }
+            None
+        }
 
-                fn visit_borrowed_str<E: serde::de::Error>(
-                    self,
-                    s: &'de str,
-                ) -> Result<Self::Value, E> {
-                    Ok(Content::Text(s))
-                }
+        /// Consumes `b` after whitespace.
+        fn eat(&mut self, b: u8) -> Option<()> {
+            (self.peek()? == b).then(|| self.at += 1)
+        }
 
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Self::Value, A::Error> {
-                    let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2));
-                    while let Some(p) = seq.next_element()? {
-                        parts.push(p);
+        /// A string without escapes, as bytes: only compared against ASCII constants, so bytes
+        /// that are not UTF-8 can only fail the comparison.
+        fn raw_str(&mut self) -> Option<&'a [u8]> {
+            self.eat(b'"')?;
+            let rest = self.bytes.get(self.at..)?;
+            // JSON forbids raw control characters in strings; `\` starts an escape.
+            let len = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            if rest[len] != b'"' {
+                return None;
+            }
+            self.at += len + 1;
+            Some(&rest[..len])
+        }
+
+        /// A string without escapes, as text.
+        fn str(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.raw_str()?).ok()
+        }
+
+        /// A non-negative integer written plainly (no sign, fraction, exponent or leading
+        /// zero), as `serde_json` reads it into a `u64`.
+        fn integer(&mut self) -> Option<u64> {
+            self.peek()?;
+            let rest = self.bytes.get(self.at..)?;
+            let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            if len == 0 || (len > 1 && rest[0] == b'0') {
+                return None;
+            }
+            let mut n = 0u64;
+            for &d in &rest[..len] {
+                n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            }
+            self.at += len;
+            // `60.0` or `6e1` is a number `serde_json` does not read as an integer.
+            match self.peek()? {
+                b',' | b'}' | b']' => Some(n),
+                _ => None,
+            }
+        }
+
+        /// An object: calls `field` with each key, positioned at its value. A key can only be
+        /// recognised once per object; `field` refuses the repeat (`serde` does too).
+        fn object(
+            &mut self,
+            mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+        ) -> Option<()> {
+            self.eat(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let key = self.raw_str()?;
+                self.eat(b':')?;
+                field(self, key)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        return Some(());
                     }
-                    Ok(Content::Parts(parts))
+                    _ => return None,
                 }
             }
-            d.deserialize_any(V(std::marker::PhantomData))
+        }
+
+        /// An array: calls `item` positioned at each element.
+        fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+            self.eat(b'[')?;
+            if self.peek()? == b']' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                item(self)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
         }
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Part<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        #[serde(default, borrow)]
-        text: Option<&'a str>,
-        #[serde(default, borrow)]
-        image_url: Option<Image<'a>>,
+    /// Sets `slot` once; a second value for the same key is refused.
+    fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(value?);
+        Some(())
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Image<'a> {
-        url: &'a str,
-        #[serde(default)]
-        detail: Option<&'a str>,
+    /// What the messages add up to.
+    #[derive(Default)]
+    struct Totals<'a> {
+        text_chars: u64,
+        images: Images,
+        image_url: Option<&'a str>,
+        messages: usize,
+    }
+
+    /// The images of a body: up to [`Images::INLINE`] in place, more on the heap.
+    #[derive(Clone, Debug)]
+    pub struct Images {
+        inline: [ImageSpec; Images::INLINE],
+        len: usize,
+        spilled: Vec<ImageSpec>,
+    }
+
+    impl Default for Images {
+        fn default() -> Self {
+            const NONE: ImageSpec = ImageSpec {
+                width_px: 0,
+                height_px: 0,
+                detail: Detail::Auto,
+            };
+            Images {
+                inline: [NONE; Images::INLINE],
+                len: 0,
+                spilled: Vec::new(),
+            }
+        }
+    }
+
+    impl Images {
+        /// Images held without an allocation.
+        const INLINE: usize = 4;
+
+        fn push(&mut self, image: ImageSpec) {
+            if self.spilled.is_empty() {
+                if let Some(slot) = self.inline.get_mut(self.len) {
+                    *slot = image;
+                    self.len += 1;
+                    return;
+                }
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(image);
+        }
+
+        /// The images, in order.
+        pub fn as_slice(&self) -> &[ImageSpec] {
+            if self.spilled.is_empty() {
+                &self.inline[..self.len]
+            } else {
+                &self.spilled
+            }
+        }
+    }
+
+    /// A body read by [`parse_borrowed`]: the first image's URL borrowed from the body bytes and
+    /// the images in place, so reading it allocates nothing for the common shape.
+    #[derive(Clone, Debug)]
+    pub struct Body<'a> {
+        /// The body's model.
+        pub model: Model,
+        /// `max_tokens` (or `max_completion_tokens`); 0 when absent.
+        pub max_tokens: u32,
+        /// Characters of text content in the messages.
+        pub text_chars: u64,
+        /// Every image in the messages.
+        pub images: Images,
+        /// The first image's URL; empty if none.
+        pub image_url: &'a str,
+    }
+
+    impl Body<'_> {
+        /// The same body as an owned [`ChatBody`].
+        pub fn to_owned(&self) -> ChatBody {
+            ChatBody {
+                model: self.model,
+                max_tokens: self.max_tokens,
+                text_chars: self.text_chars,
+                images: self.images.as_slice().to_vec(),
+                image_url: self.image_url.to_owned(),
+            }
+        }
+    }
+
+    fn count_text(totals: &mut Totals<'_>, text: &str) {
+        totals.text_chars = totals
+            .text_chars
+            .saturating_add(text.chars().count() as u64);
+    }
+
+    /// `{"url": "…", "detail": "low"}`: a non-empty URL, and an optional detail that is one of
+    /// `auto`, `low`, `high`.
+    fn image<'a>(scan: &mut Scan<'a>, totals: &mut Totals<'a>) -> Option<()> {
+        let mut url = None;
+        let mut detail = None;
+        scan.object(|scan, key| match key {
+            b"url" => once(&mut url, scan.str().filter(|u| !u.is_empty())),
+            b"detail" => once(
+                &mut detail,
+                match scan.raw_str()? {
+                    b"auto" => Some(Detail::Auto),
+                    b"low" => Some(Detail::Low),
+                    b"high" => Some(Detail::High),
+                    _ => None,
+                },
+            ),
+            _ => None,
+        })?;
+        let url = url?;
+        totals
+            .images
+            .push(image_spec_from_url(url, detail.unwrap_or(Detail::Auto)));
+        totals.image_url.get_or_insert(url);
+        Some(())
+    }
+
+    /// A content part: `{"type": "text", "text": "…"}` or `{"type": "image_url", "image_url":
+    /// {…}}`, keys in any order.
+    fn part<'a>(scan: &mut Scan<'a>, totals: &mut Totals<'a>) -> Option<()> {
+        let mut kind = None;
+        let mut text = None;
+        let mut image_seen = None;
+        scan.object(|scan, key| match key {
+            b"type" => once(&mut kind, scan.raw_str()),
+            b"text" => once(&mut text, scan.str()),
+            b"image_url" => once(&mut image_seen, image(scan, totals)),
+            _ => None,
+        })?;
+        match (kind?, text, image_seen) {
+            (b"text", Some(t), None) => count_text(totals, t),
+            (b"image_url", None, Some(())) => {}
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// A message: `{"role": "user", "content": "…" or [parts]}`, keys in any order.
+    fn message<'a>(scan: &mut Scan<'a>, totals: &mut Totals<'a>) -> Option<()> {
+        let mut role = None;
+        let mut content = None;
+        scan.object(|scan, key| match key {
+            b"role" => once(
+                &mut role,
+                scan.raw_str()
+                    .filter(|r| ROLES.iter().any(|known| known.as_bytes() == *r)),
+            ),
+            b"content" => once(
+                &mut content,
+                match scan.peek()? {
+                    b'"' => scan.str().map(|t| count_text(totals, t)),
+                    b'[' => scan.array(|scan| part(scan, totals)),
+                    _ => None,
+                },
+            ),
+            _ => None,
+        })?;
+        role?;
+        content?;
+        totals.messages += 1;
+        Some(())
     }
 
     /// The body, if it has the common shape and is valid; `None` sends it to the full validator.
     pub fn parse(bytes: &[u8]) -> Option<ChatBody> {
-        let req: Request<'_> = serde_json::from_slice(bytes).ok()?;
-        let model = Model::from_name(req.model)?;
-        if req.messages.is_empty() {
+        parse_borrowed(bytes).map(|b| b.to_owned())
+    }
+
+    /// [`parse`] without copying: the body borrows from `bytes`.
+    pub fn parse_borrowed(bytes: &[u8]) -> Option<Body<'_>> {
+        let mut scan = Scan { bytes, at: 0 };
+        let mut model = None;
+        let mut messages = None;
+        let mut max_tokens = None;
+        let mut max_completion_tokens = None;
+        let mut totals = Totals::default();
+        scan.object(|scan, key| match key {
+            b"model" => once(&mut model, scan.str().and_then(Model::from_name)),
+            b"messages" => once(&mut messages, scan.array(|scan| message(scan, &mut totals))),
+            b"max_tokens" => once(&mut max_tokens, scan.integer()),
+            b"max_completion_tokens" => once(&mut max_completion_tokens, scan.integer()),
+            _ => None,
+        })?;
+        // Nothing but whitespace may follow the body.
+        if scan.peek().is_some() {
             return None;
         }
-        let max_tokens = match (req.max_tokens, req.max_completion_tokens) {
+        messages?;
+        if totals.messages == 0 {
+            return None;
+        }
+        let max_tokens = match (max_tokens, max_completion_tokens) {
             (None, None) => 0,
-            (Some(Some(v)), None) | (None, Some(Some(v))) => v,
+            (Some(v), None) | (None, Some(v))
+                if (1..=u64::from(MAX_OUTPUT_TOKENS)).contains(&v) =>
+            {
+                v
+            }
             _ => return None,
         };
-        if max_tokens > u64::from(MAX_OUTPUT_TOKENS)
-            || (max_tokens == 0
-                && (req.max_tokens.is_some() || req.max_completion_tokens.is_some()))
-        {
-            return None;
-        }
-        let mut text_chars = 0u64;
-        let mut images = Vec::new();
-        let mut image_url = String::new();
-        for m in &req.messages {
-            if !ROLES.contains(&m.role) {
-                return None;
-            }
-            match &m.content {
-                Content::Text(t) => {
-                    text_chars = text_chars.saturating_add(t.chars().count() as u64)
-                }
-                Content::Parts(parts) => {
-                    for part in parts {
-                        match (part.kind, part.text, &part.image_url) {
-                            ("text", Some(t), None) => {
-                                text_chars = text_chars.saturating_add(t.chars().count() as u64);
-                            }
-                            ("image_url", None, Some(img)) if !img.url.is_empty() => {
-                                let detail = match img.detail {
-                                    None | Some("auto") => Detail::Auto,
-                                    Some("low") => Detail::Low,
-                                    Some("high") => Detail::High,
-                                    Some(_) => return None,
-                                };
-                                images.push(image_spec_from_url(img.url, detail));
-                                if image_url.is_empty() {
-                                    image_url = img.url.to_owned();
-                                }
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-            }
-        }
-        Some(ChatBody {
-            model,
+        Some(Body {
+            model: model?,
             max_tokens: u32::try_from(max_tokens).ok()?,
-            text_chars,
-            images,
-            image_url,
+            text_chars: totals.text_chars,
+            images: totals.images,
+            image_url: totals.image_url.unwrap_or(""),
         })
     }
 }
@@ -431,27 +615,91 @@ const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-rema
 const X_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
 const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-fn limit_headers(state: &State, h: RateLimitHeaders, reply: Reply) -> Reply {
-    let real = RateLimitHeaders {
-        reset_requests: state.clock.to_real(h.reset_requests),
-        reset_tokens: state.clock.to_real(h.reset_tokens),
-        ..h
-    };
-    // Counts go in as integers and names as constants: no string is built or re-validated
-    // for them on this path, which runs once per request.
+/// The six `x-ratelimit-*` names, in the order OpenAI sends them.
+static LIMIT_NAMES: [HeaderName; 6] = [
+    X_LIMIT_REQUESTS,
+    X_LIMIT_TOKENS,
+    X_REMAINING_REQUESTS,
+    X_REMAINING_TOKENS,
+    X_RESET_REQUESTS,
+    X_RESET_TOKENS,
+];
+
+fn limit_headers(state: &State, h: RateLimitHeaders, mut reply: Reply) -> Reply {
+    let reset_requests = state.clock.to_real(h.reset_requests);
+    let reset_tokens = state.clock.to_real(h.reset_tokens);
+    // All six values are written into one buffer and each header holds a slice of it: one
+    // allocation for the six instead of one per value and per duration string. Counts take at
+    // most 20 digits each; a duration's text is short unless it runs for years.
+    let mut buf = BytesMut::with_capacity(4 * 20 + 2 * 16);
+    let mut ends = [0usize; 6];
+    let mut digits = itoa::Buffer::new();
+    let counts = [
+        h.limit_requests,
+        h.limit_tokens,
+        h.remaining_requests,
+        h.remaining_tokens,
+    ];
+    for (end, count) in ends.iter_mut().zip(counts) {
+        buf.extend_from_slice(digits.format(count).as_bytes());
+        *end = buf.len();
+    }
+    // Writing to a `BytesMut` cannot fail (it grows as needed).
+    let _ = write_duration(reset_requests, &mut buf);
+    ends[4] = buf.len();
+    let _ = write_duration(reset_tokens, &mut buf);
+    ends[5] = buf.len();
+    let values = buf.freeze();
+    let mut start = 0;
+    for (name, end) in LIMIT_NAMES.iter().zip(ends) {
+        // Digits and `h`/`m`/`s`/`.` are always valid header text; a value that were not
+        // would be skipped, as `Reply::header_text` does.
+        if let Ok(v) = HeaderValue::from_maybe_shared(values.slice(start..end)) {
+            reply.push_header(name, v);
+        }
+        start = end;
+    }
     reply
-        .header_value(&X_LIMIT_REQUESTS, HeaderValue::from(real.limit_requests))
-        .header_value(&X_LIMIT_TOKENS, HeaderValue::from(real.limit_tokens))
-        .header_value(
-            &X_REMAINING_REQUESTS,
-            HeaderValue::from(real.remaining_requests),
-        )
-        .header_value(
-            &X_REMAINING_TOKENS,
-            HeaderValue::from(real.remaining_tokens),
-        )
-        .header_text(&X_RESET_REQUESTS, &format_duration(real.reset_requests))
-        .header_text(&X_RESET_TOKENS, &format_duration(real.reset_tokens))
+}
+
+/// Appends the assistant message of an answer to `out` as plain text: the tags' JSON, cut to
+/// 4 bytes a token when generation stopped at `max_tokens` (what [`crate::chat::content`]
+/// returns, without a `String` of its own).
+fn write_content(out: &mut String, tags: Tags, usage: Usage, finish: FinishReason) {
+    let start = out.len();
+    tags.write_json(out);
+    if finish == FinishReason::Length {
+        let max = usize::try_from(usage.output_tokens.saturating_mul(4)).unwrap_or(usize::MAX);
+        let end = start.saturating_add(max);
+        // Tags JSON is ASCII, so every index is a character boundary.
+        if end < out.len() && out.is_char_boundary(end) {
+            out.truncate(end);
+        }
+    }
+}
+
+/// The `chat.completion` body answering request `rid`, with the content written straight into
+/// the response buffer.
+fn completion_body(
+    state: &State,
+    rid: &str,
+    model: Model,
+    tags: Tags,
+    usage: Usage,
+    finish: FinishReason,
+) -> Bytes {
+    let id = state.completion_id(rid);
+    let json = jsonl::ChatCompletion::new(
+        id.as_str(),
+        state.clock.unix_now_s(),
+        model,
+        "",
+        finish.as_str(),
+        usage,
+    );
+    let mut out = String::with_capacity(json.capacity(tags.json_len()));
+    json.write_with_content(&mut out, |out| write_content(out, tags, usage, finish));
+    Bytes::from(out)
 }
 
 fn dimension_label(d: LimitDimension) -> usize {
@@ -473,36 +721,44 @@ pub(crate) async fn create(
         Ok(b) => b,
         Err(e) => return e.into(),
     };
-    let body = match parse_request(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into(),
-    };
-    let request = ChatRequest {
-        model: body.model,
-        max_tokens: body.max_tokens,
-        text_chars: body.text_chars,
-        images: &body.images,
-        image_url: &body.image_url,
+    // The common shape borrows from the body bytes; anything else goes through the full
+    // validator, which owns what it returns.
+    let (fast_body, checked_body);
+    let request = match fast::parse_borrowed(&bytes) {
+        Some(b) => {
+            fast_body = b;
+            ChatRequest {
+                model: fast_body.model,
+                max_tokens: fast_body.max_tokens,
+                text_chars: fast_body.text_chars,
+                images: fast_body.images.as_slice(),
+                image_url: fast_body.image_url,
+            }
+        }
+        None => match parse_request_checked(&bytes) {
+            Ok(b) => {
+                checked_body = b;
+                ChatRequest {
+                    model: checked_body.model,
+                    max_tokens: checked_body.max_tokens,
+                    text_chars: checked_body.text_chars,
+                    images: &checked_body.images,
+                    image_url: &checked_body.image_url,
+                }
+            }
+            Err(e) => return e.into(),
+        },
     };
     if !state.enforce_limits {
         let (usage, tags, finish) = state.lock().upstream.answer(
-            body.model,
-            body.max_tokens,
-            body.text_chars,
-            &body.images,
-            &body.image_url,
+            request.model,
+            request.max_tokens,
+            request.text_chars,
+            request.images,
+            request.image_url,
         );
-        let id = state.completion_id(rid);
-        let content = crate::chat::content(tags, usage, finish);
-        let json = jsonl::ChatCompletion::new(
-            id.as_str(),
-            state.clock.unix_now_s(),
-            body.model,
-            &content,
-            finish.as_str(),
-            usage,
-        );
-        return Reply::json(200, json.to_bytes()).into();
+        let json = completion_body(state, rid, request.model, tags, usage, finish);
+        return Reply::json(200, json).into();
     }
     let now = state.clock.now();
     let (outcome, transport, slow_ms) = {
@@ -517,17 +773,15 @@ pub(crate) async fn create(
     };
     match outcome {
         ChatOutcome::Ok(ok) => {
-            let id = state.completion_id(rid);
-            let content = ok.content();
-            let json = jsonl::ChatCompletion::new(
-                id.as_str(),
-                state.clock.unix_now_s(),
-                body.model,
-                &content,
-                ok.finish_reason.as_str(),
+            let json = completion_body(
+                state,
+                rid,
+                request.model,
+                ok.tags,
                 ok.usage,
+                ok.finish_reason,
             );
-            let reply = limit_headers(state, ok.headers, Reply::json(200, json.to_bytes()));
+            let reply = limit_headers(state, ok.headers, Reply::json(200, json));
             sleep(state.clock.to_real(ok.latency)).await;
             match transport {
                 TransportFault::Ok => reply.into(),
@@ -541,7 +795,7 @@ pub(crate) async fn create(
             let retry = state.clock.to_real(r.retry_after);
             state.stats.rate_limited(dimension_label(r.dimension));
             let err = ApiError::rate_limited(
-                body.model,
+                request.model,
                 &org.name,
                 r.dimension,
                 r.limit,
@@ -560,23 +814,18 @@ pub(crate) async fn create(
         }
         ChatOutcome::RequestTooLarge { .. } => {
             state.stats.rate_limited(3);
-            error_of(&outcome, body.model, org, rid)
+            error_of(&outcome, request.model, org, rid)
         }
         ChatOutcome::ServerError { after, .. } => {
             sleep(state.clock.to_real(after)).await;
-            error_of(&outcome, body.model, org, rid)
+            error_of(&outcome, request.model, org, rid)
         }
         ChatOutcome::Timeout { after } => Delivery::Hold(state.clock.to_real(after)),
         ChatOutcome::Rejected(e) => e.into(),
     }
 }
 
-fn error_of(
-    outcome: &ChatOutcome,
-    model: tagstorm_core::tokens::Model,
-    org: &OrgEntry,
-    rid: &str,
-) -> Delivery {
+fn error_of(outcome: &ChatOutcome, model: Model, org: &OrgEntry, rid: &str) -> Delivery {
     match outcome.api_error(model, &org.name, rid) {
         Some(e) => e.into(),
         None => Reply::json(500, Bytes::new()).into(),
@@ -681,6 +930,195 @@ mod tests {
             if let Some(got) = fast::parse(&bytes) {
                 prop_assert_eq!(Ok(got), parse_request_checked(&bytes).map_err(|e| e.message));
             }
+        }
+    }
+
+    /// The content the server writes into the response is what the model's `content` returns.
+    #[test]
+    fn written_content_matches_the_models_content() {
+        use crate::chat::FinishReason;
+        use crate::tags::Tags;
+        use tagstorm_core::tokens::Usage;
+        for i in 0..200u64 {
+            let tags = Tags::of(&format!("https://img.example/{i}.jpg"));
+            for output_tokens in [0, 1, 2, 5, 9, 10, 30, u64::MAX / 2, u64::MAX] {
+                let usage = Usage {
+                    input_tokens: 100,
+                    output_tokens,
+                };
+                for finish in [FinishReason::Stop, FinishReason::Length] {
+                    let mut out = String::from("prefix");
+                    super::write_content(&mut out, tags, usage, finish);
+                    assert_eq!(out[6..], crate::chat::content(tags, usage, finish));
+                }
+            }
+        }
+    }
+
+    /// Valid bodies of the common shape, in the generator's key order.
+    fn valid_body() -> impl Strategy<Value = Value> {
+        let detail = prop_oneof![
+            Just(None),
+            Just(Some("low")),
+            Just(Some("high")),
+            Just(Some("auto"))
+        ];
+        let image = ("[a-z0-9/.?=&]{1,30}", detail).prop_map(|(path, detail)| {
+            let mut o = json!({"url": format!("https://img.example/{path}")});
+            if let Some(d) = detail {
+                o["detail"] = json!(d);
+            }
+            json!({"type": "image_url", "image_url": o})
+        });
+        let part = prop_oneof![
+            "\\PC{0,12}".prop_map(|t| json!({"type": "text", "text": t})),
+            image,
+        ];
+        let content = prop_oneof![
+            "\\PC{0,12}".prop_map(Value::from),
+            prop::collection::vec(part, 0..3).prop_map(Value::Array),
+        ];
+        let role = prop::sample::select(vec!["user", "system", "assistant", "developer"]);
+        let message = (role, content).prop_map(|(r, c)| json!({"role": r, "content": c}));
+        (
+            prop::sample::select(vec!["gpt-4o-mini", "gpt-4o"]),
+            prop::collection::vec(message, 1..3),
+            prop::option::of((any::<bool>(), 1u32..20_000)),
+        )
+            .prop_map(|(model, messages, tokens)| {
+                let mut b = json!({"model": model, "messages": messages});
+                if let Some((completion, n)) = tokens {
+                    let key = if completion {
+                        "max_completion_tokens"
+                    } else {
+                        "max_tokens"
+                    };
+                    b[key] = json!(n);
+                }
+                b
+            })
+    }
+
+    /// Bytes near valid bodies: a body from the generator, pretty-printed or not, with a few
+    /// bytes deleted, replaced or inserted (JSON punctuation, digits, escapes, whitespace,
+    /// control and non-UTF-8 bytes) and a piece repeated, which makes repeated keys.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            prop::sample::select(b"\"\\,:{}[]0123456789-+.eEnul \t\r\nx".to_vec()),
+            Just(0u8),
+            Just(0x1f),
+            Just(0xc3),
+            Just(0xa9),
+            Just(0xff),
+        ];
+        let edit = (0usize..400, 0u8..4, byte);
+        (
+            prop_oneof![1 => body(), 3 => valid_body()],
+            any::<bool>(),
+            prop::collection::vec(edit, 0..3),
+            prop::option::weighted(0.2, (0usize..400, 1usize..40, 0usize..400)),
+        )
+            .prop_map(|(b, pretty, edits, repeat)| {
+                let mut bytes = if pretty {
+                    serde_json::to_vec_pretty(&b).unwrap()
+                } else {
+                    serde_json::to_vec(&b).unwrap()
+                };
+                for (at, op, byte) in edits {
+                    let at = at % (bytes.len() + 1);
+                    match op {
+                        0 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        1 if at < bytes.len() => bytes[at] = byte,
+                        _ => bytes.insert(at, byte),
+                    }
+                }
+                if let Some((from, len, to)) = repeat {
+                    let from = from % (bytes.len() + 1);
+                    let piece = bytes[from..(from + len).min(bytes.len())].to_vec();
+                    let to = to % (bytes.len() + 1);
+                    bytes.splice(to..to, piece);
+                }
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, .. ProptestConfig::default() })]
+
+        /// Near-valid bytes: whatever the fast path accepts, the full validator accepts with
+        /// the same result.
+        #[test]
+        fn fast_path_agrees_on_mutated_bodies(bytes in mutated()) {
+            if let Some(got) = fast::parse(&bytes) {
+                prop_assert_eq!(Ok(got), parse_request_checked(&bytes).map_err(|e| e.message));
+            }
+        }
+
+        #[test]
+        fn fast_path_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = fast::parse(&bytes);
+        }
+    }
+
+    /// The mutated bodies reach the fast path too, pretty-printed ones included.
+    #[test]
+    fn mutated_bodies_reach_the_fast_path() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut accepted, mut pretty) = (0, 0);
+        for _ in 0..4096 {
+            let b = mutated().new_tree(&mut runner).unwrap().current();
+            if fast::parse(&b).is_some() {
+                accepted += 1;
+                pretty += usize::from(b.contains(&b'\n'));
+            }
+        }
+        assert!(
+            accepted > 300 && pretty > 100,
+            "{accepted} of 4096 mutated bodies took the fast path, {pretty} of them pretty-printed"
+        );
+    }
+
+    /// Keys in any order and whitespace anywhere JSON allows it take the fast path; a repeated
+    /// key, a trailing byte, a float or a leading zero do not.
+    #[test]
+    fn fast_path_edges() {
+        let accepted: [&[u8]; 3] = [
+            br#" { "messages" : [ { "content" : [ { "image_url" : { "detail" : "high" , "url" : "https://i/x.jpg?w=64&h=64" } , "type" : "image_url" } ] , "role" : "user" } ] ,
+               "max_completion_tokens" : 7 , "model" : "gpt-4o" } "#,
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"déjà"},{"role":"user","content":[]}]}"#.as_bytes(),
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":16384}"#,
+        ];
+        for b in accepted {
+            let got = fast::parse(b).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(b)));
+            assert_eq!(Ok(got), parse_request_checked(b).map_err(|e| e.message));
+        }
+        // More images than the fast path holds in place.
+        let parts: Vec<Value> = (0..7)
+            .map(|i| json!({"type": "image_url", "image_url": {"url": format!("https://i/{i}.jpg?w={}", 100 + i)}}))
+            .collect();
+        let b = serde_json::to_vec(
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": parts}]}),
+        )
+        .unwrap();
+        let got = fast::parse(&b).expect("seven images");
+        assert_eq!(got.images.len(), 7);
+        assert_eq!(Ok(got), parse_request_checked(&b).map_err(|e| e.message));
+        let declined: [&[u8]; 9] = [
+            br#"{"model":"gpt-4o-mini","model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","role":"user","content":"x"}]}"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}x"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":6.0}"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":060}"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":16385}"#,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\u0041"}]}"#,
+            b"{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}",
+            br#"{"model":"gpt-4o-mini","messages":[]}"#,
+        ];
+        for b in declined {
+            assert_eq!(fast::parse(b), None, "{}", String::from_utf8_lossy(b));
         }
     }
 

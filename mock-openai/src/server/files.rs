@@ -94,6 +94,6 @@ pub(crate) fn content(state: &State, org: &OrgEntry, id: &str) -> Delivery {
         Err(e) => return e.into(),
     };
     let mut reply = Reply::json(200, bytes);
-    reply.content_type = "application/octet-stream";
+    reply.set_content_type("application/octet-stream");
     reply.into()
 }

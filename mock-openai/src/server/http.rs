@@ -67,32 +67,36 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Headers a reply usually carries (request id, version, timing, organization and the six
-/// `x-ratelimit-*`), so that adding them does not grow the list.
-const REPLY_HEADERS: usize = 10;
+/// Headers a reply usually carries (content type, request id, version, timing, organization
+/// and the six `x-ratelimit-*`), so that adding them does not grow the map (which rehashes).
+const REPLY_HEADERS: usize = 11;
 
-/// A reply under construction: status, extra headers and body.
+/// A reply under construction: status, headers and body.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
-    /// `content-type`.
-    pub content_type: &'static str,
-    /// Further headers, in order.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The headers, `content-type` first, then in the order they were added. They become the
+    /// response's own map, so nothing is copied when it is sent.
+    pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
 }
 
 impl Reply {
-    /// A JSON success (`application/json`).
-    pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
+    fn new(status: u16, content_type: &'static str, body: Bytes) -> Reply {
+        let mut headers = HeaderMap::with_capacity(REPLY_HEADERS);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         Reply {
             status,
-            content_type: "application/json",
-            headers: Vec::with_capacity(REPLY_HEADERS),
-            body: body.into(),
+            headers,
+            body,
         }
+    }
+
+    /// A JSON success (`application/json`).
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply::new(status, "application/json", body.into())
     }
 
     /// A serializable value as JSON.
@@ -112,18 +116,29 @@ impl Reply {
 
     /// An OpenAI error envelope (`application/json; charset=utf-8`, facts §1).
     pub fn error(err: &ApiError) -> Reply {
-        Reply {
-            status: err.status,
-            content_type: "application/json; charset=utf-8",
-            headers: Vec::with_capacity(REPLY_HEADERS),
-            body: Bytes::from(err.to_json()),
-        }
+        Reply::new(
+            err.status,
+            "application/json; charset=utf-8",
+            Bytes::from(err.to_json()),
+        )
+    }
+
+    /// Replaces the `content-type` (it keeps its place, first).
+    pub fn set_content_type(&mut self, content_type: &'static str) {
+        self.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
 
     /// Adds a header whose name and value are already built.
     pub fn header_value(mut self, name: &HeaderName, value: HeaderValue) -> Reply {
-        self.headers.push((name.clone(), value));
+        self.push_header(name, value);
         self
+    }
+
+    /// Adds a header whose name and value are already built, in place (the hot paths add
+    /// several without moving the reply for each).
+    pub fn push_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.headers.append(name.clone(), value);
     }
 
     /// Adds a header with a built name and a text value; values that are not valid header text
@@ -138,7 +153,7 @@ impl Reply {
     /// Adds a header; values that are not valid header text are skipped.
     pub fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {
         if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
-            self.headers.push((HeaderName::from_static(name), v));
+            self.headers.append(HeaderName::from_static(name), v);
         }
         self
     }
@@ -149,19 +164,13 @@ impl Reply {
         let mut resp = Response::new(body);
         *resp.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // Sized once: growing a header map rehashes it.
-        let mut h = HeaderMap::with_capacity(self.headers.len() + 1);
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        for (name, value) in self.headers {
-            h.append(name, value);
-        }
-        *resp.headers_mut() = h;
+        *resp.headers_mut() = self.headers;
         resp
     }
 
     /// The hyper response with the whole body.
-    pub fn into_response(self) -> Response<Body> {
-        let body = Body::Full(Some(self.body.clone()));
+    pub fn into_response(mut self) -> Response<Body> {
+        let body = Body::Full(Some(std::mem::take(&mut self.body)));
         self.into_response_with(body)
     }
 }
