@@ -15,8 +15,14 @@ fn scenarios_dir() -> PathBuf {
 }
 
 fn scenario(name: &str) -> Scenario {
+    scenario_with(name, &[])
+}
+
+/// A shipped scenario with `--set` overrides.
+fn scenario_with(name: &str, sets: &[&str]) -> Scenario {
     let path = scenarios_dir().join(format!("{name}.toml"));
-    Scenario::load(&path.to_string_lossy(), &[]).unwrap()
+    let sets: Vec<SetArg> = sets.iter().map(|s| SetArg::parse(s).unwrap()).collect();
+    Scenario::load(&path.to_string_lossy(), &sets).unwrap()
 }
 
 fn run(s: &Scenario, preset: &str) -> Results {
@@ -62,13 +68,7 @@ fn same_seed_gives_byte_identical_json() {
 #[test]
 fn a_different_seed_changes_the_run_but_not_its_shape() {
     let s = scenario("ten-users-fifteen-images");
-    let seven = Scenario::load(
-        &scenarios_dir()
-            .join("ten-users-fifteen-images.toml")
-            .to_string_lossy(),
-        &[SetArg::parse("seed=7").unwrap()],
-    )
-    .unwrap();
+    let seven = scenario_with("ten-users-fifteen-images", &["seed=7"]);
     let (a, b) = (run(&s, "tagstorm"), run(&seven, "tagstorm"));
     assert_eq!(b.seed, 7);
     assert_eq!(a.images.total, b.images.total);
@@ -591,13 +591,7 @@ fn validate_reports_every_bad_file_not_just_the_first() {
 /// simulator counts every one of them as a mismatch.
 #[test]
 fn answers_cut_short_are_counted_as_tag_mismatches() {
-    let s = Scenario::load(
-        &scenarios_dir()
-            .join("ten-users-fifteen-images.toml")
-            .to_string_lossy(),
-        &[SetArg::parse("images.output_tokens=1").unwrap()],
-    )
-    .unwrap();
+    let s = scenario_with("ten-users-fifteen-images", &["images.output_tokens=1"]);
     let r = run(&s, "tagstorm");
     assert_eq!(r.images.tagged, 150);
     assert_eq!(r.verification.tag_mismatches, 150);
