@@ -59,27 +59,20 @@ impl ImageId {
     /// Same text as `to_string()`; a batch of 50,000 lines builds one per line, so this skips
     /// the formatting machinery and the reallocations of a string built from empty.
     pub fn custom_id(&self) -> String {
-        let mut out = String::with_capacity(Self::CUSTOM_ID_MAX_LEN);
-        self.write_custom_id(&mut out);
-        out
-    }
-
-    /// Appends the `custom_id` to `out`.
-    pub fn write_custom_id(&self, out: &mut String) {
         let mut digits = itoa::Buffer::new();
+        let mut out = String::with_capacity(Self::CUSTOM_ID_MAX_LEN);
         out.push('u');
         out.push_str(digits.format(self.upload.0));
         out.push_str("-i");
         out.push_str(digits.format(self.index));
+        out
     }
 }
 
 /// The `custom_id` of a batch line: `u{upload}-i{index}`.
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(Self::CUSTOM_ID_MAX_LEN);
-        self.write_custom_id(&mut s);
-        f.pad(&s)
+        write!(f, "u{}-i{}", self.upload.0, self.index)
     }
 }
 
