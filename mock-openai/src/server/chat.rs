@@ -405,7 +405,7 @@ pub mod fast {
         messages: usize,
     }
 
-    /// The images of a body: up to [`Images::INLINE`] in place, more on the heap.
+    /// The images of a body: up to `Images::INLINE` in place, more on the heap.
     #[derive(Clone, Debug)]
     pub struct Images {
         inline: [ImageSpec; Images::INLINE],
