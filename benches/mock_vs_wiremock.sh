@@ -9,7 +9,9 @@
 #    pinning also mock-openai --no-limits --workers 2.
 # 2. Open loop at RATE requests/s with oha --latency-correction (coordinated omission
 #    corrected), when oha is installed; else wrk paced with Lua delay() (a closed loop, so not
-#    corrected).
+#    corrected). The open loop also runs a noise-floor row: benches/examples/hello_floor.rs, a
+#    trivial keep-alive server that answers a fixed body and does nothing else, so its tail
+#    latency is the machine's (loopback, scheduler, VM), not a server's.
 #
 # Each round runs every row once, wiremock first; ROUNDS rounds. Pinning (PIN=1, the default
 # on 2+ CPUs): the server runs on CPU 1 and the load generator on CPU 0 (taskset), so they do
@@ -31,7 +33,8 @@ PIN="${PIN:-$([ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && echo 1 ||
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 
 cargo build --quiet --release -p mock-openai --bin mock-openai
-cargo build --quiet --release -p tagstorm-benches --features peers --example wiremock_stub
+cargo build --quiet --release -p tagstorm-benches --features peers --example wiremock_stub \
+  --example hello_floor
 
 if [ "$PIN" = 1 ]; then
   srv=(taskset -c 1) gen=(taskset -c 0) pinning="server on CPU 1, load generator on CPU 0"
@@ -73,12 +76,14 @@ TOML
 mock="$TARGET/release/mock-openai"
 stub="$TARGET/release/examples/wiremock_stub"
 declare -A server=(
+  [floor]="$TARGET/release/examples/hello_floor"
   [wiremock]="$stub"
   [nolimits]="$mock --port 0 --no-limits --config $work/zero.toml"
   [limits]="$mock --port 0 --config $work/huge.toml"
   [nolimits2]="$mock --port 0 --no-limits --config $work/zero.toml --workers 2"
 )
 declare -A label=(
+  [floor]="noise floor: trivial server (hello_floor, 1 thread)"
   [wiremock]="wiremock-rs stub (1 thread)"
   [nolimits]="mock-openai --no-limits, 1 worker"
   [limits]="mock-openai, limits on (huge), 1 worker"
@@ -154,7 +159,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for key in wiremock nolimits limits; do closed_loop "$key" "$round"; done
   # Two workers only help when the server is not confined to one CPU.
   [ "$PIN" = 1 ] || closed_loop nolimits2 "$round"
-  for key in wiremock limits nolimits; do open_loop "$key" "$round"; done
+  for key in floor wiremock limits nolimits; do open_loop "$key" "$round"; done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
