@@ -269,7 +269,12 @@ pub fn parse_request_checked(bytes: &[u8]) -> Result<ChatBody, ApiError> {
 /// else (an escaped string, a `null`, an optional or repeated key, a number that is not a plain
 /// integer, an invalid value) returns `None`, and the full validator answers, with OpenAI's
 /// exact error if there is one. Property tests hold the two together.
+///
+/// Why not serde: with `serde_json` and derived structs this parse cost about 7,600 instructions
+/// for the benchmark body, and the scanner about 4,000 (callgrind, `benches/mock_callgrind.sh`;
+/// BENCHMARKS.md), a tenth of the server's whole per-request cost.
 pub mod fast {
+    use smallvec::SmallVec;
     use tagstorm_core::tokens::{Detail, ImageSpec, Model};
 
     use super::ROLES;
@@ -405,54 +410,8 @@ pub mod fast {
         messages: usize,
     }
 
-    /// The images of a body: up to `Images::INLINE` in place, more on the heap.
-    #[derive(Clone, Debug)]
-    pub struct Images {
-        inline: [ImageSpec; Images::INLINE],
-        len: usize,
-        spilled: Vec<ImageSpec>,
-    }
-
-    impl Default for Images {
-        fn default() -> Self {
-            const NONE: ImageSpec = ImageSpec {
-                width_px: 0,
-                height_px: 0,
-                detail: Detail::Auto,
-            };
-            Images {
-                inline: [NONE; Images::INLINE],
-                len: 0,
-                spilled: Vec::new(),
-            }
-        }
-    }
-
-    impl Images {
-        /// Images held without an allocation.
-        const INLINE: usize = 4;
-
-        fn push(&mut self, image: ImageSpec) {
-            if self.spilled.is_empty() {
-                if let Some(slot) = self.inline.get_mut(self.len) {
-                    *slot = image;
-                    self.len += 1;
-                    return;
-                }
-                self.spilled.extend_from_slice(&self.inline);
-            }
-            self.spilled.push(image);
-        }
-
-        /// The images, in order.
-        pub fn as_slice(&self) -> &[ImageSpec] {
-            if self.spilled.is_empty() {
-                &self.inline[..self.len]
-            } else {
-                &self.spilled
-            }
-        }
-    }
+    /// The images of a body: up to four in place (the common body has one), more on the heap.
+    pub type Images = SmallVec<[ImageSpec; 4]>;
 
     /// A body read by [`parse_borrowed`]: the first image's URL borrowed from the body bytes and
     /// the images in place, so reading it allocates nothing for the common shape.
