@@ -32,22 +32,9 @@ trap cleanup EXIT
 
 body='{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":[{"type":"text","text":"Tag this image."},{"type":"image_url","image_url":{"url":"https://img.example/bench.jpg","detail":"low"}}]}]}'
 printf '%s' "$body" >"$work/body.json"
-cat >"$work/zero.toml" <<'TOML'
-[upstream]
-latency = { kind = "fixed", ms = 0 }
-TOML
-cat >"$work/huge.toml" <<'TOML'
-[account]
-model = "gpt-4o-mini"
-rpm = 100000000
-tpm = 100000000000
-batch_queue_tokens = 1000000000
-[upstream]
-latency = { kind = "fixed", ms = 0 }
-TOML
 declare -A args=(
-  [nolimits]="--no-limits --config $work/zero.toml"
-  [limits]="--config $work/huge.toml"
+  [nolimits]="--no-limits --config benches/mock/zero-latency.toml"
+  [limits]="--config benches/mock/huge-limits.toml"
 )
 
 total() { # mode requests; prints the callgrind total

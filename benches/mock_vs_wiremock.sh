@@ -59,28 +59,15 @@ cp "$work/post.lua" "$work/paced.lua"
 # 50 connections × one request per 10 ms ≈ 5,000 requests/s when answers are fast.
 echo 'function delay() return 10 end' >>"$work/paced.lua"
 
-cat >"$work/zero.toml" <<'TOML'
-[upstream]
-latency = { kind = "fixed", ms = 0 }
-TOML
-cat >"$work/huge.toml" <<'TOML'
-[account]
-model = "gpt-4o-mini"
-rpm = 100000000
-tpm = 100000000000
-batch_queue_tokens = 1000000000
-[upstream]
-latency = { kind = "fixed", ms = 0 }
-TOML
 
 mock="$TARGET/release/mock-openai"
 stub="$TARGET/release/examples/wiremock_stub"
 declare -A server=(
   [floor]="$TARGET/release/examples/hello_floor"
   [wiremock]="$stub"
-  [nolimits]="$mock --port 0 --no-limits --config $work/zero.toml"
-  [limits]="$mock --port 0 --config $work/huge.toml"
-  [nolimits2]="$mock --port 0 --no-limits --config $work/zero.toml --workers 2"
+  [nolimits]="$mock --port 0 --no-limits --config benches/mock/zero-latency.toml"
+  [limits]="$mock --port 0 --config benches/mock/huge-limits.toml"
+  [nolimits2]="$mock --port 0 --no-limits --config benches/mock/zero-latency.toml --workers 2"
 )
 declare -A label=(
   [floor]="noise floor: trivial server (hello_floor, 1 thread)"
