@@ -23,7 +23,7 @@ Examples:
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
   tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
   tagstorm-sim validate scenarios/*.toml
-  tagstorm-sim bench scenarios/workday.toml --images 1000000
+  tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
 
 --set KEY=VALUE edits the scenario before it is validated; KEY is a dotted path
 (account.tier, uploads.0.images, sim.max_duration_s, policy.chunk_size) and VALUE is TOML
@@ -138,6 +138,15 @@ pub struct BenchArgs {
     /// A preset or a policy TOML file.
     #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]
     pub policy: String,
+    /// Run the scaled scenario this many times (1 to 100) and report the best and the median
+    /// wall time (noise from other work only ever adds time, so the best is the steadiest).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Print the figures as one JSON object (`tagstorm.bench.v1`) on stdout, for a CI job to
+    /// keep or compare.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub flags: ScenarioFlags,
 }

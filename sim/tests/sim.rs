@@ -552,6 +552,39 @@ fn bench_refuses_an_image_count_it_cannot_hold() {
 }
 
 #[test]
+fn bench_json_reports_every_run_for_a_ci_job() {
+    let o = bin(&[
+        "bench",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--images",
+        "150",
+        "--runs",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schema"], "tagstorm.bench.v1");
+    assert_eq!(v["images"], 150);
+    assert_eq!(v["images_pending"], 0);
+    assert_eq!(v["runs"], 3);
+    let walls: Vec<f64> = v["wall_s"]["all_sorted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!(walls.len(), 3);
+    assert!(walls.windows(2).all(|w| w[0] <= w[1]), "{walls:?}");
+    assert_eq!(v["wall_s"]["best"].as_f64(), Some(walls[0]));
+    assert_eq!(v["wall_s"]["median"].as_f64(), Some(walls[1]));
+    assert!(v["events"].as_u64().unwrap() >= 150);
+    let o = bin(&["bench", "--runs", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--runs"), "{}", text(&o.stderr));
+}
+
+#[test]
 fn validate_reports_every_bad_file_not_just_the_first() {
     let dir = std::env::temp_dir().join(format!("tagstorm-sim-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
