@@ -1,5 +1,5 @@
-//! The Files API and the file path into batches: uploads, retrieval, deletion, batch creation
-//! from an uploaded JSONL file, and output/error files rendered as real JSONL on demand.
+//! The Files API and the file path into batches: uploads, retrieval, listing, deletion, batch
+//! creation from an uploaded JSONL file, and output/error files rendered as real JSONL on demand.
 
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ use crate::upstream::Upstream;
 pub const MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
 /// How long batch input and output files live, in seconds (facts §4: 30 days).
 const BATCH_FILE_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Largest page of `GET /v1/files`, and its default size (facts §4).
+pub const MAX_LIST_FILES: u32 = 10_000;
 /// Purposes an upload may carry (facts §4).
 const UPLOAD_PURPOSES: [&str; 6] = [
     "assistants",
@@ -62,6 +64,44 @@ pub struct FileDeleted {
     pub object: &'static str,
     /// Always true.
     pub deleted: bool,
+}
+
+/// The order of a list by creation time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Oldest first.
+    Asc,
+    /// Newest first (OpenAI's default).
+    #[default]
+    Desc,
+}
+
+/// The parameters of `GET /v1/files` (facts §4).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileListQuery {
+    /// Only files with this purpose (`batch`, `batch_output`, …); any purpose when `None`.
+    pub purpose: Option<String>,
+    /// Page size, clamped to `1..=`[`MAX_LIST_FILES`]; [`MAX_LIST_FILES`] when `None`.
+    pub limit: Option<u32>,
+    /// By creation time, newest first by default.
+    pub order: ListOrder,
+    /// The page starts after this file id, in the list's order.
+    pub after: Option<String>,
+}
+
+/// `GET /v1/files`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// In the query's order.
+    pub data: Vec<FileObject>,
+    /// Id of the first entry.
+    pub first_id: Option<String>,
+    /// Id of the last entry.
+    pub last_id: Option<String>,
+    /// Whether more files follow in this order.
+    pub has_more: bool,
 }
 
 #[derive(Debug)]
@@ -198,6 +238,69 @@ impl Upstream {
             object: "file",
             deleted: true,
         })
+    }
+
+    /// `GET /v1/files?purpose=&limit=&order=&after=`: the organization's files, deleted ones
+    /// left out, by creation time with ties in upload order (reversed for `desc`). The result
+    /// files of batches that have ended by `now` are listed whether or not the batch has been
+    /// retrieved since. As in [`Upstream::list_batches`], an `after` that is not in the list
+    /// (unknown, deleted, or of another purpose) gives an empty page.
+    pub fn list_files(&mut self, now: Time, org: OrgId, query: &FileListQuery) -> FileList {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        // Result files are registered when a batch is first seen ended; see to it here so a
+        // list after the end shows them, as OpenAI's does.
+        let ended: Vec<usize> = self
+            .orgs
+            .get(org.0 as usize)
+            .map(|o| {
+                o.batches
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let b = &self.batches[i];
+                        !b.files_registered && has_results(b.status(now))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for idx in ended {
+            self.batch_view(now, idx);
+        }
+        let purpose = query.purpose.as_deref();
+        let mut all: Vec<usize> = (0..self.files.len())
+            .filter(|&i| {
+                let f = &self.files[i];
+                f.org == org && !f.deleted && purpose.is_none_or(|p| f.purpose == p)
+            })
+            .collect();
+        // Result files are stored when first seen, possibly after later uploads: sort by
+        // creation (stable, so ties keep their upload order).
+        all.sort_by_key(|&i| self.files[i].created);
+        if query.order == ListOrder::Desc {
+            all.reverse();
+        }
+        let start = match query.after.as_deref() {
+            None => 0,
+            Some(a) => all
+                .iter()
+                .position(|&i| self.files[i].id == a)
+                .map_or(all.len(), |p| p + 1),
+        };
+        let limit = query
+            .limit
+            .unwrap_or(MAX_LIST_FILES)
+            .clamp(1, MAX_LIST_FILES) as usize;
+        let page = &all[start..(start + limit).min(all.len())];
+        let has_more = start + page.len() < all.len();
+        let data: Vec<FileObject> = page.iter().map(|&i| self.file_view(i)).collect();
+        FileList {
+            object: "list",
+            first_id: data.first().map(|f| f.id.clone()),
+            last_id: data.last().map(|f| f.id.clone()),
+            has_more,
+            data,
+        }
     }
 
     /// `GET /v1/files/{id}/content`: the uploaded bytes, or the rendered JSONL of a batch
@@ -443,4 +546,90 @@ pub fn has_results(status: BatchStatus) -> bool {
         status,
         BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tagstorm_core::tokens::Model;
+
+    use super::*;
+    use crate::config::{AccountConfig, UpstreamConfig};
+
+    const DAY: Time = Time::from_secs(86_400);
+
+    fn line(id: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"gpt-4o-mini","max_tokens":60,"messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"https://img/{id}.jpg","detail":"low"}}}}]}}]}}}}"#
+        )
+    }
+
+    fn ids(list: &FileList) -> Vec<&str> {
+        list.data.iter().map(|f| f.id.as_str()).collect()
+    }
+
+    /// A batch's output file is listed once the batch has ended, without the batch being
+    /// retrieved first, and in creation order although it is stored after a later upload.
+    #[test]
+    fn list_files_orders_filters_and_pages() {
+        let mut up = Upstream::new(UpstreamConfig::default(), 7).unwrap();
+        let account = AccountConfig::tier(Model::Gpt4oMini, 1);
+        let (org, other) = (up.add_org(&account).unwrap(), up.add_org(&account).unwrap());
+        let upload = |up: &mut Upstream, org, at, name: &str, purpose: &str| {
+            let text = format!("{}\n{}\n", line("a"), line("b"));
+            up.upload_file(at, org, name, purpose, text.into_bytes())
+                .unwrap()
+                .id
+        };
+        let input = upload(&mut up, org, Time::ZERO, "in.jsonl", "batch");
+        let vision = upload(&mut up, org, Time::ZERO, "img.png", "vision");
+        upload(&mut up, other, Time::ZERO, "theirs.jsonl", "batch");
+        let batch = up
+            .create_batch(Time::ZERO, org, &input, CHAT_ENDPOINT, "24h")
+            .unwrap();
+        let late = upload(&mut up, org, DAY, "late.jsonl", "batch");
+        let gone = upload(&mut up, org, DAY, "gone.jsonl", "batch");
+        up.delete_file(DAY, org, &gone).unwrap();
+
+        let list = |up: &mut Upstream, q: FileListQuery| up.list_files(DAY, org, &q);
+        let all = list(&mut up, FileListQuery::default());
+        let output = all.data[1].id.clone();
+        assert_eq!(ids(&all), [&late, &output, &vision, &input]);
+        assert_eq!(all.data[1].purpose, "batch_output");
+        assert!(!all.has_more);
+        assert_eq!(
+            (all.first_id.as_deref(), all.last_id.as_deref()),
+            (Some(late.as_str()), Some(input.as_str()))
+        );
+        let done = up.retrieve_batch(DAY, org, &batch.id).unwrap();
+        assert_eq!(done.status, BatchStatus::Completed);
+        assert_eq!(done.output_file_id.as_deref(), Some(output.as_str()));
+        assert_eq!(Some(all.data[1].created_at), done.completed_at);
+
+        let asc = |after: Option<&str>, limit| FileListQuery {
+            order: ListOrder::Asc,
+            after: after.map(str::to_owned),
+            limit: Some(limit),
+            ..FileListQuery::default()
+        };
+        // Ties (both uploads at zero) keep their upload order.
+        let page = list(&mut up, asc(None, 2));
+        assert_eq!((ids(&page), page.has_more), (vec![&*input, &*vision], true));
+        let page = list(&mut up, asc(Some(&vision), 2));
+        assert_eq!((ids(&page), page.has_more), (vec![&*output, &*late], false));
+        for after in [gone.as_str(), "file-unknown", late.as_str()] {
+            let page = list(&mut up, asc(Some(after), 2));
+            assert_eq!(
+                (page.data.len(), page.has_more, page.first_id),
+                (0, false, None)
+            );
+        }
+        let batch_only = FileListQuery {
+            purpose: Some("batch".into()),
+            ..FileListQuery::default()
+        };
+        assert_eq!(ids(&list(&mut up, batch_only)), [&late, &input]);
+        let theirs = up.list_files(DAY, other, &FileListQuery::default());
+        assert_eq!(theirs.data.len(), 1);
+        assert_eq!(theirs.data[0].filename, "theirs.jsonl");
+    }
 }

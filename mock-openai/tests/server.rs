@@ -1280,6 +1280,232 @@ async fn list_query_edge_cases() {
     m.shutdown().await;
 }
 
+/// Uploads `data` with `purpose`; returns the file's id.
+async fn upload_as(m: &Mock, filename: &str, purpose: &str, data: &[u8]) -> String {
+    let (ct, body) = multipart(filename, purpose, data);
+    let r = send(
+        m.addr,
+        "POST",
+        "/v1/files",
+        Some(KEY),
+        &[("content-type", &ct)],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET /v1/files?…`: the list object, and its files' ids in order.
+async fn list_files(m: &Mock, query: &str) -> (Value, Vec<String>) {
+    let r = get(m, &format!("/v1/files?{query}")).await;
+    assert_eq!(r.status, 200, "{query}: {:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "list", "{v}");
+    let ids = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect();
+    (v, ids)
+}
+
+#[tokio::test]
+async fn files_list_orders_filters_and_pages() {
+    let m = start_manual(BASE).await;
+    let data = jsonl(1);
+    let a = upload_as(&m, "a.jsonl", "batch", data.as_bytes()).await;
+    let v = upload_as(&m, "v.png", "vision", b"png").await;
+    m.advance(Duration::from_secs(10));
+    let b = upload_as(&m, "b.jsonl", "batch", data.as_bytes()).await;
+    m.advance(Duration::from_secs(10));
+    let c = upload_as(&m, "c.jsonl", "batch", data.as_bytes()).await;
+
+    // Newest first by default; `a` and `v` share a second and keep their upload order.
+    let (all, ids) = list_files(&m, "").await;
+    assert_eq!(ids, [c.as_str(), b.as_str(), v.as_str(), a.as_str()]);
+    assert_eq!(all["first_id"], c.as_str());
+    assert_eq!(all["last_id"], a.as_str());
+    assert_eq!(all["has_more"], false);
+    let created: Vec<u64> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["created_at"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        created,
+        [START_UNIX + 20, START_UNIX + 10, START_UNIX, START_UNIX]
+    );
+    let first = &all["data"][0];
+    assert_eq!(first["object"], "file");
+    assert_eq!(first["filename"], "c.jsonl");
+    assert_eq!(first["purpose"], "batch");
+    assert_eq!(first["bytes"], data.len());
+    assert_eq!(first["expires_at"], START_UNIX + 20 + 30 * 86_400);
+    assert_eq!(*first, get(&m, &format!("/v1/files/{c}")).await.json());
+    assert_eq!(list_files(&m, "order=desc&limit=10000").await.1, ids);
+    assert_eq!(
+        list_files(&m, "order=asc").await.1,
+        [a.as_str(), v.as_str(), b.as_str(), c.as_str()]
+    );
+    assert_eq!(list_files(&m, "purpose=vision").await.1, [v.as_str()]);
+    assert_eq!(
+        list_files(&m, "purpose=batch&order=asc").await.1,
+        [a.as_str(), b.as_str(), c.as_str()]
+    );
+    assert!(list_files(&m, "purpose=fine-tune").await.1.is_empty());
+
+    // Pages: `after` is the previous page's `last_id`.
+    let (page, ids) = list_files(&m, "limit=2").await;
+    assert_eq!(ids, [c.as_str(), b.as_str()]);
+    assert_eq!(
+        (&page["first_id"], &page["last_id"], &page["has_more"]),
+        (&json!(c), &json!(b), &json!(true))
+    );
+    let (page, ids) = list_files(&m, &format!("limit=2&after={b}")).await;
+    assert_eq!(
+        (ids, &page["has_more"]),
+        (vec![v.clone(), a.clone()], &json!(false))
+    );
+    let (page, ids) = list_files(&m, &format!("order=asc&limit=3&after={a}")).await;
+    assert_eq!(
+        (ids, &page["has_more"]),
+        (vec![v.clone(), b.clone(), c.clone()], &json!(false))
+    );
+
+    // A deleted file is gone from the list; as a cursor it is unknown, which gives an empty page.
+    let r = send(
+        m.addr,
+        "DELETE",
+        &format!("/v1/files/{b}"),
+        Some(KEY),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        list_files(&m, "").await.1,
+        [c.as_str(), v.as_str(), a.as_str()]
+    );
+    for after in [b.as_str(), "file-unknown"] {
+        let (page, ids) = list_files(&m, &format!("after={after}")).await;
+        assert!(ids.is_empty());
+        assert_eq!(
+            (&page["first_id"], &page["last_id"], &page["has_more"]),
+            (&Value::Null, &Value::Null, &json!(false))
+        );
+    }
+
+    // Another organization's list is its own.
+    let other = start_manual(&format!(
+        "{BASE}\n[mock_server]\nkeys = [{{ key = \"{KEY}\" }}, {{ key = \"sk-other-0002\" }}]"
+    ))
+    .await;
+    upload_as(&other, "mine.jsonl", "batch", data.as_bytes()).await;
+    let r = send(
+        other.addr,
+        "GET",
+        "/v1/files",
+        Some("sk-other-0002"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"], json!([]));
+    other.shutdown().await;
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn files_list_shows_a_batchs_output_once_it_has_completed() {
+    let m = start_manual(BASE).await;
+    let b = create_batch(&m, &jsonl(2)).await;
+    let id = b["id"].as_str().unwrap();
+    let input = b["input_file_id"].as_str().unwrap();
+    assert!(list_files(&m, "purpose=batch_output").await.1.is_empty());
+    // Only the list is asked: the batch is not retrieved until its output is listed.
+    let mut listed = Value::Null;
+    for _ in 0..200 {
+        m.advance(Duration::from_secs(30));
+        let (page, ids) = list_files(&m, "purpose=batch_output").await;
+        if !ids.is_empty() {
+            assert_eq!(ids.len(), 1, "{page}");
+            listed = page["data"][0].clone();
+            break;
+        }
+    }
+    assert_eq!(listed["purpose"], "batch_output", "{listed}");
+    assert_eq!(listed["filename"], format!("{id}_output.jsonl"));
+    let done = batch(&m, id).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(listed["id"], done["output_file_id"]);
+    assert_eq!(listed["created_at"], done["completed_at"]);
+    assert_eq!(
+        listed,
+        get(&m, &format!("/v1/files/{}", listed["id"].as_str().unwrap()))
+            .await
+            .json()
+    );
+    assert_eq!(content(&m, listed["id"].as_str().unwrap()).await.len(), 2);
+    assert_eq!(
+        list_files(&m, "").await.1,
+        [listed["id"].as_str().unwrap(), input]
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn files_list_bad_queries_get_openai_errors() {
+    let m = start_manual(BASE).await;
+    for (q, param) in [
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=", "limit"),
+        ("order=newest", "order"),
+        ("order=ASC", "order"),
+        ("limit=5&order=", "order"),
+    ] {
+        let e = get(&m, &format!("/v1/files?{q}")).await.error(400);
+        assert_eq!(e["type"], "invalid_request_error", "{q}");
+        assert_eq!(e["param"], param, "{q}");
+        assert_eq!(e["code"], "invalid_value", "{q}");
+    }
+    let e = get(&m, "/v1/files?limit=0").await.error(400);
+    assert_eq!(
+        e["message"],
+        "Invalid value for 'limit': expected an integer between 1 and 10000, got '0'."
+    );
+    let e = get(&m, "/v1/files?order=newest").await.error(400);
+    assert_eq!(
+        e["message"],
+        "Invalid value for 'order': 'newest'. Supported values are: 'asc' and 'desc'."
+    );
+    // Unknown keys are ignored, as OpenAI ignores them.
+    assert!(list_files(&m, "foo=bar&&").await.1.is_empty());
+    for method in ["DELETE", "PUT"] {
+        let r = send(m.addr, method, "/v1/files", Some(KEY), &[], Bytes::new())
+            .await
+            .unwrap();
+        r.error(405);
+        assert_eq!(r.header("allow"), "GET, POST", "{method}");
+    }
+    let e = send(m.addr, "GET", "/v1/files", None, &[], Bytes::new())
+        .await
+        .unwrap()
+        .error(401);
+    assert_eq!(e["code"], "invalid_api_key");
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn odd_ids_and_paths_are_404s() {
     let m = start_manual(BASE).await;

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::server::http::{
     Reply, bad_request, invalid_json, invalid_type, read_body, unrecognized_argument,
 };
-use crate::server::{Backend, Delivery, OrgEntry, State};
+use crate::server::{Backend, Delivery, OrgEntry, State, query};
 
 const KNOWN_KEYS: [&str; 5] = [
     "input_file_id",
@@ -196,62 +196,19 @@ pub(crate) fn cancel(state: &State, org: &OrgEntry, id: &str) -> Delivery {
     }
 }
 
-/// Reads `after` and `limit` (1..=100) from a query string.
-fn list_query(query: Option<&str>) -> Result<(Option<String>, Option<u32>), ApiError> {
-    let mut after = None;
-    let mut limit = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "after" => after = Some(percent_decode(v)),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => limit = Some(n),
-                _ => {
-                    return Err(ApiError::invalid_value(
-                        "limit",
-                        &format!(
-                            "expected an integer between 1 and 100, got '{}'.",
-                            percent_decode(v)
-                        ),
-                    ));
-                }
+/// `GET /v1/batches`.
+pub(crate) fn list(state: &State, org: &OrgEntry, query: Option<&str>) -> Delivery {
+    let (mut after, mut limit) = (None, None);
+    for (k, v) in query::pairs(query) {
+        match k.as_str() {
+            "after" => after = Some(v),
+            "limit" => match query::limit(&v, 100) {
+                Ok(n) => limit = Some(n),
+                Err(e) => return e.into(),
             },
             _ => {}
         }
     }
-    Ok((after, limit))
-}
-
-/// Decodes `%XX` escapes and `+`; invalid escapes are kept as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `GET /v1/batches`.
-pub(crate) fn list(state: &State, org: &OrgEntry, query: Option<&str>) -> Delivery {
-    let (after, limit) = match list_query(query) {
-        Ok(q) => q,
-        Err(e) => return e.into(),
-    };
     let now = state.clock.now();
     let mut b = state.lock();
     let page = b
@@ -263,23 +220,4 @@ pub(crate) fn list(state: &State, org: &OrgEntry, query: Option<&str>) -> Delive
         .map(|x| real_batch(state, &b, x))
         .collect();
     Reply::value(&BatchList { data, ..page }).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries() {
-        assert_eq!(list_query(None).unwrap(), (None, None));
-        assert_eq!(
-            list_query(Some("after=batch_1&limit=2")).unwrap(),
-            (Some("batch_1".into()), Some(2))
-        );
-        assert!(list_query(Some("limit=0")).is_err());
-        assert!(list_query(Some("limit=101")).is_err());
-        assert!(list_query(Some("limit=x")).is_err());
-        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
 }

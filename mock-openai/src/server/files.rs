@@ -1,4 +1,5 @@
-//! The Files API: `POST /v1/files` (multipart `file` + `purpose`), `GET /v1/files/{id}`,
+//! The Files API: `POST /v1/files` (multipart `file` + `purpose`),
+//! `GET /v1/files?purpose=&limit=&order=&after=`, `GET /v1/files/{id}`,
 //! `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`, with timestamps moved to real time.
 
 use bytes::Bytes;
@@ -7,10 +8,10 @@ use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 
 use crate::error::ApiError;
-use crate::files::FileObject;
+use crate::files::{FileList, FileListQuery, FileObject, MAX_LIST_FILES};
 use crate::server::http::{Reply, bad_request, read_body};
 use crate::server::multipart;
-use crate::server::{Delivery, OrgEntry, State};
+use crate::server::{Delivery, OrgEntry, State, query};
 
 /// A file object with its timestamps on the wall clock (see [`crate::server::clock`]).
 pub(crate) fn real_file(state: &State, epoch: u64, mut f: FileObject) -> FileObject {
@@ -65,6 +66,40 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
     }
 }
 
+/// Reads `purpose`, `after`, `limit` (1..=10,000) and `order` (`asc` or `desc`) from a query
+/// string (facts §4); other keys are ignored.
+fn list_query(query: Option<&str>) -> Result<FileListQuery, ApiError> {
+    let mut q = FileListQuery::default();
+    for (k, v) in query::pairs(query) {
+        match k.as_str() {
+            "purpose" => q.purpose = Some(v),
+            "after" => q.after = Some(v),
+            "limit" => q.limit = Some(query::limit(&v, MAX_LIST_FILES)?),
+            "order" => q.order = query::order(&v)?,
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /v1/files`.
+pub(crate) fn list(state: &State, org: &OrgEntry, query: Option<&str>) -> Delivery {
+    let q = match list_query(query) {
+        Ok(q) => q,
+        Err(e) => return e.into(),
+    };
+    let now = state.clock.now();
+    let mut b = state.lock();
+    let epoch = b.upstream.config().epoch_unix_s;
+    let page = b.upstream.list_files(now, org.org, &q);
+    let data: Vec<FileObject> = page
+        .data
+        .into_iter()
+        .map(|f| real_file(state, epoch, f))
+        .collect();
+    Reply::value(&FileList { data, ..page }).into()
+}
+
 /// `GET /v1/files/{id}`.
 pub(crate) fn retrieve(state: &State, org: &OrgEntry, id: &str) -> Delivery {
     let now = state.clock.now();
@@ -96,4 +131,33 @@ pub(crate) fn content(state: &State, org: &OrgEntry, id: &str) -> Delivery {
     let mut reply = Reply::json(200, bytes);
     reply.set_content_type("application/octet-stream");
     reply.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::ListOrder;
+
+    #[test]
+    fn list_queries() {
+        assert_eq!(list_query(None).unwrap(), FileListQuery::default());
+        assert_eq!(
+            list_query(Some("purpose=batch&order=asc&limit=10000&after=file-1&x=y")).unwrap(),
+            FileListQuery {
+                purpose: Some("batch".into()),
+                limit: Some(10_000),
+                order: ListOrder::Asc,
+                after: Some("file-1".into()),
+            }
+        );
+        for (q, param) in [
+            ("limit=0", "limit"),
+            ("limit=10001", "limit"),
+            ("order=newest", "order"),
+            ("order=", "order"),
+        ] {
+            let e = list_query(Some(q)).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{q}");
+        }
+    }
 }

@@ -31,6 +31,7 @@ pub mod files;
 pub mod http;
 pub mod models;
 pub mod multipart;
+mod query;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -694,7 +695,16 @@ async fn dispatch<'s>(
     let segs = &seg_buf[..n];
     let (endpoint, allowed): (Endpoint, &[Method]) = match segs {
         ["v1", "chat", "completions"] => (Endpoint::ChatCompletions, &[Method::POST]),
-        ["v1", "files"] => (Endpoint::FilesCreate, &[Method::POST]),
+        // The list is counted with the other file reads (the stats have no label of its own);
+        // the two are told apart by the path's length below.
+        ["v1", "files"] => (
+            if method == Method::GET {
+                Endpoint::FilesRetrieve
+            } else {
+                Endpoint::FilesCreate
+            },
+            &[Method::GET, Method::POST],
+        ),
         ["v1", "files", _] => (
             if method == Method::DELETE {
                 Endpoint::FilesDelete
@@ -749,6 +759,7 @@ async fn dispatch<'s>(
     let delivery = match endpoint {
         Endpoint::ChatCompletions => chat::create(state, org, req, rid).await,
         Endpoint::FilesCreate => files::create(state, org, req).await,
+        Endpoint::FilesRetrieve if segs.len() == 2 => files::list(state, org, req.uri().query()),
         Endpoint::FilesRetrieve => files::retrieve(state, org, id),
         Endpoint::FilesDelete => files::delete(state, org, id),
         Endpoint::FilesContent => files::content(state, org, id),

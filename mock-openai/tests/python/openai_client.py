@@ -151,7 +151,16 @@ def main(base: str) -> None:
     assert ids == [second.id, batch.id], ids
     print("batches.list and batches.cancel: ok", ids)
 
-    # 4. RPM exceeded: a RateLimitError whose x-ratelimit-* headers are readable.
+    # 4. files.list: paged one file at a time through `after`, the same files as in one page;
+    # the input file under purpose batch, the completed batch's output under batch_output.
+    everything = [f.id for f in client.files.list().data]
+    assert [f.id for f in client.files.list(limit=1)] == everything, everything
+    assert [f.id for f in client.files.list(purpose="batch")] == [uploaded.id], everything
+    outputs = [f.id for f in client.files.list(purpose="batch_output", order="asc")]
+    assert done.output_file_id in outputs, outputs
+    print("files.list: ok", len(everything), "files")
+
+    # 5. RPM exceeded: a RateLimitError whose x-ratelimit-* headers are readable.
     tiny = OpenAI(base_url=f"{base}/v1", api_key="sk-tiny", max_retries=0)
     tiny.chat.completions.create(model="gpt-4o-mini", messages=image_message(url))
     try:
@@ -167,7 +176,7 @@ def main(base: str) -> None:
         assert "on requests per min (RPM): Limit 1, Used 1, Requested 1." in e.message, e.message
         print("RateLimitError:", h["x-ratelimit-reset-requests"], e.message[:80])
 
-    # 5. A bad key.
+    # 6. A bad key.
     try:
         OpenAI(base_url=f"{base}/v1", api_key="sk-wrong-key-0000", max_retries=0).models.list()
         raise AssertionError("expected an AuthenticationError")
@@ -176,7 +185,7 @@ def main(base: str) -> None:
         assert "sk-wrong-key-0000" not in e.message, e.message
         print("AuthenticationError: ok")
 
-    # 6. A malformed body: image_url given as a string.
+    # 7. A malformed body: image_url given as a string.
     try:
         client.chat.completions.create(
             model="gpt-4o-mini",
