@@ -1400,6 +1400,12 @@ async fn files_list_orders_filters_and_pages() {
             (&Value::Null, &Value::Null, &json!(false))
         );
     }
+    // Lists are counted under their own label, apart from single-file reads.
+    let stats = get(&m, "/_mock/stats").await.json();
+    assert!(
+        stats["requests"]["files_list"]["200"].as_u64() >= Some(3),
+        "{stats}"
+    );
 
     // Another organization's list is its own.
     let other = start_manual(&format!(

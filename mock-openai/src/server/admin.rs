@@ -24,6 +24,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/files`.
     FilesCreate,
+    /// `GET /v1/files`.
+    FilesList,
     /// `GET /v1/files/{id}`.
     FilesRetrieve,
     /// `DELETE /v1/files/{id}`.
@@ -50,9 +52,10 @@ pub enum Endpoint {
     Unknown,
 }
 
-const ENDPOINTS: [Endpoint; 14] = [
+const ENDPOINTS: [Endpoint; 15] = [
     Endpoint::ChatCompletions,
     Endpoint::FilesCreate,
+    Endpoint::FilesList,
     Endpoint::FilesRetrieve,
     Endpoint::FilesDelete,
     Endpoint::FilesContent,
@@ -73,6 +76,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::FilesCreate => "files_create",
+            Endpoint::FilesList => "files_list",
             Endpoint::FilesRetrieve => "files_retrieve",
             Endpoint::FilesDelete => "files_delete",
             Endpoint::FilesContent => "files_content",

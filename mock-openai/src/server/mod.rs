@@ -695,11 +695,9 @@ async fn dispatch<'s>(
     let segs = &seg_buf[..n];
     let (endpoint, allowed): (Endpoint, &[Method]) = match segs {
         ["v1", "chat", "completions"] => (Endpoint::ChatCompletions, &[Method::POST]),
-        // The list is counted with the other file reads (the stats have no label of its own);
-        // the two are told apart by the path's length below.
         ["v1", "files"] => (
             if method == Method::GET {
-                Endpoint::FilesRetrieve
+                Endpoint::FilesList
             } else {
                 Endpoint::FilesCreate
             },
@@ -759,7 +757,7 @@ async fn dispatch<'s>(
     let delivery = match endpoint {
         Endpoint::ChatCompletions => chat::create(state, org, req, rid).await,
         Endpoint::FilesCreate => files::create(state, org, req).await,
-        Endpoint::FilesRetrieve if segs.len() == 2 => files::list(state, org, req.uri().query()),
+        Endpoint::FilesList => files::list(state, org, req.uri().query()),
         Endpoint::FilesRetrieve => files::retrieve(state, org, id),
         Endpoint::FilesDelete => files::delete(state, org, id),
         Endpoint::FilesContent => files::content(state, org, id),
