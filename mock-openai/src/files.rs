@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use tagstorm_core::Time;
 
@@ -106,7 +107,7 @@ pub struct FileList {
 
 #[derive(Debug)]
 pub(crate) enum Content {
-    Uploaded(Vec<u8>),
+    Uploaded(Bytes),
     Output(usize),
     Errors(usize),
 }
@@ -120,7 +121,7 @@ pub(crate) struct StoredFile {
     pub created: Time,
     pub content: Content,
     /// Rendered result files, cached after the first request.
-    pub rendered: Option<Vec<u8>>,
+    pub rendered: Option<Bytes>,
     pub deleted: bool,
 }
 
@@ -171,8 +172,9 @@ impl Upstream {
         org: OrgId,
         filename: &str,
         purpose: &str,
-        bytes: Vec<u8>,
+        bytes: impl Into<Bytes>,
     ) -> Result<FileObject, ApiError> {
+        let bytes = bytes.into();
         let now = self.advance(now);
         if self.orgs.get(org.0 as usize).is_none() {
             return Err(ApiError::invalid_api_key("sk-****"));
@@ -231,7 +233,7 @@ impl Upstream {
         f.deleted = true;
         f.rendered = None;
         if let Content::Uploaded(bytes) = &mut f.content {
-            *bytes = Vec::new();
+            *bytes = Bytes::new();
         }
         Ok(FileDeleted {
             id: id.to_owned(),
@@ -304,16 +306,17 @@ impl Upstream {
     }
 
     /// `GET /v1/files/{id}/content`: the uploaded bytes, or the rendered JSONL of a batch
-    /// output or error file.
-    pub fn file_content(&mut self, now: Time, org: OrgId, id: &str) -> Result<&[u8], ApiError> {
+    /// output or error file. A shared handle, not a copy: a server can send up to 200 MB
+    /// without holding the model while it copies.
+    pub fn file_content(&mut self, now: Time, org: OrgId, id: &str) -> Result<Bytes, ApiError> {
         self.advance(now);
         let idx = self.find_file(org, id)?;
         self.ensure_rendered(idx);
         let f = &self.files[idx];
         Ok(match (&f.content, &f.rendered) {
-            (Content::Uploaded(bytes), _) => bytes.as_slice(),
-            (_, Some(r)) => r.as_slice(),
-            (_, None) => &[],
+            (Content::Uploaded(bytes), _) => bytes.clone(),
+            (_, Some(r)) => r.clone(),
+            (_, None) => Bytes::new(),
         })
     }
 
@@ -385,7 +388,7 @@ impl Upstream {
             return;
         }
         let text = self.render_results(batch_idx, want_ok);
-        self.files[idx].rendered = Some(text.into_bytes());
+        self.files[idx].rendered = Some(Bytes::from(text));
     }
 
     /// Renders the output (`want_ok`) or error file of an ended batch.
