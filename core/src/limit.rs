@@ -283,6 +283,14 @@ impl Rate {
     /// Whole units that `check` would admit now.
     fn remaining(&self, tat: u128, now: Time) -> u64 {
         let free = self.tau.saturating_sub(self.debt(tat, now));
+        // As in `time_at_or_after`: a 64-bit division where the value fits (every response's
+        // headers ask for two of these), not the 128-bit routine.
+        if let (Ok(free), Some(window)) = (
+            u64::try_from(free),
+            std::num::NonZeroU64::new(self.window_ns),
+        ) {
+            return free / window;
+        }
         match free.checked_div(u128::from(self.window_ns)) {
             // `free <= tau = capacity * window_ns`, so the quotient fits in a u64.
             Some(units) => u64::try_from(units).unwrap_or(self.capacity),
