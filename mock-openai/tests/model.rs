@@ -655,3 +655,47 @@ fn a_million_images_through_the_structured_path_stay_cheap() {
     }
     assert_eq!(total, 1_000_000);
 }
+
+/// The metrics gauge's counts agree with what the list endpoint reports, batch by batch, over
+/// every organization, at every instant of a day with batches starting, ending and cancelled.
+#[test]
+fn batch_status_counts_agree_with_the_list() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let other = up.add_org(&tier1()).unwrap();
+    let mut ids = Vec::new();
+    for (i, at) in [0u64, 60, 600, 3_600].into_iter().enumerate() {
+        let who = if i % 2 == 0 { org } else { other };
+        let b = up
+            .submit_batch(at_s(at), who, lines(50 + 100 * i, 2_900))
+            .unwrap();
+        ids.push((who, b.id));
+    }
+    up.cancel_batch(at_s(3_700), ids[3].0, &ids[3].1).unwrap();
+    let mut seen = [false; 8];
+    for t in (3_700..=90_000).step_by(900) {
+        let now = at_s(t);
+        let mut want = [0u64; 8];
+        for o in [org, other] {
+            for b in up.list_batches(now, o, None, Some(100)).data {
+                let i = BatchStatus::ALL
+                    .iter()
+                    .position(|s| *s == b.status)
+                    .unwrap();
+                want[i] += 1;
+            }
+        }
+        assert_eq!(up.batch_status_counts(now), want, "at {t} s");
+        assert_eq!(want.iter().sum::<u64>(), 4);
+        for (s, n) in seen.iter_mut().zip(want) {
+            *s |= n > 0;
+        }
+    }
+    assert!(seen.iter().filter(|s| **s).count() >= 3, "{seen:?}");
+    // By the end every batch has ended, one of them cancelled.
+    let end = up.batch_status_counts(at_s(90_000));
+    let cancelled = BatchStatus::ALL
+        .iter()
+        .position(|s| *s == BatchStatus::Cancelled)
+        .unwrap();
+    assert_eq!(end[cancelled], 1);
+}

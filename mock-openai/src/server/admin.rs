@@ -186,38 +186,13 @@ impl Stats {
 
 /// Batches by current status, over every organization.
 fn batch_counts(state: &State) -> BTreeMap<&'static str, u64> {
-    let mut counts: BTreeMap<&'static str, u64> = [
-        BatchStatus::Validating,
-        BatchStatus::InProgress,
-        BatchStatus::Finalizing,
-        BatchStatus::Completed,
-        BatchStatus::Failed,
-        BatchStatus::Expired,
-        BatchStatus::Cancelling,
-        BatchStatus::Cancelled,
-    ]
-    .into_iter()
-    .map(|s| (s.as_str(), 0))
-    .collect();
     let now = state.clock.now();
-    let orgs = state.orgs();
-    let mut b = state.lock();
-    for o in orgs {
-        let mut after: Option<String> = None;
-        loop {
-            let page = b
-                .upstream
-                .list_batches(now, o.org, after.as_deref(), Some(100));
-            for batch in &page.data {
-                *counts.entry(batch.status.as_str()).or_default() += 1;
-            }
-            if !page.has_more {
-                break;
-            }
-            after = page.last_id;
-        }
-    }
-    counts
+    let counts = state.lock().upstream.batch_status_counts(now);
+    BatchStatus::ALL
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| (s.as_str(), n))
+        .collect()
 }
 
 /// `GET /_mock/stats`.

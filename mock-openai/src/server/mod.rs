@@ -213,14 +213,6 @@ impl State {
         self.backend.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every organization, for the counters.
-    pub(crate) fn orgs(&self) -> Vec<OrgEntry> {
-        match &self.auth {
-            Auth::AnyKey(e) => vec![e.clone()],
-            Auth::Keys(m) => m.values().cloned().collect(),
-        }
-    }
-
     /// The next `req_…` id: `req_` and 32 hex digits, as [`ids::hex`] draws them.
     fn next_request_id(&self) -> StackId<36> {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
