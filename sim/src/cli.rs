@@ -1,5 +1,6 @@
-//! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `validate`
-//! and `bench`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit code.
+//! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `validate`,
+//! `bench` and `gate`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit
+//! code.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ Examples:
   tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
   tagstorm-sim validate scenarios/*.toml
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
+  tagstorm-sim gate --baseline scenarios/baseline.json scenarios/*.toml
 
 --set KEY=VALUE edits the scenario before it is validated; KEY is a dotted path
 (account.tier, uploads.0.images, sim.max_duration_s, policy.chunk_size) and VALUE is TOML
@@ -32,8 +34,35 @@ Examples:
 Exit codes (stable):
   0  success
   1  the run finished but an invariant failed: images still pending at the end, or tag mismatches
-  2  bad input: usage, an unreadable or invalid scenario or policy
-  3  the output could not be written";
+  2  bad input: usage, an unreadable or invalid scenario, policy or gate baseline
+  3  the output could not be written
+  4  gate: a metric regressed against the baseline";
+
+const GATE_HELP: &str = "\
+Runs every scenario under every policy and compares these metrics with the baseline's entry for
+the same scenario and policy: images.tagged (higher is better), images.failed, images.pending,
+upstream.rate_limited, upstream.server_errors, upstream.retries, latency_ms.image_tagged.p95,
+latency_ms.image_tagged.p99, latency_ms.upload_first_tag.p50, latency_ms.upload_first_tag.p95,
+latency_ms.upload_complete.p95, makespan_ms, cost_usd, bound_ratio (lower is better).
+
+A metric regresses when it is more than --tolerance percent worse than its baseline value. The
+rule is relative, so a metric whose baseline is 0 regresses on any increase: one 429 where the
+baseline had none fails at every tolerance. Improvements are reported and never fail. A run
+with no baseline entry is reported as new and passes; a baseline entry that was not run is
+listed as not run. Every entry records the seed it came from; gating another seed (--seed) is
+bad input. The summary (Markdown) goes to stdout, and to --summary FILE.
+
+Workflow:
+  # Once, and after every intended change of the numbers: write the baseline, commit it.
+  tagstorm-sim gate --update --baseline scenarios/baseline.json scenarios/*.toml
+  git add scenarios/baseline.json
+  # In CI: fails with exit 4 when a metric regressed.
+  tagstorm-sim gate --baseline scenarios/baseline.json --summary gate.md scenarios/*.toml
+
+Exit codes: 0 passed (or, with --update, the baseline was written); 1 an invariant failed
+(--update then writes nothing); 2 bad input, a malformed baseline included, reported with its
+file, line and field before anything runs; 3 an output could not be written; 4 a metric
+regressed.";
 
 /// `tagstorm-sim`: a deterministic simulator of tagstorm-core against a model of the OpenAI API.
 #[derive(Debug, Parser)]
@@ -57,6 +86,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Measure the simulator's speed on a scenario scaled to a number of images.
     Bench(BenchArgs),
+    /// The CI performance gate: run scenarios and fail (exit 4) when a metric regressed
+    /// against a committed baseline; `--update` writes the baseline.
+    #[command(after_help = GATE_HELP)]
+    Gate(GateArgs),
 }
 
 /// Flags every command that reads scenarios takes.
@@ -151,6 +184,47 @@ pub struct BenchArgs {
     pub flags: ScenarioFlags,
 }
 
+/// `gate`.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Scenario files.
+    #[arg(required = true, value_name = "SCENARIO")]
+    pub scenarios: Vec<PathBuf>,
+    /// The baseline file (JSON, schema tagstorm.baseline.v1).
+    #[arg(long, value_name = "FILE")]
+    pub baseline: PathBuf,
+    /// Write the baseline from this run instead of comparing with it (the whole file is
+    /// replaced; nothing is written if an invariant failed).
+    #[arg(long)]
+    pub update: bool,
+    /// Policies to gate, comma-separated presets or policy TOML files.
+    #[arg(
+        long,
+        value_name = "P1,P2,...",
+        default_value = "tagstorm",
+        value_delimiter = ','
+    )]
+    pub policies: Vec<String>,
+    /// How much worse than its baseline value a metric may get, in percent of that value
+    /// (from 0, any increase regresses).
+    #[arg(long, value_name = "PCT", default_value_t = 5.0, value_parser = parse_tolerance)]
+    pub tolerance: f64,
+    /// Also write the Markdown summary to FILE (e.g. a CI job's step summary).
+    #[arg(long, value_name = "FILE.md")]
+    pub summary: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+}
+
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a percentage ≥ 0, such as 5 or 2.5, got {s:?}"
+        )),
+    }
+}
+
 /// How a command ended, when it ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -158,6 +232,8 @@ pub enum Outcome {
     Ok,
     /// A run finished with images pending or tag mismatches.
     InvariantFailed,
+    /// `gate`: a metric regressed against the baseline.
+    Regressed,
 }
 
 /// A command that could not run, or whose output could not be written.
@@ -172,6 +248,9 @@ pub enum CliError {
     /// Core or the model refused the configuration.
     #[error("{0}")]
     Setup(#[from] sim::SimError),
+    /// A `gate` baseline is unreadable or malformed.
+    #[error("{0}")]
+    Baseline(#[from] crate::gate::BaselineError),
     /// Several inputs were invalid; each was reported on its own line first.
     #[error("{0}")]
     Invalid(String),
@@ -186,7 +265,8 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The documented exit code: 2 for bad input, 3 for output that could not be written.
+    /// The documented exit code: 2 for bad input (a malformed baseline included), 3 for output
+    /// that could not be written.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Output { .. } => 3,
@@ -201,6 +281,7 @@ impl Outcome {
         match self {
             Outcome::Ok => 0,
             Outcome::InvariantFailed => 1,
+            Outcome::Regressed => 4,
         }
     }
 }
@@ -212,6 +293,7 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ou
         Command::Compare(a) => cmd_compare(a, out, err),
         Command::Validate(a) => cmd_validate(a, out, err),
         Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
+        Command::Gate(a) => crate::gate::cmd_gate(a, out, err),
     }
 }
 
@@ -249,7 +331,23 @@ pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
     )))
 }
 
-fn display_path(p: &Path) -> String {
+/// Comma-separated presets or policy files, at least one.
+pub fn load_policies(specs: &[String]) -> Result<Vec<Policy>, CliError> {
+    let bases = specs
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| load_policy(p.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if bases.is_empty() {
+        return Err(CliError::Policy(
+            "--policies: name at least one policy".into(),
+        ));
+    }
+    Ok(bases)
+}
+
+/// A path as the user gave it, for messages.
+pub fn display_path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
@@ -288,7 +386,7 @@ pub fn run_one(s: &Scenario, base: &Policy, err: &mut dyn Write) -> Result<RunOu
 
 /// Runs one scenario under several policies at once, one thread each (runs share nothing, so
 /// each result is what a run of its own gives), with one progress line for all of them.
-fn run_policies(
+pub fn run_policies(
     s: &Scenario,
     bases: &[Policy],
     err: &mut dyn Write,
@@ -348,7 +446,8 @@ fn run_policies(
         .collect()
 }
 
-fn check_invariants(runs: &[&Results], err: &mut dyn Write) -> Outcome {
+/// Reports every failed invariant of `runs` on `err`.
+pub fn check_invariants(runs: &[&Results], err: &mut dyn Write) -> Outcome {
     let mut outcome = Outcome::Ok;
     for r in runs {
         for why in r.invariant_failures() {
@@ -410,17 +509,7 @@ fn cmd_compare(
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let sets = set_args(&a.flags)?;
-    let bases = a
-        .policies
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| load_policy(p.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
-    if bases.is_empty() {
-        return Err(CliError::Policy(
-            "--policies: name at least one policy".into(),
-        ));
-    }
+    let bases = load_policies(&a.policies)?;
     let s = Scenario::load(&display_path(&a.scenario), &sets)?;
     for b in &bases {
         s.policy(b)?;
@@ -531,7 +620,8 @@ fn json_line(r: &Results) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
 
-fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
+/// Writes `s` and a newline to `out` (stdout).
+pub fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
     writeln!(out, "{}", s.trim_end()).map_err(|e| CliError::Output {
         path: "stdout".into(),
         message: e.to_string(),

@@ -12,7 +12,8 @@
 //!   applied and errors that name the file, line and field ([`ScenarioError`]).
 //! - [`sim::run`]: one run of a scenario under a policy, returning a [`RunOutput`]: the
 //!   [`Results`] object (schema `tagstorm.results.v1`) and the latency histograms.
-//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `validate`, `bench`).
+//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `validate`, `bench`,
+//!   `gate`).
 //!
 //! # Example
 //!
@@ -44,6 +45,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod gate;
 pub mod plot;
 pub mod report;
 pub mod results;

@@ -629,3 +629,563 @@ fn answers_cut_short_are_counted_as_tag_mismatches() {
     assert_eq!(r.images.tagged, 150);
     assert_eq!(r.verification.tag_mismatches, 150);
 }
+
+/// A fresh temporary folder for one gate test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const TEN: &str = "scenarios/ten-users-fifteen-images.toml";
+const THREE_HUNDRED: &str = "scenarios/single-300-upload.toml";
+
+/// Writes a baseline for ten-users and single-300 under tagstorm and seed-current, checks the
+/// file, and returns it parsed.
+fn gate_update(baseline: &str) -> serde_json::Value {
+    let o = bin(&[
+        "gate",
+        "--update",
+        "--baseline",
+        baseline,
+        "--policies",
+        "tagstorm,seed-current",
+        THREE_HUNDRED,
+        TEN,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("baseline written"),
+        "{}",
+        text(&o.stdout)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(baseline).unwrap()).unwrap();
+    assert_eq!(v["schema"], "tagstorm.baseline.v1");
+    v
+}
+
+/// Sets one metric of the entry for `scenario` under `policy`.
+fn set_metric(v: &mut serde_json::Value, scenario: &str, policy: &str, key: &str, value: f64) {
+    let entry = v["entries"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["scenario"] == scenario && e["policy"] == policy)
+        .unwrap();
+    assert!(entry["metrics"].get(key).is_some(), "{key}");
+    entry["metrics"][key] = if value.fract() == 0.0 {
+        serde_json::json!(value as u64)
+    } else {
+        serde_json::json!(value)
+    };
+}
+
+fn metric(v: &serde_json::Value, scenario: &str, policy: &str, key: &str) -> f64 {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["scenario"] == scenario && e["policy"] == policy)
+        .unwrap()["metrics"][key]
+        .as_f64()
+        .unwrap()
+}
+
+fn write_json(path: &str, v: &serde_json::Value) {
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
+#[test]
+fn gate_update_then_gate_passes_and_writes_the_summary() {
+    let tmp = TempDir::new("gate-pass");
+    let baseline = tmp.path("baseline.json");
+    let v = gate_update(&baseline);
+    // One entry per scenario and policy, sorted, every gated metric in a fixed order.
+    let entries = v["entries"].as_array().unwrap();
+    let names: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["scenario"].as_str().unwrap(),
+                e["policy"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("single-300-upload", "seed-current"),
+            ("single-300-upload", "tagstorm"),
+            ("ten-users-fifteen-images", "seed-current"),
+            ("ten-users-fifteen-images", "tagstorm"),
+        ]
+    );
+    let keys: Vec<&str> = tagstorm_sim::gate::METRICS.iter().map(|m| m.key).collect();
+    for e in entries {
+        assert_eq!(
+            e["seed"].as_u64(),
+            Some(if e["scenario"] == "single-300-upload" {
+                7
+            } else {
+                42
+            })
+        );
+        let got: Vec<&str> = e["metrics"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = keys.clone();
+        want.sort_unstable();
+        assert_eq!(
+            got, want,
+            "serde_json's map sorts keys; every metric, nothing else"
+        );
+    }
+    let text_now = std::fs::read_to_string(&baseline).unwrap();
+    let first = text_now.find("\"images.tagged\"").unwrap();
+    let last = text_now.find("\"bound_ratio\"").unwrap();
+    assert!(first < last, "the file lists metrics in METRICS order");
+    assert_eq!(
+        metric(&v, "ten-users-fifteen-images", "tagstorm", "images.tagged"),
+        150.0
+    );
+    assert!(
+        metric(
+            &v,
+            "ten-users-fifteen-images",
+            "seed-current",
+            "upstream.rate_limited"
+        ) > 0.0
+    );
+
+    let summary = tmp.path("summary.md");
+    let o = bin(&[
+        "gate",
+        "--baseline",
+        &baseline,
+        "--policies",
+        "tagstorm,seed-current",
+        "--summary",
+        &summary,
+        TEN,
+        THREE_HUNDRED,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("## tagstorm-sim gate: passed"), "{out}");
+    assert!(
+        out.contains("| ten-users-fifteen-images | seed-current | 42 | pass |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| single-300-upload | tagstorm | 7 | pass |"),
+        "{out}"
+    );
+    assert!(out.contains("No gated metric moved."), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap().trim_end(),
+        out.trim_end()
+    );
+    // The gate never rewrites its baseline.
+    assert_eq!(std::fs::read_to_string(&baseline).unwrap(), text_now);
+}
+
+#[test]
+fn a_baseline_better_than_reality_fails_the_gate_with_exit_4() {
+    let tmp = TempDir::new("gate-regress");
+    let baseline = tmp.path("baseline.json");
+    let mut v = gate_update(&baseline);
+    let p95 = "latency_ms.image_tagged.p95";
+    let now_p95 = metric(&v, "ten-users-fifteen-images", "tagstorm", p95);
+    // The baseline claims a p95 10% lower and fewer 429s than the run gives...
+    set_metric(
+        &mut v,
+        "ten-users-fifteen-images",
+        "tagstorm",
+        p95,
+        (now_p95 / 1.1).floor(),
+    );
+    let limited = "upstream.rate_limited";
+    let now_429 = metric(&v, "ten-users-fifteen-images", "seed-current", limited);
+    set_metric(
+        &mut v,
+        "ten-users-fifteen-images",
+        "seed-current",
+        limited,
+        now_429 - 40.0,
+    );
+    // ...and no failed images where seed-current drops some: from 0, any increase regresses.
+    let failed = "images.failed";
+    assert!(metric(&v, "ten-users-fifteen-images", "seed-current", failed) > 0.0);
+    set_metric(
+        &mut v,
+        "ten-users-fifteen-images",
+        "seed-current",
+        failed,
+        0.0,
+    );
+    write_json(&baseline, &v);
+    let summary = tmp.path("gate.md");
+    let args = [
+        "gate",
+        "--baseline",
+        &baseline,
+        "--policies",
+        "tagstorm,seed-current",
+        "--summary",
+        &summary,
+        TEN,
+        THREE_HUNDRED,
+    ];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("## tagstorm-sim gate: **failed**: 2 of 4 runs regressed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| ten-users-fifteen-images | tagstorm | 42 | **regressed** (1 metric) |"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "| ten-users-fifteen-images | seed-current | 42 | **regressed** (2 metrics) |"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("| single-300-upload | tagstorm | 7 | pass |"),
+        "{out}"
+    );
+    let row = |key: &str, policy: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!("| {policy} | `{key}` |")) && l.contains("ten-users"))
+            .unwrap_or_else(|| panic!("{key} under {policy}: {out}"))
+            .to_owned()
+    };
+    let p95_row = row(p95, "tagstorm");
+    assert!(p95_row.ends_with("| **regressed** |"), "{p95_row}");
+    assert!(
+        p95_row.contains("+10.0%") || p95_row.contains("+10.1%"),
+        "{p95_row}"
+    );
+    assert!(
+        row(limited, "seed-current").ends_with("| **regressed** |"),
+        "{out}"
+    );
+    let failed_row = row(failed, "seed-current");
+    assert!(
+        failed_row.ends_with("| from 0 | **regressed** |"),
+        "{failed_row}"
+    );
+    let err = text(&o.stderr);
+    assert!(err.contains("gate:") && err.contains("regressed"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap().trim_end(),
+        out.trim_end()
+    );
+    // A huge tolerance forgives the relative changes, not a metric whose baseline is 0.
+    let o = bin(&[&args[..], &["--tolerance", "1000"]].concat());
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    let regressed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with("| **regressed** |"))
+        .collect();
+    assert_eq!(regressed.len(), 1, "{out}");
+    assert!(regressed[0].contains(failed), "{out}");
+}
+
+#[test]
+fn improvements_and_changes_within_the_tolerance_pass() {
+    let tmp = TempDir::new("gate-improve");
+    let baseline = tmp.path("baseline.json");
+    let mut v = gate_update(&baseline);
+    let (scenario, policy) = ("single-300-upload", "tagstorm");
+    let p95 = "latency_ms.upload_complete.p95";
+    let now_p95 = metric(&v, scenario, policy, p95);
+    let now_cost = metric(&v, scenario, policy, "cost_usd");
+    let now_tagged = metric(&v, scenario, policy, "images.tagged");
+    // Worse than the baseline by 4% (within 5%), better on cost and images tagged.
+    set_metric(&mut v, scenario, policy, p95, (now_p95 / 1.04).ceil());
+    set_metric(&mut v, scenario, policy, "cost_usd", now_cost * 2.0 + 0.5);
+    set_metric(&mut v, scenario, policy, "images.tagged", now_tagged - 10.0);
+    write_json(&baseline, &v);
+    let args = ["gate", "--baseline", &baseline, THREE_HUNDRED];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("| single-300-upload | tagstorm | 7 | pass |"),
+        "{out}"
+    );
+    for (key, verdict) in [
+        (p95, "worse, within tolerance"),
+        ("cost_usd", "improved"),
+        ("images.tagged", "improved"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("| single-300-upload | tagstorm | `") && l.contains(key))
+            .unwrap_or_else(|| panic!("{key}: {out}"));
+        assert!(line.ends_with(&format!("| {verdict} |")), "{line}");
+    }
+    // Entries for runs not made are listed, and do not fail.
+    assert!(
+        out.contains("| ten-users-fifteen-images | tagstorm | 42 | not run (baseline only) |"),
+        "{out}"
+    );
+    // A tighter tolerance turns the 4% into a regression.
+    let o = bin(&[&args[..], &["--tolerance", "3"]].concat());
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("tolerance 3%"));
+}
+
+#[test]
+fn a_run_without_a_baseline_entry_is_new_and_passes() {
+    let tmp = TempDir::new("gate-new");
+    let baseline = tmp.path("baseline.json");
+    let o = bin(&["gate", "--update", "--baseline", &baseline, TEN]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = bin(&[
+        "gate",
+        "--baseline",
+        &baseline,
+        "--policies",
+        "tagstorm,seed-proposed",
+        TEN,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("| ten-users-fifteen-images | tagstorm | 42 | pass |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| ten-users-fifteen-images | seed-proposed | 42 | new: no baseline entry |"),
+        "{out}"
+    );
+    // Another seed than the baseline's is bad input: the numbers are not comparable.
+    let o = bin(&["gate", "--baseline", &baseline, "--seed", "3", TEN]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    assert!(o.stdout.is_empty());
+    assert!(
+        text(&o.stderr).contains("is for seed 42, this run uses seed 3"),
+        "{}",
+        text(&o.stderr)
+    );
+    // So is a scenario and policy pair that would run twice.
+    let o = bin(&["gate", "--baseline", &baseline, TEN, TEN]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("would run twice"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_malformed_baseline_exits_2_naming_file_line_and_field_and_writes_nothing() {
+    let tmp = TempDir::new("gate-bad");
+    let baseline = tmp.path("baseline.json");
+    gate_update(&baseline);
+    let good = std::fs::read_to_string(&baseline).unwrap();
+    let summary = tmp.path("summary.md");
+    let line_of = |needle: &str| good.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let check = |name: &str, from: &str, to: &str, line: usize, expect: &str| {
+        assert!(good.contains(from), "{name}: {from}");
+        let bad = tmp.path(&format!("{name}.json"));
+        std::fs::write(&bad, good.replacen(from, to, 1)).unwrap();
+        let o = bin(&["gate", "--baseline", &bad, "--summary", &summary, TEN]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty(), "{name}");
+        let err = text(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert_eq!(err.trim_end(), format!("{bad}:{line}: {expect}"), "{name}");
+        assert!(!Path::new(&summary).exists(), "{name}: wrote a summary");
+        assert_eq!(
+            std::fs::read_to_string(&bad).unwrap(),
+            good.replacen(from, to, 1)
+        );
+    };
+    let makespan = "\"makespan_ms\": ";
+    check(
+        "wrong-type",
+        makespan,
+        "\"makespan_ms\": \"fast\", \"was\": ",
+        line_of(makespan),
+        "entries[0].metrics.makespan_ms: invalid type: string \"fast\", expected u64",
+    );
+    check(
+        "unknown-metric",
+        "\"upstream.retries\"",
+        "\"upstream.retried\"",
+        line_of("\"upstream.retries\""),
+        "entries[0].metrics.upstream.retried: unknown metric, expected one of: images.tagged, \
+         images.failed, images.pending, upstream.rate_limited, upstream.server_errors, \
+         upstream.retries, latency_ms.image_tagged.p95, latency_ms.image_tagged.p99, \
+         latency_ms.upload_first_tag.p50, latency_ms.upload_first_tag.p95, \
+         latency_ms.upload_complete.p95, makespan_ms, cost_usd, bound_ratio",
+    );
+    check(
+        "wrong-schema",
+        "tagstorm.baseline.v1",
+        "tagstorm.results.v1",
+        2,
+        "schema: invalid value: string \"tagstorm.results.v1\", expected \"tagstorm.baseline.v1\"",
+    );
+    check(
+        "bad-json",
+        "\"seed\": 7,",
+        "\"seed\": 7",
+        line_of("\"seed\": 7,") + 1,
+        "entries[0]: expected `,` or `}`",
+    );
+    check(
+        "negative-cost",
+        "\"cost_usd\": ",
+        "\"cost_usd\": -",
+        line_of("\"cost_usd\": "),
+        &format!(
+            "entries[0].metrics.cost_usd: invalid value: floating point `-{}`, expected a number ≥ 0",
+            good.lines()
+                .nth(line_of("\"cost_usd\": ") - 1)
+                .unwrap()
+                .trim()
+                .trim_start_matches("\"cost_usd\": ")
+                .trim_end_matches(',')
+        ),
+    );
+    let o = bin(&["gate", "--baseline", &tmp.path("missing.json"), TEN]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("missing.json: cannot read: no such file (write one with"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn update_replaces_any_old_file_but_never_writes_a_run_that_left_images_pending() {
+    let tmp = TempDir::new("gate-update");
+    let baseline = tmp.path("baseline.json");
+    // --update does not read the old file: a broken one is simply replaced.
+    std::fs::write(&baseline, "{ not json").unwrap();
+    let summary = tmp.path("summary.md");
+    let o = bin(&[
+        "gate",
+        "--update",
+        "--baseline",
+        &baseline,
+        "--summary",
+        &summary,
+        TEN,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&baseline).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert!(written.ends_with("}\n"));
+    assert!(
+        std::fs::read_to_string(&summary)
+            .unwrap()
+            .contains("baseline written")
+    );
+    // Rewriting from the same build gives the same bytes.
+    let o = bin(&["gate", "--update", "--baseline", &baseline, TEN]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&baseline).unwrap(), written);
+    // A run cut off with images pending: exit 1, the old baseline untouched, nothing else written.
+    std::fs::remove_file(&summary).unwrap();
+    let o = bin(&[
+        "gate",
+        "--update",
+        "--baseline",
+        &baseline,
+        "--summary",
+        &summary,
+        "--set",
+        "sim.max_duration_s=30",
+        THREE_HUNDRED,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("images still pending") && err.contains("not written"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&baseline).unwrap(), written);
+    assert!(!Path::new(&summary).exists());
+    // Gating such a run is exit 1 as well, with the summary saying why.
+    let o = bin(&[
+        "gate",
+        "--baseline",
+        &baseline,
+        "--set",
+        "sim.max_duration_s=30",
+        THREE_HUNDRED,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("**invariant failed**"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn gate_help_shows_the_workflow_every_metric_and_exit_4() {
+    let o = bin(&["gate", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    for s in [
+        "gate --update --baseline scenarios/baseline.json scenarios/*.toml",
+        "git add scenarios/baseline.json",
+        "from 0",
+        "--tolerance <PCT>",
+        "--summary <FILE.md>",
+        "4 a metric",
+    ] {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for m in tagstorm_sim::gate::METRICS {
+        assert!(flat.contains(m.key), "{}: {out}", m.key);
+    }
+    let o = bin(&["--help"]);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("  4  gate: a metric regressed against the baseline"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tagstorm-sim gate --baseline scenarios/baseline.json"),
+        "{out}"
+    );
+    let o = bin(&["gate", "--baseline", "b.json", "--tolerance=-1", TEN]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--tolerance"),
+        "{}",
+        text(&o.stderr)
+    );
+}
