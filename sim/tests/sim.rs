@@ -231,6 +231,8 @@ fn check_bad(name: &str, from: &str, to: &str, expect: &str) {
         !out_dir.exists(),
         "{name}: --out wrote output for a bad scenario"
     );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
 }
 
 #[test]
