@@ -1,4 +1,5 @@
-//! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter.
+//! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter;
+//! and the `sweep` chart, metrics against a swept value.
 //!
 //! The x axis is the percentile on HdrHistogram's scale, `1 / (1 − p)` on a log axis, so the
 //! median, p90, p99 and p99.9 are evenly spaced and the tail gets as much room as the body; the
@@ -109,6 +110,95 @@ fn percentile_label(x: f64) -> String {
     let digits = x.log10().round().max(0.0) as usize;
     let decimals = digits.saturating_sub(2);
     format!("{p:.decimals$}%")
+}
+
+/// An SVG chart of metrics against a swept value: one panel per metric (label, one figure per
+/// value; `None` is no figure), stacked and sharing the x axis. Values that are all numbers are
+/// placed at their value; otherwise evenly, labelled with their text.
+pub fn sweep_svg(
+    title: &str,
+    key: &str,
+    values: &[String],
+    panels: &[(&str, Vec<Option<f64>>)],
+) -> String {
+    let mut svg = String::new();
+    // As in `percentile_svg`: a drawing error is a plotting bug, not worth a panic.
+    let _ = draw_sweep(&mut svg, title, key, values, panels);
+    svg
+}
+
+fn draw_sweep(
+    svg: &mut String,
+    title: &str,
+    key: &str,
+    values: &[String],
+    panels: &[(&str, Vec<Option<f64>>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let height = 40 + 240 * panels.len().max(1) as u32;
+    let root = SVGBackend::with_string(svg, (900, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 20))?;
+    let numeric: Option<Vec<f64>> = values
+        .iter()
+        .map(|v| v.parse::<f64>().ok().filter(|x| x.is_finite()))
+        .collect();
+    let xs: Vec<f64> = match &numeric {
+        Some(xs) => xs.clone(),
+        None => (0..values.len()).map(|i| i as f64).collect(),
+    };
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = match (lo.is_finite() && hi.is_finite(), hi - lo) {
+        (false, _) => (-1.0, 1.0),
+        (true, span) if span <= 0.0 => (lo - 1.0, hi + 1.0),
+        (true, span) if numeric.is_some() => (lo - span * 0.05, hi + span * 0.05),
+        (true, _) => (lo - 0.5, hi + 0.5),
+    };
+    // Without numbers, the x axis is the value's position: label whole positions with its text.
+    let category = |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        values.get(i as usize).cloned().unwrap_or_default()
+    };
+    // Whole numbers without a decimal point: a threshold of 20 reads `20`, not `20.0`.
+    let number = |x: &f64| -> String {
+        if x.fract() == 0.0 && x.abs() < 1e15 {
+            format!("{x:.0}")
+        } else {
+            format!("{x}")
+        }
+    };
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (i, (area, (label, ys))) in areas.iter().zip(panels).enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let pts: Vec<(f64, f64)> = xs
+            .iter()
+            .zip(ys)
+            .filter_map(|(x, y)| y.map(|y| (*x, y)))
+            .collect();
+        let y_max = pts.iter().map(|p| p.1).fold(0.0f64, f64::max);
+        let y_max = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .margin(10)
+            .margin_right(36)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(lo..hi, 0.0f64..y_max)?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(key).y_desc(*label);
+        if numeric.is_none() {
+            mesh.x_labels(values.len() + 1).x_label_formatter(&category);
+        } else {
+            mesh.x_label_formatter(&number);
+        }
+        mesh.draw()?;
+        chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?;
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Human output: the side-by-side table `run` and `compare` print, its Markdown twin for
-//! `summary.md`, and a compact one-line summary per run for snapshot tests.
+//! `summary.md`, a compact one-line summary per run for snapshot tests, and the formatting
+//! helpers (durations, thousands, dollars) every table shares.
 
 use std::fmt::Write as _;
 
-use crate::results::Results;
+use crate::results::{AccountSummary, Results};
 use crate::scenario::Scenario;
 
 /// `ms` in the unit a person reads fastest: `850 ms`, `3.2 s`, `4m 05s`, `2h 05m`, `1d 02h`.
@@ -31,7 +32,8 @@ pub fn thousands(v: u64) -> String {
     out
 }
 
-fn usd(v: f64) -> String {
+/// US dollars with four decimals below $100 (a run costs cents), two from there: `$0.0651`.
+pub fn usd(v: f64) -> String {
     if v >= 100.0 {
         format!("${v:.2}")
     } else {
@@ -39,7 +41,8 @@ fn usd(v: f64) -> String {
     }
 }
 
-fn latency(count: u64, v: u64) -> String {
+/// A latency percentile `v` (ms) of a distribution with `count` samples; `–` when it has none.
+pub fn latency(count: u64, v: u64) -> String {
     if count == 0 { "–".into() } else { fmt_ms(v) }
 }
 
@@ -124,6 +127,22 @@ fn rows(runs: &[&Results]) -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
+/// An account's limits in one line: `gpt-4o-mini tier 1: 500 RPM, 200,000 TPM, 10,000 RPD, batch
+/// queue 2,000,000 tokens`.
+pub fn account(a: &AccountSummary) -> String {
+    let tier = a.tier.map_or(String::new(), |t| format!(" tier {t}"));
+    let rpd = a
+        .rpd
+        .map_or(String::new(), |v| format!(", {} RPD", thousands(v)));
+    format!(
+        "{}{tier}: {} RPM, {} TPM{rpd}, batch queue {} tokens",
+        a.model,
+        thousands(a.rpm),
+        thousands(a.tpm),
+        thousands(a.batch_queue_tokens)
+    )
+}
+
 fn header(s: &Scenario, first: &Results) -> String {
     let spec = &s.spec;
     let a = &first.account;
@@ -136,18 +155,7 @@ fn header(s: &Scenario, first: &Results) -> String {
     if !spec.description.trim().is_empty() {
         let _ = writeln!(out, "          {}", spec.description.trim());
     }
-    let tier = a.tier.map_or(String::new(), |t| format!(" tier {t}"));
-    let rpd = a
-        .rpd
-        .map_or(String::new(), |v| format!(", {} RPD", thousands(v)));
-    let _ = writeln!(
-        out,
-        "account   {}{tier}: {} RPM, {} TPM{rpd}, batch queue {} tokens",
-        a.model,
-        thousands(a.rpm),
-        thousands(a.tpm),
-        thousands(a.batch_queue_tokens)
-    );
+    let _ = writeln!(out, "account   {}", account(a));
     let _ = writeln!(
         out,
         "workload  {} in {}",
