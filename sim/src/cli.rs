@@ -1,5 +1,5 @@
-//! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `validate`,
-//! `bench` and `gate`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit
+//! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `sweep`,
+//! `validate`, `bench` and `gate`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit
 //! code.
 
 use std::io::{IsTerminal, Write};
@@ -23,6 +23,7 @@ Examples:
   tagstorm-sim run scenarios/*.toml --json > results.ndjson
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
   tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
+  tagstorm-sim sweep scenarios/single-300-upload.toml --vary policy.realtime_head_images=1..=20:3
   tagstorm-sim validate scenarios/*.toml
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
   tagstorm-sim gate --baseline scenarios/baseline.json scenarios/*.toml
@@ -81,6 +82,10 @@ pub enum Command {
     /// Run one scenario under several policies (at once, one thread each) and print them side
     /// by side.
     Compare(CompareArgs),
+    /// Run one scenario under one policy once per value of one field (several at a time) and
+    /// print one row per value.
+    #[command(after_help = crate::sweep::SWEEP_HELP)]
+    Sweep(SweepArgs),
     /// Check scenario files without running them; every file is checked and every problem
     /// reported.
     Validate(ValidateArgs),
@@ -143,6 +148,32 @@ pub struct CompareArgs {
     pub json: bool,
     /// Write summary.md, .svg plots with one line per policy, and one folder of results per
     /// policy into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The scenario file.
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: PathBuf,
+    /// The field to vary and its values: KEY is any --set path; VALUES a comma list (5,10,20,
+    /// 0.5,1.5, or any TOML values) or an integer range START..=END:STEP (STEP defaults to 1);
+    /// at most 200 values.
+    #[arg(long, value_name = "KEY=VALUES", value_parser = crate::sweep::Vary::parse_arg)]
+    pub vary: crate::sweep::Vary,
+    /// A preset (seed-current, seed-proposed, tagstorm) or a policy TOML file.
+    #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]
+    pub policy: String,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+    /// Print one JSON line per value, {"vary": {"key", "value"}, "results": {...}}, instead of
+    /// the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write summary.md, sweep.svg (image-tagged p95, 429s and cost against the value) and one
+    /// folder of results per value into DIR.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -291,6 +322,7 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ou
     match &cli.command {
         Command::Run(a) => cmd_run(a, out, err),
         Command::Compare(a) => cmd_compare(a, out, err),
+        Command::Sweep(a) => crate::sweep::cmd_sweep(a, out, err),
         Command::Validate(a) => cmd_validate(a, out, err),
         Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
         Command::Gate(a) => crate::gate::cmd_gate(a, out, err),
@@ -395,44 +427,103 @@ pub fn run_policies(
         .iter()
         .map(|b| s.policy(b))
         .collect::<Result<Vec<_>, _>>()?;
+    let jobs: Vec<_> = policies
+        .into_iter()
+        .map(|p| {
+            let label = p.name.clone();
+            (s, p, label)
+        })
+        .collect();
+    run_jobs(&jobs, jobs.len(), err)
+}
+
+/// Runs every job (a scenario, a validated policy and a label for the progress line) on at most
+/// `threads` threads and returns the outputs in job order. Runs share nothing, so each result is
+/// what a run of its own gives, whatever the thread count. When every job runs at once the
+/// progress line shows each of them; otherwise it counts finished runs and shows the running
+/// ones.
+pub fn run_jobs(
+    jobs: &[(&Scenario, Policy, String)],
+    threads: usize,
+    err: &mut dyn Write,
+) -> Result<Vec<RunOutput>, CliError> {
     let tty = std::io::stderr().is_terminal();
-    let latest = std::sync::Mutex::new(vec![None::<Progress>; policies.len()]);
-    let results: Vec<Result<RunOutput, sim::SimError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = policies
-            .iter()
-            .enumerate()
-            .map(|(i, policy)| {
-                let (latest, policies) = (&latest, &policies);
+    let threads = threads.clamp(1, jobs.len().max(1));
+    let all_at_once = threads >= jobs.len();
+    // Per job: None before it starts, Some((progress, done)) after.
+    let latest = std::sync::Mutex::new(vec![None::<(Option<Progress>, bool)>; jobs.len()]);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let show = |all: &[Option<(Option<Progress>, bool)>]| {
+        let line = if all_at_once {
+            let parts = all.iter().zip(jobs).map(|(p, (_, _, label))| match p {
+                Some((Some(p), _)) => format!(
+                    "{label} {} / {}",
+                    report::thousands(p.terminal),
+                    report::thousands(p.total)
+                ),
+                _ => format!("{label} starting"),
+            });
+            format!(
+                "images terminal: {}",
+                parts.collect::<Vec<_>>().join("  |  ")
+            )
+        } else {
+            let done = all.iter().filter(|p| matches!(p, Some((_, true)))).count();
+            let running = all
+                .iter()
+                .zip(jobs)
+                .filter_map(|(p, (_, _, label))| match p {
+                    Some((Some(p), false)) => Some(format!(
+                        "{label} {} / {}",
+                        report::thousands(p.terminal),
+                        report::thousands(p.total)
+                    )),
+                    Some((None, false)) => Some(format!("{label} starting")),
+                    _ => None,
+                });
+            let running = running.collect::<Vec<_>>().join("  |  ");
+            format!(
+                "{done} / {} runs done  |  images terminal: {running}",
+                jobs.len()
+            )
+        };
+        let _ = write!(std::io::stderr(), "\r  {line} ");
+    };
+    let results: Vec<(usize, Result<RunOutput, sim::SimError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (latest, next, show) = (&latest, &next, &show);
                 scope.spawn(move || {
-                    let mut progress = |p: &Progress| {
-                        if !tty {
-                            return;
-                        }
-                        let Ok(mut all) = latest.lock() else { return };
-                        all[i] = Some(*p);
-                        let line = all
-                            .iter()
-                            .zip(policies.iter())
-                            .map(|(p, pol)| match p {
-                                Some(p) => format!(
-                                    "{} {} / {}",
-                                    pol.name,
-                                    report::thousands(p.terminal),
-                                    report::thousands(p.total)
-                                ),
-                                None => format!("{} starting", pol.name),
-                            })
-                            .collect::<Vec<_>>()
-                            .join("  |  ");
-                        let _ = write!(std::io::stderr(), "\r  images terminal: {line} ");
-                    };
-                    sim::run_with_progress(s, policy, &mut progress)
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((s, policy, _)) = jobs.get(i) else {
+                            return mine;
+                        };
+                        let update = |p: Option<Progress>, done: bool| {
+                            if !tty {
+                                return;
+                            }
+                            let Ok(mut all) = latest.lock() else { return };
+                            let entry = all[i].get_or_insert((None, false));
+                            if p.is_some() {
+                                entry.0 = p;
+                            }
+                            entry.1 = done;
+                            show(&all);
+                        };
+                        update(None, false);
+                        let mut progress = |p: &Progress| update(Some(*p), false);
+                        let r = sim::run_with_progress(s, policy, &mut progress);
+                        update(None, true);
+                        mine.push((i, r));
+                    }
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| match h.join() {
+            .flat_map(|h| match h.join() {
                 Ok(r) => r,
                 // A panicking run is a bug; re-raise it rather than report half a table.
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -440,9 +531,12 @@ pub fn run_policies(
             .collect()
     });
     clear_progress(err);
+    // Every job index was taken by exactly one worker: sorting restores the job order.
+    let mut results = results;
+    results.sort_by_key(|(i, _)| *i);
     results
         .into_iter()
-        .map(|r| r.map_err(CliError::from))
+        .map(|(_, r)| r.map_err(CliError::from))
         .collect()
 }
 
@@ -616,7 +710,8 @@ pub fn folder_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     out
 }
 
-fn json_line(r: &Results) -> String {
+/// One results object as one line of JSON.
+pub fn json_line(r: &Results) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
 
@@ -629,7 +724,7 @@ pub fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
 }
 
 /// The files one run writes into `dir`.
-fn run_files(dir: &Path, r: &RunOutput) -> Result<Vec<(PathBuf, String)>, CliError> {
+pub fn run_files(dir: &Path, r: &RunOutput) -> Result<Vec<(PathBuf, String)>, CliError> {
     let json = serde_json::to_string_pretty(&r.results).map_err(|e| CliError::Output {
         path: display_path(&dir.join("results.json")),
         message: e.to_string(),

@@ -12,8 +12,8 @@
 //!   applied and errors that name the file, line and field ([`ScenarioError`]).
 //! - [`sim::run`]: one run of a scenario under a policy, returning a [`RunOutput`]: the
 //!   [`Results`] object (schema `tagstorm.results.v1`) and the latency histograms.
-//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `validate`, `bench`,
-//!   `gate`).
+//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `sweep`, `validate`,
+//!   `bench`, `gate`).
 //!
 //! # Example
 //!
@@ -51,6 +51,7 @@ pub mod report;
 pub mod results;
 pub mod scenario;
 pub mod sim;
+pub mod sweep;
 pub mod workload;
 
 pub use results::Results;

@@ -236,4 +236,48 @@ mod tests {
         let empty = crate::results::new_histogram();
         assert!(percentile_svg("x", &[("p", &empty)]).contains("no samples"));
     }
+
+    #[test]
+    fn sweep_panels_place_numbers_at_their_value_and_label_other_values() {
+        let texts = |svg: &str| -> Vec<String> {
+            svg.split("<text")
+                .skip(1)
+                .filter_map(|t| t.split('>').nth(1)?.split('<').next())
+                .map(|t| t.trim().to_owned())
+                .collect()
+        };
+        let values: Vec<String> = ["10", "20", "40"].map(String::from).to_vec();
+        let svg = sweep_svg(
+            "sweep",
+            "policy.realtime_max_images",
+            &values,
+            &[
+                ("image tagged p95 (s)", vec![Some(3.0), None, Some(9.0)]),
+                ("cost (USD)", vec![Some(0.1), Some(0.2), Some(0.4)]),
+            ],
+        );
+        // One dot per figure: the missing latency has none.
+        assert_eq!(svg.matches("<circle").count(), 5);
+        let labels = texts(&svg);
+        assert!(labels.iter().any(|t| t == "20"), "{labels:?}");
+        assert!(!labels.iter().any(|t| t == "20.0"), "{labels:?}");
+        for t in [
+            "image tagged p95 (s)",
+            "cost (USD)",
+            "policy.realtime_max_images",
+        ] {
+            assert!(labels.iter().any(|l| l == t), "{t}: {labels:?}");
+        }
+        let words: Vec<String> = ["\"low\"", "\"high\""].map(String::from).to_vec();
+        let svg = sweep_svg(
+            "s",
+            "images.detail",
+            &words,
+            &[("cost (USD)", vec![Some(1.0), Some(2.0)])],
+        );
+        let labels = texts(&svg);
+        for t in ["&quot;low&quot;", "&quot;high&quot;"] {
+            assert!(labels.iter().any(|l| l == t), "{t}: {labels:?}");
+        }
+    }
 }

@@ -1191,3 +1191,276 @@ fn gate_help_shows_the_workflow_every_metric_and_exit_4() {
         text(&o.stderr)
     );
 }
+
+/// `sweep --json` lines, unwrapped: (key, value, the results object's bytes).
+fn sweep_lines(stdout: &[u8]) -> Vec<(String, serde_json::Value, String)> {
+    text(stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let at = line.find(",\"results\":").unwrap();
+            let inner = line[at + ",\"results\":".len()..]
+                .strip_suffix('}')
+                .unwrap();
+            let key = v["vary"]["key"].as_str().unwrap().to_owned();
+            (key, v["vary"]["value"].clone(), inner.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn sweep_prints_one_row_per_value_in_order_and_the_threshold_moves_the_work() {
+    // seed-current sends one batch from 20 images; raising its threshold past 300 sends the
+    // 300-image upload realtime at once: faster, and 429s.
+    let args = [
+        "sweep",
+        "scenarios/single-300-upload.toml",
+        "--policy",
+        "seed-current",
+        "--vary",
+        "policy.realtime_chunked_max=19,100,300",
+    ];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("sweep     policy.realtime_chunked_max over 3 values under seed-current"),
+        "{out}"
+    );
+    let head = out
+        .lines()
+        .find(|l| l.starts_with("policy.realtime_chunked_max "))
+        .unwrap_or_default();
+    for col in [
+        "p50", "p95", "makespan", "429s", "retries", "failed", "pending",
+    ] {
+        assert!(head.contains(col), "{col}: {head}");
+    }
+    for col in ["batches", "rt / batch", "cost", "ratio"] {
+        assert!(head.contains(col), "{col}: {head}");
+    }
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("policy.realtime_chunked_max "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let firsts: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(firsts, ["19", "100", "300"], "{out}");
+    // Below 300 the upload is one batch; at 300 it is all realtime, and the fastest row.
+    assert!(
+        rows[0].contains("0 / 300") && rows[1].contains("0 / 300"),
+        "{out}"
+    );
+    assert!(rows[2].contains("1.0 s*"), "{out}");
+
+    let o = bin(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let runs: Vec<serde_json::Value> = sweep_lines(&o.stdout)
+        .iter()
+        .map(|(_, _, r)| serde_json::from_str(r).unwrap())
+        .collect();
+    let n = |r: &serde_json::Value, a: &str, b: &str| r[a][b].as_u64().unwrap();
+    for r in &runs[..2] {
+        assert_eq!(n(r, "images", "tagged_batch"), 300);
+        assert_eq!(n(r, "images", "tagged_realtime"), 0);
+        assert_eq!(n(r, "upstream", "rate_limited"), 0);
+        assert!(n(r, "upstream", "batches_created") >= 1);
+    }
+    let rt = &runs[2];
+    assert_eq!(n(rt, "images", "tagged_batch"), 0);
+    assert!(n(rt, "images", "tagged_realtime") > 0);
+    assert!(n(rt, "upstream", "rate_limited") > 0, "{rt}");
+    assert!(rt["makespan_ms"].as_u64() < runs[0]["makespan_ms"].as_u64());
+
+    // More users under tagstorm: more work, so cost and makespan grow with the value.
+    let o = bin(&[
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--vary",
+        "uploads.0.users=2..=10:4",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let runs: Vec<serde_json::Value> = sweep_lines(&o.stdout)
+        .iter()
+        .map(|(_, _, r)| serde_json::from_str(r).unwrap())
+        .collect();
+    let totals: Vec<u64> = runs.iter().map(|r| n(r, "images", "total")).collect();
+    assert_eq!(totals, [30, 90, 150]);
+    for w in runs.windows(2) {
+        assert!(w[0]["cost_usd"].as_f64() < w[1]["cost_usd"].as_f64());
+        assert!(w[0]["makespan_ms"].as_u64() < w[1]["makespan_ms"].as_u64());
+    }
+}
+
+#[test]
+fn sweep_json_carries_the_value_and_equals_run_with_that_set() {
+    let key = "policy.realtime_max_images";
+    let args = [
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--policy",
+        "seed-proposed",
+        "--vary",
+        "policy.realtime_max_images=1..=15:7",
+        "--json",
+    ];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines = sweep_lines(&o.stdout);
+    let values: Vec<serde_json::Value> = lines.iter().map(|(_, v, _)| v.clone()).collect();
+    assert_eq!(values, [1, 8, 15].map(serde_json::Value::from));
+    for (k, v, results) in &lines {
+        assert_eq!(k, key);
+        let set = format!("{key}={v}");
+        let alone = bin(&[
+            "run",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--policy",
+            "seed-proposed",
+            "--set",
+            &set,
+            "--json",
+        ]);
+        assert_eq!(alone.status.code(), Some(0), "{}", text(&alone.stderr));
+        assert_eq!(text(&alone.stdout).trim_end(), results, "{set}");
+    }
+    // The values differ in what they do, and a second sweep gives the same bytes.
+    assert_ne!(lines[0].2, lines[2].2);
+    assert_eq!(bin(&args).stdout, o.stdout);
+}
+
+#[test]
+fn a_bad_vary_or_a_value_that_breaks_validation_exits_2_before_anything_runs() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-sim-sweep-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = bin(&[
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--vary",
+        "account.tier=1,9,2",
+        "--out",
+        &dir.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+    assert!(!dir.exists(), "nothing may be written");
+    assert_eq!(
+        text(&o.stderr),
+        "scenarios/ten-users-fifteen-images.toml: --set account.tier=9: account.tier: no published limits for gpt-4o-mini tier 9 (known: 1, 2, 3, 4, 5)\n\
+         --vary account.tier: 1 of 3 values invalid (9); nothing ran\n"
+    );
+    for (vary, why) in [
+        (
+            "policy.chunk_size=10..=1:1",
+            "the range is empty: its start (10) is past its end (1)",
+        ),
+        (
+            "policy.chunk_size=1..=10:0",
+            "the step must be at least 1, got 0",
+        ),
+        ("policy.chunk_size=1..=x", "`x` is not an integer"),
+        (
+            "policy.chunk_size=1..=500",
+            "500 values; a sweep takes at most 200",
+        ),
+    ] {
+        let o = bin(&[
+            "sweep",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--vary",
+            vary,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{vary}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "invalid value '{vary}' for '--vary <KEY=VALUES>': {why}"
+            )),
+            "{err}"
+        );
+    }
+    // The swept field given twice is refused rather than silently overridden.
+    let o = bin(&[
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--vary",
+        "account.tier=1,2",
+        "--set",
+        "account.tier=3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr).trim_end(),
+        "--set account.tier=3 and --vary account.tier set the same field; give one"
+    );
+}
+
+#[test]
+fn sweep_out_writes_the_summary_the_plot_and_one_folder_per_value() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-sim-sweep-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = bin(&[
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--vary",
+        "uploads[0].users=5,10",
+        "--out",
+        &dir.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let per_run = [
+        "image_tagged.hgrm",
+        "image_tagged.svg",
+        "results.json",
+        "upload_complete.hgrm",
+        "upload_complete.svg",
+        "upload_first_tag.hgrm",
+        "upload_first_tag.svg",
+    ];
+    let mut want: Vec<String> = ["summary.md", "sweep.svg"].map(String::from).to_vec();
+    for folder in ["users-5", "users-10"] {
+        want.extend(per_run.iter().map(|f| format!("{folder}/{f}")));
+    }
+    want.sort();
+    assert_eq!(tree(&dir), want);
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| `uploads[0].users` | first tag p50 |"),
+        "{md}"
+    );
+    assert!(md.contains("\n| 5 | **"), "{md}");
+    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for label in ["image tagged p95 (s)", "429 responses", "cost (USD)"] {
+        assert!(svg.contains(label), "{label}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("users-10/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["images"]["total"], 150);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sweep_help_shows_examples_and_the_json_shape() {
+    let o = bin(&["sweep", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    for s in [
+        "--vary <KEY=VALUES>",
+        "START..=END:STEP",
+        "Examples:",
+        "--vary policy.realtime_chunked_max=19,50,100,200,300",
+        "{\"vary\": {\"key\": KEY, \"value\": VALUE}, \"results\": {...}}",
+        "Exit codes:",
+    ] {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+    let o = bin(&["--help"]);
+    assert!(text(&o.stdout).contains("tagstorm-sim sweep scenarios/"));
+}
