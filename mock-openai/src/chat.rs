@@ -19,7 +19,7 @@ use crate::fault::{FaultKind, random_fault, scripted};
 use crate::headers::RateLimitHeaders;
 use crate::latency::ms_to_duration;
 use crate::org::OrgId;
-use crate::tags::Tags;
+use crate::tags::{self, Tags};
 use crate::upstream::Upstream;
 
 /// One realtime request, borrowed from the caller (the simulator builds millions).
@@ -35,6 +35,23 @@ pub struct ChatRequest<'a> {
     pub images: &'a [ImageSpec],
     /// The URL the tags are derived from.
     pub image_url: &'a str,
+    /// [`tags::fnv1a64`] of `image_url`, when the caller has it already (the simulator keeps
+    /// one hash per upload's URL prefix and extends it); `None`, and the model hashes the URL.
+    /// Debug builds check that it matches.
+    pub url_hash: Option<u64>,
+}
+
+impl ChatRequest<'_> {
+    /// The tags the model sees in this request's image.
+    pub fn tags(&self) -> Tags {
+        match self.url_hash {
+            Some(h) => {
+                debug_assert_eq!(h, tags::fnv1a64(self.image_url.as_bytes()), "url_hash");
+                Tags::of_url_hash(h)
+            }
+            None => Tags::of(self.image_url),
+        }
+    }
 }
 
 /// Why generation stopped (facts §1 `finish_reason`).
@@ -214,21 +231,20 @@ impl Upstream {
         }
     }
 
-    /// The billing usage and tags of a successful answer to a request for `image_url`, and
-    /// whether `max_tokens` cut it short ([`content`] renders the message).
+    /// The billing usage of a successful answer carrying `tags` (the image's, [`Tags::of`] its
+    /// URL), and whether `max_tokens` cut it short ([`content`] renders the message).
     pub fn answer(
         &self,
         model: Model,
         max_tokens: u32,
         text_chars: u64,
         images: &[ImageSpec],
-        image_url: &str,
-    ) -> (Usage, Tags, FinishReason) {
+        tags: Tags,
+    ) -> (Usage, FinishReason) {
         let text = text_tokens(usize::try_from(text_chars).unwrap_or(usize::MAX));
         let input = images.iter().fold(text, |acc, img| {
             acc.saturating_add(image_tokens(model, img))
         });
-        let tags = Tags::of(image_url);
         let natural = self
             .config
             .output_tokens
@@ -243,7 +259,6 @@ impl Upstream {
                 input_tokens: input,
                 output_tokens: output,
             },
-            tags,
             finish,
         )
     }
@@ -331,13 +346,9 @@ impl Upstream {
                 after: Duration::from_millis(self.config.timeout_after_ms),
             },
             Some(FaultKind::Ok | FaultKind::RateLimited) | None => {
-                let (usage, tags, finish_reason) = self.answer(
-                    req.model,
-                    req.max_tokens,
-                    req.text_chars,
-                    req.images,
-                    req.image_url,
-                );
+                let tags = req.tags();
+                let (usage, finish_reason) =
+                    self.answer(req.model, req.max_tokens, req.text_chars, req.images, tags);
                 let extra = ms_to_duration(
                     self.config.latency_ms_per_output_token * usage.output_tokens as f64,
                 );

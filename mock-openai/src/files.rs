@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::ids;
 use crate::jsonl::{self, InputLimits};
 use crate::org::OrgId;
+use crate::tags::Tags;
 use crate::upstream::Upstream;
 
 /// Largest upload, in bytes (facts §4: 512 MB).
@@ -514,13 +515,9 @@ impl Upstream {
                     .into_iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        let (usage, tags, finish) = self.answer(
-                            r.model,
-                            r.max_tokens,
-                            r.text_chars,
-                            &r.images,
-                            &r.image_url,
-                        );
+                        let tags = Tags::of(&r.image_url);
+                        let (usage, finish) =
+                            self.answer(r.model, r.max_tokens, r.text_chars, &r.images, tags);
                         if finish == FinishReason::Length {
                             cut_lines.push(u32::try_from(i).unwrap_or(u32::MAX));
                         }

@@ -37,6 +37,7 @@ fn req(url: &str) -> ChatRequest<'_> {
         text_chars: 40,
         images: &LOW,
         image_url: url,
+        url_hash: None,
     }
 }
 
@@ -698,4 +699,26 @@ fn batch_status_counts_agree_with_the_list() {
         .position(|s| *s == BatchStatus::Cancelled)
         .unwrap();
     assert_eq!(end[cancelled], 1);
+}
+
+/// A caller that passes the URL's hash gets exactly the answers a caller that passes only the
+/// URL gets: same tags, usage, latency and headers, request after request.
+#[test]
+fn a_precomputed_url_hash_changes_nothing() {
+    let (mut plain, org) = upstream(UpstreamConfig::default(), tier1());
+    let (mut hashed, org2) = upstream(UpstreamConfig::default(), tier1());
+    for i in 0..50 {
+        let url = format!("https://img.tagstorm.test/u3/i{i}.jpg");
+        let a = plain.chat(at_s(i), org, &req(&url));
+        let with_hash = ChatRequest {
+            url_hash: Some(tags::fnv1a64(url.as_bytes())),
+            ..req(&url)
+        };
+        let b = hashed.chat(at_s(i), org2, &with_hash);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "request {i}");
+        let ChatOutcome::Ok(ok) = b else {
+            panic!("request {i}: {b:?}")
+        };
+        assert_eq!(ok.tags, Tags::of(&url));
+    }
 }

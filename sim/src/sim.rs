@@ -242,12 +242,17 @@ impl UrlBuf {
     }
 }
 
-/// The tags of image `index` of an upload whose URL prefix hashes to `prefix_hash`:
-/// [`Tags::of`] the image's URL, hashing only what follows the prefix. Realtime answers
-/// interleave uploads, so the hash is kept per upload rather than for the last one.
-fn expected_tags(prefix_hash: u64, index: u32) -> Tags {
+/// The FNV-1a hash of image `index`'s URL, for an upload whose URL prefix hashes to
+/// `prefix_hash`: only what follows the prefix is hashed. Realtime requests interleave uploads,
+/// so the prefix hash is kept per upload rather than for the last one.
+fn url_hash(prefix_hash: u64, index: u32) -> u64 {
     let h = tags::fnv1a64_extend(prefix_hash, itoa::Buffer::new().format(index).as_bytes());
-    Tags::of_url_hash(tags::fnv1a64_extend(h, b".jpg"))
+    tags::fnv1a64_extend(h, b".jpg")
+}
+
+/// The tags of image `index` of that upload: [`Tags::of`] its URL.
+fn expected_tags(prefix_hash: u64, index: u32) -> Tags {
+    Tags::of_url_hash(url_hash(prefix_hash, index))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -478,12 +483,14 @@ impl<'a> Sim<'a> {
                 self.upstream.requests += 1;
                 let mut url = std::mem::take(&mut self.url);
                 let image_url = url.set(image);
+                let prefix_hash = self.uploads[image.upload.0 as usize].url_hash;
                 let req = ChatRequest {
                     model: self.model,
                     max_tokens,
                     text_chars: self.text_chars,
                     images: std::slice::from_ref(&spec),
                     image_url,
+                    url_hash: Some(url_hash(prefix_hash, image.index)),
                 };
                 let (delay, outcome, content) = match self.up.chat(now, self.org, &req) {
                     ChatOutcome::Ok(ok) => (
@@ -574,12 +581,7 @@ impl<'a> Sim<'a> {
                         ),
                     })
                 } else {
-                    let mut url = std::mem::take(&mut self.url);
-                    let lines = images
-                        .iter()
-                        .map(|&img| self.batch_line(&mut url, img))
-                        .collect();
-                    self.url = url;
+                    let lines = images.iter().map(|&img| self.batch_line(img)).collect();
                     let id = format!("file-sim{}", self.files.len());
                     self.files.push(Some(lines));
                     Ok(id)
@@ -685,14 +687,15 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn batch_line(&self, url: &mut UrlBuf, image: ImageId) -> BatchLine {
+    fn batch_line(&self, image: ImageId) -> BatchLine {
         let spec = self.engine.image(image).map_or(self.spec, |i| i.spec);
-        let (usage, tags, _) = self.up.answer(
+        let tags = expected_tags(self.uploads[image.upload.0 as usize].url_hash, image.index);
+        let (usage, _) = self.up.answer(
             self.model,
             self.max_tokens,
             self.text_chars,
             std::slice::from_ref(&spec),
-            url.set(image),
+            tags,
         );
         let queue_tokens = self.engine.image_tokens(image).map_or(0, |t| t.0);
         BatchLine {
@@ -871,6 +874,7 @@ impl<'a> Sim<'a> {
                 text_chars: self.text_chars,
                 images: std::slice::from_ref(&self.spec),
                 image_url: "",
+                url_hash: None,
             });
             bound_time(&self.arrivals, charge, rl).map(|t| t + self.up.config().latency.min())
         });

@@ -692,6 +692,7 @@ pub(crate) async fn create(
                 text_chars: fast_body.text_chars,
                 images: fast_body.images.as_slice(),
                 image_url: fast_body.image_url,
+                url_hash: None,
             }
         }
         None => match parse_request_checked(&bytes) {
@@ -703,18 +704,21 @@ pub(crate) async fn create(
                     text_chars: checked_body.text_chars,
                     images: &checked_body.images,
                     image_url: &checked_body.image_url,
+                    url_hash: None,
                 }
             }
             Err(e) => return e.into(),
         },
     };
     if !state.enforce_limits {
-        let (usage, tags, finish) = state.lock().upstream.answer(
+        // The tags hash the URL outside the model's lock.
+        let tags = request.tags();
+        let (usage, finish) = state.lock().upstream.answer(
             request.model,
             request.max_tokens,
             request.text_chars,
             request.images,
-            request.image_url,
+            tags,
         );
         let json = completion_body(state, rid, request.model, tags, usage, finish);
         return Reply::json(200, json).into();
