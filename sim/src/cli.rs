@@ -23,7 +23,7 @@ Examples:
   tagstorm-sim run scenarios/*.toml --json > results.ndjson
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
   tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
-  tagstorm-sim sweep scenarios/single-300-upload.toml --vary policy.realtime_head_images=1..=20:3
+  tagstorm-sim sweep scenarios/single-300-upload.toml --policy seed-current --vary policy.realtime_chunked_max=19,100,300
   tagstorm-sim validate scenarios/*.toml
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
   tagstorm-sim gate --baseline scenarios/baseline.json scenarios/*.toml

@@ -31,7 +31,7 @@ Examples:
   # The SPEC's question: raise seed-current's realtime threshold (one batch from 20 images).
   tagstorm-sim sweep scenarios/single-300-upload.toml --policy seed-current \\
       --vary policy.realtime_chunked_max=19,50,100,200,300
-  tagstorm-sim sweep scenarios/single-300-upload.toml --vary policy.realtime_head_images=1..=20:3
+  tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary account.tier=1..=3
   tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary uploads.0.users=5..=30:5 \\
       --set account.tier=2 --out out/users
   tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary seed=1..=10 --json
