@@ -192,7 +192,7 @@ impl ChatOutcome {
     }
 }
 
-fn headers(rate: &RateLimits, now: Time) -> RateLimitHeaders {
+fn headers(rate: &RateLimits, now: Time, resets: bool) -> RateLimitHeaders {
     let r = rate.requests();
     let t = rate.tokens();
     RateLimitHeaders {
@@ -200,8 +200,16 @@ fn headers(rate: &RateLimits, now: Time) -> RateLimitHeaders {
         limit_tokens: t.limit(),
         remaining_requests: r.remaining(now),
         remaining_tokens: t.remaining(now),
-        reset_requests: r.time_until_full(now),
-        reset_tokens: t.time_until_full(now),
+        reset_requests: if resets {
+            r.time_until_full(now)
+        } else {
+            Duration::ZERO
+        },
+        reset_tokens: if resets {
+            t.time_until_full(now)
+        } else {
+            Duration::ZERO
+        },
     }
 }
 
@@ -267,6 +275,7 @@ impl Upstream {
     pub fn chat(&mut self, now: Time, org: OrgId, req: &ChatRequest<'_>) -> ChatOutcome {
         let now = self.advance(now);
         let charge = self.charge(req);
+        let resets = self.reset_headers;
         let Some(o) = self.orgs.get_mut(org.0 as usize) else {
             return ChatOutcome::Rejected(ApiError::invalid_api_key("sk-****"));
         };
@@ -285,7 +294,7 @@ impl Upstream {
                 used: bucket.limit().saturating_sub(bucket.remaining(now)),
                 requested: 1,
                 retry_after: bucket.time_until(now, 1).unwrap_or(interval).max(interval),
-                headers: headers(rate, now),
+                headers: headers(rate, now, resets),
                 scripted: true,
             });
         }
@@ -318,12 +327,12 @@ impl Upstream {
                     used: bucket.limit().saturating_sub(bucket.remaining(now)),
                     requested,
                     retry_after: denied.retry_after(now).unwrap_or(Duration::ZERO),
-                    headers: headers(rate, now),
+                    headers: headers(rate, now, resets),
                     scripted: false,
                 }),
             };
         }
-        let hdrs = headers(rate, now);
+        let hdrs = headers(rate, now, resets);
         // Both draws happen for every admitted request, so a script or a zero rate does not
         // shift the random stream of later requests.
         let base = self.latency.sample(&mut self.rng_chat);

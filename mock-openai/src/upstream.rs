@@ -42,6 +42,9 @@ pub struct Upstream {
     pub(crate) last_now: Time,
     /// The server's wall clock, for the timestamps the model renders into files itself.
     pub(crate) wall: Option<WallClock>,
+    /// Whether answers carry the `x-ratelimit-reset-*` durations (see
+    /// [`Upstream::set_reset_headers`]).
+    pub(crate) reset_headers: bool,
 }
 
 /// How a real-time driver maps model time onto the wall clock: model `Time::ZERO` is
@@ -86,7 +89,16 @@ impl Upstream {
             rng_batch: stream(seed, 2),
             last_now: Time::ZERO,
             wall: None,
+            reset_headers: true,
         })
+    }
+
+    /// Turns the `x-ratelimit-reset-*` durations of answers on or off (on by default); off,
+    /// `reset_requests` and `reset_tokens` are zero. Each takes a division on every request,
+    /// and a simulator that reads only the `remaining-*` values turns them off. Nothing else
+    /// changes: limits, retry-after and 429 bodies are worked out as before.
+    pub fn set_reset_headers(&mut self, on: bool) {
+        self.reset_headers = on;
     }
 
     /// Adds an organization with the limits `account` resolves to. Models other than

@@ -722,3 +722,57 @@ fn a_precomputed_url_hash_changes_nothing() {
         assert_eq!(ok.tags, Tags::of(&url));
     }
 }
+
+/// With the reset durations turned off, answers differ only there: same outcome, latency,
+/// usage, remaining counts and limits, request after request, 429s included.
+#[test]
+fn reset_headers_off_changes_only_the_reset_durations() {
+    let account = AccountConfig {
+        rpm: Some(5),
+        tpm: Some(1_000_000),
+        ..tier1()
+    };
+    let (mut on, org) = upstream(UpstreamConfig::default(), account.clone());
+    let (mut off, org2) = upstream(UpstreamConfig::default(), account);
+    off.set_reset_headers(false);
+    let mut limited = 0;
+    for i in 0..12 {
+        let url = format!("https://img/{i}.jpg");
+        let (a, b) = (
+            on.chat(at_s(i), org, &req(&url)),
+            off.chat(at_s(i), org2, &req(&url)),
+        );
+        let (ha, hb) = match (&a, &b) {
+            (ChatOutcome::Ok(x), ChatOutcome::Ok(y)) => {
+                assert_eq!((x.latency, x.usage, x.tags), (y.latency, y.usage, y.tags));
+                (x.headers, y.headers)
+            }
+            (ChatOutcome::RateLimited(x), ChatOutcome::RateLimited(y)) => {
+                limited += 1;
+                assert_eq!(x.retry_after, y.retry_after);
+                (x.headers, y.headers)
+            }
+            other => panic!("request {i}: {other:?}"),
+        };
+        assert!(ha.reset_requests > Duration::ZERO, "request {i}");
+        assert_eq!(
+            (hb.reset_requests, hb.reset_tokens),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        assert_eq!(
+            (
+                ha.limit_requests,
+                ha.limit_tokens,
+                ha.remaining_requests,
+                ha.remaining_tokens
+            ),
+            (
+                hb.limit_requests,
+                hb.limit_tokens,
+                hb.remaining_requests,
+                hb.remaining_tokens
+            ),
+        );
+    }
+    assert!(limited > 0, "the test should reach the RPM limit");
+}

@@ -285,6 +285,8 @@ impl<'a> Sim<'a> {
         engine.set_progress_events(false);
         let mut up = Upstream::new(s.upstream.clone(), derive_seed(s.seed, streams::MODEL))
             .map_err(|e| setup(&e))?;
+        // Core reads the remaining-* values of an answer, never its reset durations.
+        up.set_reset_headers(false);
         let org = up.add_org(&s.account).map_err(|e| setup(&e))?;
         if s.sim.foreign_batch_tokens > 0 {
             submit_foreign_batch(&mut up, org, s.sim.foreign_batch_tokens)
