@@ -109,15 +109,24 @@ impl FromStr for ImageId {
 
 /// A leading run of at least one ASCII digit that fits a `u32`, and what follows it.
 fn decimal(b: &[u8]) -> Option<(u32, &[u8])> {
-    let len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    // One pass, in 64 bits: once the value passes u32::MAX it can only grow, so stop there.
+    let mut n: u64 = 0;
+    let mut len = 0;
+    for &c in b {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        n = n * 10 + u64::from(d);
+        if n > u64::from(u32::MAX) {
+            return None;
+        }
+        len += 1;
+    }
     if len == 0 {
         return None;
     }
-    let mut n: u32 = 0;
-    for &c in &b[..len] {
-        n = n.checked_mul(10)?.checked_add(u32::from(c - b'0'))?;
-    }
-    Some((n, &b[len..]))
+    Some((n as u32, &b[len..]))
 }
 
 #[cfg(test)]
@@ -155,6 +164,9 @@ mod tests {
         check("u1--i2", None);
         check("u1-i-2", None);
         check("-i2", None);
+        // Leading zeros do not count against the range, however many.
+        let id: ImageId = "u000000000007-i0000000000009".parse().unwrap();
+        assert_eq!((id.upload.0, id.index), (7, 9));
         // Leading zeros parse (as before); such an id is not one core wrote.
         let id: ImageId = "u01-i002".parse().unwrap();
         assert_eq!((id.upload.0, id.index), (1, 2));
@@ -174,6 +186,12 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parser_agrees_with_reference(s in "u?[0-9+-]{0,11}(-i)?[0-9i+-]{0,11}") {
+            let got = s.parse::<ImageId>().ok().map(|i| (i.upload.0, i.index));
+            proptest::prop_assert_eq!(got, reference(&s));
+        }
+
+        #[test]
+        fn parser_agrees_on_long_and_zero_padded_numbers(s in "u0{0,12}[0-9]{0,11}-i0{0,12}[0-9]{0,11}") {
             let got = s.parse::<ImageId>().ok().map(|i| (i.upload.0, i.index));
             proptest::prop_assert_eq!(got, reference(&s));
         }
