@@ -91,7 +91,8 @@ enum Ev {
         request: RequestId,
         image: ImageId,
         outcome: RealtimeOutcome,
-        content: u64,
+        /// The answer's tags; `None` for no answer, or one cut short (no valid tags).
+        content: Option<Tags>,
     },
     FileUploaded {
         batch: BatchRef,
@@ -108,7 +109,7 @@ enum Ev {
     Results {
         batch: BatchRef,
         result: Result<Vec<LineResult>, UpstreamError>,
-        contents: Vec<(ImageId, u64)>,
+        contents: Vec<(ImageId, Tags)>,
     },
 }
 
@@ -179,8 +180,8 @@ struct Sim<'a> {
     uploads: Vec<UploadRec>,
     /// Global index of the next upload's first image.
     next_base: usize,
-    /// Per image (by global index): the [`Tags::code`] delivered for it, 0 = none.
-    delivered: Vec<u64>,
+    /// Per image (by global index): the tags delivered for it, if any.
+    delivered: Vec<Option<Tags>>,
     /// Per image: 0 = not terminal, 1 = tagged, 2 = failed.
     state: Vec<u8>,
     files: Vec<Option<Vec<BatchLine>>>,
@@ -320,7 +321,7 @@ impl<'a> Sim<'a> {
             next_base: 0,
             arrivals,
             next_arrival: 0,
-            delivered: vec![0; total_usize],
+            delivered: vec![None; total_usize],
             state: vec![0; total_usize],
             files: Vec::new(),
             batch_seen: Vec::new(),
@@ -506,11 +507,7 @@ impl<'a> Sim<'a> {
                             },
                         },
                         // A cut-short answer carries no valid tags: it counts as a mismatch.
-                        if ok.finish_reason == FinishReason::Stop {
-                            ok.tags.code()
-                        } else {
-                            0
-                        },
+                        (ok.finish_reason == FinishReason::Stop).then_some(ok.tags),
                     ),
                     ChatOutcome::RateLimited(r) => {
                         self.upstream.rate_limited += 1;
@@ -524,7 +521,7 @@ impl<'a> Sim<'a> {
                                     retry_after: Some(r.retry_after),
                                 },
                             },
-                            0,
+                            None,
                         )
                     }
                     ChatOutcome::RequestTooLarge { limit, requested } => {
@@ -537,16 +534,16 @@ impl<'a> Sim<'a> {
                                     "request too large: {requested} tokens, limit {limit} per minute"
                                 ),
                             },
-                            0,
+                            None,
                         )
                     }
                     ChatOutcome::ServerError { status, after } => {
                         self.upstream.server_errors += 1;
-                        (after, RealtimeOutcome::ServerError { status }, 0)
+                        (after, RealtimeOutcome::ServerError { status }, None)
                     }
                     ChatOutcome::Timeout { after } => {
                         self.upstream.timeouts += 1;
-                        (after, RealtimeOutcome::Timeout, 0)
+                        (after, RealtimeOutcome::Timeout, None)
                     }
                     ChatOutcome::Rejected(e) => (
                         self.rate_limited_delay,
@@ -554,7 +551,7 @@ impl<'a> Sim<'a> {
                             status: e.status,
                             message: e.message,
                         },
-                        0,
+                        None,
                     ),
                 };
                 self.url = url;
@@ -660,7 +657,7 @@ impl<'a> Sim<'a> {
                             let outcome = match l.outcome {
                                 LineOutcome::Ok { usage, tags } => {
                                     if let Ok(img) = l.custom_id.parse::<ImageId>() {
-                                        contents.push((img, tags.code()));
+                                        contents.push((img, tags));
                                     }
                                     Ok(usage)
                                 }
@@ -745,7 +742,7 @@ impl<'a> Sim<'a> {
                 outcome,
                 content,
             } => {
-                if content != 0 {
+                if content.is_some() {
                     if let Some(g) = self.global(image) {
                         self.delivered[g] = content;
                     }
@@ -764,10 +761,10 @@ impl<'a> Sim<'a> {
                 result,
                 contents,
             } => {
-                for (img, hash) in contents {
+                for (img, tags) in contents {
                     if let Some(g) = self.global(img) {
                         if let Some(slot) = self.delivered.get_mut(g) {
-                            *slot = hash;
+                            *slot = Some(tags);
                         }
                     }
                 }
@@ -814,7 +811,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
-                if self.delivered[g] != expected_tags(u.url_hash, image.index).code() {
+                if self.delivered[g] != Some(expected_tags(u.url_hash, image.index)) {
                     self.verification.tag_mismatches += 1;
                 }
                 let since = ms(at - u.start);
