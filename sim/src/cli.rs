@@ -1,5 +1,5 @@
 //! The `tagstorm-sim` command line: flags (clap), and the commands `run`, `compare`, `sweep`,
-//! `validate`, `bench` and `gate`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit
+//! `report`, `validate`, `bench` and `gate`, each returning an [`Outcome`] or a [`CliError`] that maps to a stable exit
 //! code.
 
 use std::io::{IsTerminal, Write};
@@ -24,6 +24,7 @@ Examples:
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
   tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
   tagstorm-sim sweep scenarios/single-300-upload.toml --policy seed-current --vary policy.realtime_chunked_max=19,100,300
+  tagstorm-sim report scenarios/ten-users-fifteen-images.toml --tiers 1,2,3 --out capacity.html
   tagstorm-sim validate scenarios/*.toml
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
   tagstorm-sim gate --baseline scenarios/baseline.json scenarios/*.toml
@@ -86,6 +87,11 @@ pub enum Command {
     /// print one row per value.
     #[command(after_help = crate::sweep::SWEEP_HELP)]
     Sweep(SweepArgs),
+    /// The capacity planner's report: per account tier, how many users can upload at once
+    /// before a latency's p95 passes a limit; what the next tier buys; what 1,000 images cost
+    /// through the realtime and the Batch API. Markdown on stdout, HTML with --out.
+    #[command(after_help = crate::capacity::REPORT_HELP)]
+    Report(ReportArgs),
     /// Check scenario files without running them; every file is checked and every problem
     /// reported.
     Validate(ValidateArgs),
@@ -178,6 +184,38 @@ pub struct SweepArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The scenario file; the users of its first upload group (uploads.0.users) are varied.
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: PathBuf,
+    /// Account tiers to plan, comma-separated, or `all` (every published tier of the scenario's
+    /// model); default: the model's first two (1,2 for gpt-4o-mini).
+    #[arg(long, value_name = "T1,T2,...|all", value_delimiter = ',')]
+    pub tiers: Vec<String>,
+    /// A preset (seed-current, seed-proposed, tagstorm) or a policy TOML file.
+    #[arg(long, value_name = "NAME|FILE.toml", default_value = "tagstorm")]
+    pub policy: String,
+    /// The latency whose p95 must stay at or under --p95-limit-s.
+    #[arg(long, value_enum, default_value = "upload-complete")]
+    pub metric: crate::capacity::LatencyMetric,
+    /// The p95 limit, in seconds.
+    #[arg(long = "p95-limit-s", value_name = "SECS", default_value_t = 120.0,
+          value_parser = parse_limit_s)]
+    pub p95_limit_s: f64,
+    /// The most users the search tries per tier (1 to 100,000).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_users: u64,
+    /// Write one self-contained HTML page (FILE.html), or report.html, report.md and
+    /// capacity.svg into DIR.
+    #[arg(long, value_name = "FILE.html|DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+}
+
 /// `validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -245,6 +283,15 @@ pub struct GateArgs {
     pub summary: Option<PathBuf>,
     #[command(flatten)]
     pub flags: ScenarioFlags,
+}
+
+fn parse_limit_s(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= crate::scenario::MAX_TIME_S => Ok(v),
+        _ => Err(format!(
+            "expected seconds above 0, such as 120 or 1.5, got {s:?}"
+        )),
+    }
 }
 
 fn parse_tolerance(s: &str) -> Result<f64, String> {
@@ -323,6 +370,7 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ou
         Command::Run(a) => cmd_run(a, out, err),
         Command::Compare(a) => cmd_compare(a, out, err),
         Command::Sweep(a) => crate::sweep::cmd_sweep(a, out, err),
+        Command::Report(a) => crate::capacity::cmd_report(a, out, err),
         Command::Validate(a) => cmd_validate(a, out, err),
         Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
         Command::Gate(a) => crate::gate::cmd_gate(a, out, err),

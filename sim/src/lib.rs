@@ -12,8 +12,8 @@
 //!   applied and errors that name the file, line and field ([`ScenarioError`]).
 //! - [`sim::run`]: one run of a scenario under a policy, returning a [`RunOutput`]: the
 //!   [`Results`] object (schema `tagstorm.results.v1`) and the latency histograms.
-//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `sweep`, `validate`,
-//!   `bench`, `gate`).
+//! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `sweep`, `report`,
+//!   `validate`, `bench`, `gate`); [`capacity`] is `report`, the capacity planner.
 //!
 //! # Example
 //!
@@ -44,6 +44,7 @@
 //! ```
 
 pub mod bench;
+pub mod capacity;
 pub mod cli;
 pub mod gate;
 pub mod plot;

@@ -1,5 +1,6 @@
 //! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter;
-//! and the `sweep` chart, metrics against a swept value.
+//! the `sweep` chart, metrics against a swept value; and the `report` chart, a latency against
+//! concurrent users, one line per account tier.
 //!
 //! The x axis is the percentile on HdrHistogram's scale, `1 / (1 − p)` on a log axis, so the
 //! median, p90, p99 and p99.9 are evenly spaced and the tail gets as much room as the body; the
@@ -201,6 +202,109 @@ fn draw_sweep(
     Ok(())
 }
 
+/// An SVG chart of a latency (seconds) against concurrent users, one line per series (label,
+/// points), both axes logarithmic (a capacity search doubles the users, and latencies run from
+/// seconds to hours), with `limit_s` drawn as a dashed horizontal line.
+pub fn capacity_svg(
+    title: &str,
+    y_desc: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    limit_s: f64,
+) -> String {
+    let mut svg = String::new();
+    // As in `percentile_svg`: a drawing error is a plotting bug, not worth a panic.
+    let _ = draw_capacity(&mut svg, title, y_desc, series, limit_s);
+    svg
+}
+
+/// Seconds as an axis label: `0.5 s`, `90 s`, `2 min`, `2.5 h`.
+fn seconds_label(s: f64) -> String {
+    let trim = |v: f64| {
+        let t = format!("{v:.1}");
+        t.strip_suffix(".0").map_or(t.clone(), str::to_owned)
+    };
+    if s < 120.0 {
+        format!("{} s", trim(s))
+    } else if s < 7200.0 {
+        format!("{} min", trim(s / 60.0))
+    } else {
+        format!("{} h", trim(s / 3600.0))
+    }
+}
+
+fn draw_capacity(
+    svg: &mut String,
+    title: &str,
+    y_desc: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    limit_s: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let pts = || series.iter().flat_map(|(_, p)| p.iter());
+    if pts().next().is_none() {
+        root.draw(&Text::new(
+            format!("{title}: no runs"),
+            (20, 30),
+            ("sans-serif", 18),
+        ))?;
+        root.present()?;
+        return Ok(());
+    }
+    // Log axes need positive ranges; a latency of 0 is drawn at the floor.
+    let floor = 0.1f64;
+    let x_max = pts().map(|p| p.0).fold(1.0f64, f64::max) * 1.5;
+    let y_max = pts().map(|p| p.1).fold(limit_s, f64::max).max(floor) * 1.5;
+    let y_min = pts()
+        .map(|p| p.1.max(floor))
+        .fold(limit_s, f64::min)
+        .max(floor)
+        / 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .margin_right(36)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.8f64..x_max).log_scale(), (y_min..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent users")
+        .y_desc(y_desc)
+        .light_line_style(WHITE)
+        .y_labels(12)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| seconds_label(*y))
+        .draw()?;
+    let grey = RGBColor(0x60, 0x60, 0x60);
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.8, limit_s), (x_max, limit_s)],
+            8,
+            6,
+            grey.stroke_width(1),
+        ))?
+        .label(format!("limit {}", seconds_label(limit_s)))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey.stroke_width(1)));
+    for (i, (label, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let points: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x, y.max(floor))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, colour.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +383,27 @@ mod tests {
         for t in ["&quot;low&quot;", "&quot;high&quot;"] {
             assert!(labels.iter().any(|l| l == t), "{t}: {labels:?}");
         }
+    }
+
+    #[test]
+    fn capacity_chart_draws_one_line_per_tier_the_limit_and_every_point() {
+        let svg = capacity_svg(
+            "capacity",
+            "p95 (s)",
+            &[
+                ("tier 1", vec![(1.0, 10.0), (2.0, 20.0), (4.0, 200.0)]),
+                ("tier 2", vec![(1.0, 5.0), (2.0, 0.0)]),
+            ],
+            120.0,
+        );
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<circle").count(), 5, "one dot per run");
+        for t in ["tier 1", "tier 2", "limit 2 min", "concurrent users"] {
+            assert!(svg.contains(t), "{t}");
+        }
+        assert_eq!(seconds_label(0.5), "0.5 s");
+        assert_eq!(seconds_label(90.0), "90 s");
+        assert_eq!(seconds_label(9000.0), "2.5 h");
+        assert!(capacity_svg("c", "p95", &[], 120.0).contains("no runs"));
     }
 }

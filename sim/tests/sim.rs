@@ -1464,3 +1464,177 @@ fn sweep_help_shows_examples_and_the_json_shape() {
     let o = bin(&["--help"]);
     assert!(text(&o.stdout).contains("tagstorm-sim sweep scenarios/"));
 }
+
+/// The rows of the Markdown table under `heading` in a report, as cells.
+fn report_rows(md: &str, heading: &str) -> Vec<Vec<String>> {
+    md.split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?} in\n{md}"))
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// `run --json` at `tier` with `users` in the first group: the p95 of upload complete, ms.
+fn complete_p95(tier: &str, users: u64) -> u64 {
+    let o = bin(&[
+        "run",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--set",
+        &format!("account.tier={tier}"),
+        "--set",
+        &format!("uploads.0.users={users}"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["latency_ms"]["upload_complete"]["p95"].as_u64().unwrap()
+}
+
+#[test]
+fn report_finds_each_tiers_capacity_boundary_and_prices_both_ways() {
+    let o = bin(&["report", "scenarios/ten-users-fifteen-images.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    let tiers = report_rows(&md, "## 1. Capacity per tier");
+    assert_eq!(tiers.len(), 2, "{md}");
+    let mut capacity = Vec::new();
+    for row in &tiers {
+        let (tier, cap) = (row[0].as_str(), row[2].as_str());
+        assert!(!cap.contains("cap") && !cap.starts_with('<'), "{md}");
+        let n: u64 = cap.replace(',', "").parse().unwrap();
+        // The boundary, checked through `run` as a user would: n passes, n + 1 does not.
+        assert!(complete_p95(tier, n) <= 120_000, "tier {tier} at {n}");
+        assert!(
+            complete_p95(tier, n + 1) > 120_000,
+            "tier {tier} at {}",
+            n + 1
+        );
+        capacity.push(n);
+    }
+    assert!(capacity[1] >= capacity[0], "{capacity:?}");
+    let cost = report_rows(&md, "## 3. 1,000 images each way");
+    let usd = |way: &str| -> f64 {
+        let row = cost.iter().find(|r| r[0] == way).unwrap();
+        row[1].trim_start_matches('$').parse().unwrap()
+    };
+    assert!(usd("Batch API") < usd("realtime"), "{md}");
+    assert!(usd("Batch API") > 0.0);
+    for row in &cost {
+        assert_eq!(row[7], "0", "no image failed: {row:?}");
+    }
+    assert!(md.contains("50% off through the Batch API"), "{md}");
+}
+
+#[test]
+fn report_out_html_is_one_self_contained_file_with_identical_bytes_each_time() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b) = (dir.join("a.html"), dir.join("b.html"));
+    for path in [&a, &b] {
+        let o = bin(&[
+            "report",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--out",
+            &path.to_string_lossy(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    let html = std::fs::read(&a).unwrap();
+    assert_eq!(html, std::fs::read(&b).unwrap(), "two runs differ");
+    let html = text(&html);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(html.matches("<svg").count(), 1);
+    for external in ["<script", "src=", "href=", "<link"] {
+        assert!(!html.contains(external), "{external}");
+    }
+    assert_eq!(tree(&dir), ["a.html", "b.html"]);
+    // A folder gets the page, its Markdown twin and the chart.
+    let folder = dir.join("out");
+    let o = bin(&[
+        "report",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--out",
+        &folder.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(tree(&folder), ["capacity.svg", "report.html", "report.md"]);
+    let md = std::fs::read_to_string(folder.join("report.md")).unwrap();
+    assert!(md.contains("![") && md.contains("(capacity.svg)"), "{md}");
+    assert!(md.contains("## 2. What the next tier buys"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_tier_or_a_search_it_cannot_run_exits_2_and_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-report-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("r.html");
+    let out = out.to_string_lossy();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--tiers", "1,7"],
+            "--tiers 7: no published limits for gpt-4o-mini tier 7 (known: 1, 2, 3, 4, 5; or all)",
+        ),
+        (
+            &["--set", "account.tier=2"],
+            "--set account.tier=2: the report varies account.tier; name tiers with --tiers",
+        ),
+        (&["--p95-limit-s", "0"], "--p95-limit-s"),
+        (&["--max-users", "0"], "--max-users"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec![
+            "report",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--out",
+            &out,
+        ];
+        all.extend_from_slice(args);
+        let o = bin(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(want),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(!dir.exists(), "{args:?} wrote output");
+    }
+    let o = bin(&["report", "scenarios/workday.toml", "--out", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("uploads[0]"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn report_help_says_what_is_varied_with_examples() {
+    let o = bin(&["report", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = text(&o.stdout);
+    for want in [
+        "uploads.0.users",
+        "Examples:",
+        "tagstorm-sim report scenarios/ten-users-fifteen-images.toml",
+        "--p95-limit-s",
+        "--max-users",
+        "200",
+        "Exit codes",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+    let top = text(&bin(&["--help"]).stdout);
+    assert!(top.contains("tagstorm-sim report"), "{top}");
+}
