@@ -515,12 +515,13 @@ fn document(i: &Inputs) -> Doc {
     let mut rows = Vec::new();
     for (&t, c) in plan.tiers.iter().zip(i.capacities) {
         let r = c.users().and_then(|n| at(t, n));
-        let limits = AccountLimits::tier(plan.model, t)
-            .map(|l| {
+        // The limits the runs had: explicit account fields in the scenario override the tier's.
+        let limits = at(t, plan.own_users)
+            .map(|r| {
                 format!(
                     "{} RPM, {} TPM",
-                    thousands(l.rpm.get()),
-                    thousands(l.tpm.get())
+                    thousands(r.account.rpm),
+                    thousands(r.account.tpm)
                 )
             })
             .unwrap_or_default();
