@@ -6,13 +6,16 @@
 //! so a change to it reads well in a pull request. A malformed baseline is bad input, refused
 //! before anything runs with one error naming the file, the line and the field.
 
-use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write;
+use std::marker::PhantomData;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_path_to_error::{Path, Segment};
 
 use crate::cli::{
     CliError, GateArgs, Outcome, check_invariants, display_path, load_policies, run_policies,
@@ -150,7 +153,8 @@ pub struct Baseline {
 }
 
 /// The gated metrics of one scenario under one policy.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
     /// The scenario's name.
     pub scenario: String,
@@ -163,7 +167,8 @@ pub struct Entry {
 }
 
 /// One value per [`METRICS`] entry, in that order; written as a JSON object keyed by metric.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(from = "Object<Metrics>")]
 pub struct Values(pub Vec<f64>);
 
 impl Serialize for Values {
@@ -265,303 +270,231 @@ impl Baseline {
 
     /// Parses and validates a baseline given as text; `file` is only used in messages.
     pub fn parse(file: &str, text: &str) -> Result<Baseline, BaselineError> {
-        let path = FieldPath::default();
+        let invalid = |line, (field, message)| BaselineError::Invalid {
+            file: file.to_owned(),
+            line,
+            field,
+            message,
+        };
         let mut de = serde_json::Deserializer::from_str(text);
-        let parsed = FileSeed(&path)
-            .deserialize(&mut de)
-            .and_then(|b| de.end().map(|()| b));
-        parsed.map_err(|e| {
-            // serde_json appends the position to its message; the error gives it up front.
-            let full = e.to_string();
-            let suffix = format!(" at line {} column {}", e.line(), e.column());
-            BaselineError::Invalid {
-                file: file.to_owned(),
-                line: e.line(),
-                field: path.show(),
-                message: full.strip_suffix(&suffix).unwrap_or(&full).to_owned(),
+        let parsed: Object<File> = match serde_path_to_error::deserialize(&mut de) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let field = field(e.path());
+                return Err(invalid(e.inner().line(), located(field, e.inner())));
             }
+        };
+        if let Err(e) = de.end() {
+            return Err(invalid(e.line(), located(String::new(), &e)));
+        }
+        let entries: Vec<Entry> = parsed.0.entries.into_iter().map(|e| e.0).collect();
+        // A scenario and policy have one entry only. This needs every entry, so it runs after
+        // parsing, and finds the line of the second entry in the text again.
+        for (i, e) in entries.iter().enumerate() {
+            let same = |o: &Entry| o.scenario == e.scenario && o.policy == e.policy;
+            if let Some(first) = entries[..i].iter().position(same) {
+                let message = format!(
+                    "a second entry for {} under {} (the first is entries[{first}])",
+                    e.scenario, e.policy
+                );
+                return Err(invalid(
+                    entry_line(text, i),
+                    (format!("entries[{i}]"), message),
+                ));
+            }
+        }
+        Ok(Baseline {
+            schema: SCHEMA,
+            entries,
         })
     }
 }
 
-/// Where the parser is in a baseline (`entries`, `[2]`, `metrics`, `cost_usd`): serde_json
-/// knows the line of an error but not the field, so the visitors below keep track of it.
-#[derive(Debug, Default)]
-struct FieldPath(RefCell<Vec<String>>);
+/// The file as written; [`Baseline::parse`] turns it into a [`Baseline`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(rename = "schema", deserialize_with = "schema")]
+    _schema: (),
+    entries: Vec<Object<Entry>>,
+}
 
-impl FieldPath {
-    fn enter(&self, part: String) {
-        self.0.borrow_mut().push(part);
-    }
-
-    fn leave(&self) {
-        self.0.borrow_mut().pop();
-    }
-
-    fn show(&self) -> String {
-        let mut out = String::new();
-        for part in self.0.borrow().iter() {
-            if !out.is_empty() && !part.starts_with('[') {
-                out.push('.');
-            }
-            out.push_str(part);
+/// Declares `Metrics`, `metrics` as written, read into [`Values`]: one field per [`METRICS`]
+/// key, in that order, each read by the function named after `via`.
+macro_rules! metrics {
+    ($($field:ident = $key:literal via $read:literal,)*) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Metrics {
+            $(#[serde(rename = $key, deserialize_with = $read)] $field: f64,)*
         }
-        out
-    }
+
+        impl From<Object<Metrics>> for Values {
+            fn from(Object(m): Object<Metrics>) -> Values {
+                Values(vec![$(m.$field),*])
+            }
+        }
+    };
 }
 
-// serde_json attaches a position to a visitor's own error only once the visitor returns, after
-// it has read on to the object's end, which can be lines later. So every check below fails
-// where serde_json is still at the fault: a repeated or unknown key right after the key, a bad
-// value inside the value's own `Deserialize` ([`Tag`], [`NonNegative`]).
-
-/// Refuses a field given twice (checked at its key).
-fn not_yet<T, E: de::Error>(slot: &Option<T>) -> Result<(), E> {
-    match slot {
-        None => Ok(()),
-        Some(_) => Err(E::custom("given twice")),
-    }
+metrics! {
+    images_tagged = "images.tagged" via "count",
+    images_failed = "images.failed" via "count",
+    images_pending = "images.pending" via "count",
+    rate_limited = "upstream.rate_limited" via "count",
+    server_errors = "upstream.server_errors" via "count",
+    retries = "upstream.retries" via "count",
+    image_tagged_p95 = "latency_ms.image_tagged.p95" via "count",
+    image_tagged_p99 = "latency_ms.image_tagged.p99" via "count",
+    upload_first_tag_p50 = "latency_ms.upload_first_tag.p50" via "count",
+    upload_first_tag_p95 = "latency_ms.upload_first_tag.p95" via "count",
+    upload_complete_p95 = "latency_ms.upload_complete.p95" via "count",
+    makespan_ms = "makespan_ms" via "count",
+    cost_usd = "cost_usd" via "non_negative",
+    bound_ratio = "bound_ratio" via "non_negative",
 }
 
-/// A required field's value, or an error naming it.
-fn required<T, E: de::Error>(path: &FieldPath, key: &str, slot: Option<T>) -> Result<T, E> {
-    slot.ok_or_else(|| {
-        path.enter(key.to_owned());
-        E::custom("missing")
-    })
+/// A whole-number metric.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    u64::deserialize(d).map(|v| v as f64)
 }
 
-fn unknown<E: de::Error>(what: &str, known: &[&str]) -> E {
-    E::custom(format!(
-        "unknown {what}, expected one of: {}",
-        known.join(", ")
-    ))
-}
+// serde_json places an error from a visitor where it stands when the visitor fails, but an error
+// made after a value has parsed where the value's object ends (the next line, for its last key).
+// So the two checks on a value are small visitors.
 
 /// The `schema` value: exactly [`SCHEMA`].
-struct Tag;
-
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tag, D::Error> {
-        d.deserialize_str(Tag)
-    }
+fn schema<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    d.deserialize_str(Schema)
 }
 
-impl Visitor<'_> for Tag {
-    type Value = Tag;
+struct Schema;
+
+impl Visitor<'_> for Schema {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "\"{SCHEMA}\"")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Tag, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         if v == SCHEMA {
-            Ok(Tag)
+            Ok(())
         } else {
-            Err(E::invalid_value(de::Unexpected::Str(v), &self))
+            Err(E::invalid_value(Unexpected::Str(v), &self))
         }
     }
 }
 
 /// A metric that is not a whole number: finite and ≥ 0.
-struct NonNegative(f64);
-
-impl<'de> Deserialize<'de> for NonNegative {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NonNegative, D::Error> {
-        d.deserialize_f64(NonNegativeVisitor)
-    }
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_f64(NonNegative)
 }
 
-struct NonNegativeVisitor;
+struct NonNegative;
 
-impl Visitor<'_> for NonNegativeVisitor {
-    type Value = NonNegative;
+impl Visitor<'_> for NonNegative {
+    type Value = f64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a number ≥ 0")
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<NonNegative, E> {
-        Ok(NonNegative(v as f64))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+        Ok(v as f64)
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<NonNegative, E> {
-        match u64::try_from(v) {
-            Ok(v) => Ok(NonNegative(v as f64)),
-            Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
-        }
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<NonNegative, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
         if v.is_finite() && v >= 0.0 {
-            Ok(NonNegative(v))
+            Ok(v)
         } else {
-            Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            Err(E::invalid_value(Unexpected::Float(v), &self))
         }
     }
 }
 
-/// The whole file: `{ "schema": …, "entries": […] }`.
-struct FileSeed<'p>(&'p FieldPath);
+/// A `T` from a JSON object only: a derived `Deserialize` also takes an array of the field
+/// values, which a baseline never holds.
+#[derive(Debug)]
+struct Object<T>(T);
 
-impl<'de> DeserializeSeed<'de> for FileSeed<'_> {
-    type Value = Baseline;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Baseline, D::Error> {
-        d.deserialize_map(self)
-    }
+/// How an error names the object a type is read from.
+trait Expected {
+    const OBJECT: &'static str;
 }
 
-impl<'de> Visitor<'de> for FileSeed<'_> {
-    type Value = Baseline;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a {SCHEMA} object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Baseline, A::Error> {
-        let (mut schema, mut entries) = (None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            self.0.enter(key.clone());
-            match key.as_str() {
-                "schema" => {
-                    not_yet(&schema)?;
-                    schema = Some(map.next_value::<Tag>()?);
-                }
-                "entries" => {
-                    not_yet(&entries)?;
-                    entries = Some(map.next_value_seed(EntriesSeed(self.0))?);
-                }
-                _ => return Err(unknown("field", &["schema", "entries"])),
+impl Expected for File {
+    const OBJECT: &'static str = "a tagstorm.baseline.v1 object";
+}
+
+impl Expected for Entry {
+    const OBJECT: &'static str = "an entry object (scenario, policy, seed, metrics)";
+}
+
+impl Expected for Metrics {
+    const OBJECT: &'static str = "an object of metric values";
+}
+
+impl<'de, T: Deserialize<'de> + Expected> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Expected> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::OBJECT)
             }
-            self.0.leave();
-        }
-        required(self.0, "schema", schema)?;
-        Ok(Baseline {
-            schema: SCHEMA,
-            entries: required(self.0, "entries", entries)?,
-        })
-    }
-}
-
-/// `entries`: an array of entries, at most one per scenario and policy.
-struct EntriesSeed<'p>(&'p FieldPath);
-
-impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
-    type Value = Vec<Entry>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Entry>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EntriesSeed<'_> {
-    type Value = Vec<Entry>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of entries")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Entry>, A::Error> {
-        let mut out: Vec<Entry> = Vec::new();
-        loop {
-            self.0.enter(format!("[{}]", out.len()));
-            let Some(e) = seq.next_element_seed(EntrySeed(self.0, &out))? else {
-                self.0.leave();
-                return Ok(out);
-            };
-            out.push(e);
-            self.0.leave();
-        }
-    }
-}
-
-/// One entry, `{ "scenario", "policy", "seed", "metrics" }`, given the entries before it (a
-/// scenario and policy may have one entry only).
-struct EntrySeed<'p>(&'p FieldPath, &'p [Entry]);
-
-impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = Entry;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Entry, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EntrySeed<'_> {
-    type Value = Entry;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an entry object (scenario, policy, seed, metrics)")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
-        let (mut scenario, mut policy, mut seed, mut metrics) = (None, None, None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            self.0.enter(key.clone());
-            match key.as_str() {
-                "scenario" => {
-                    not_yet(&scenario)?;
-                    scenario = Some(map.next_value::<String>()?);
-                }
-                "policy" => {
-                    not_yet(&policy)?;
-                    policy = Some(map.next_value::<String>()?);
-                }
-                "seed" => {
-                    not_yet(&seed)?;
-                    seed = Some(map.next_value::<u64>()?);
-                }
-                "metrics" => {
-                    not_yet(&metrics)?;
-                    metrics = Some(map.next_value_seed(ValuesSeed(self.0))?);
-                }
-                _ => {
-                    let known = ["scenario", "policy", "seed", "metrics"];
-                    return Err(unknown("field", &known));
-                }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
             }
-            self.0.leave();
         }
-        let e = Entry {
-            scenario: required(self.0, "scenario", scenario)?,
-            policy: required(self.0, "policy", policy)?,
-            seed: required(self.0, "seed", seed)?,
-            metrics: required(self.0, "metrics", metrics)?,
-        };
-        let same = |o: &Entry| o.scenario == e.scenario && o.policy == e.policy;
-        if let Some(first) = self.1.iter().position(same) {
-            return Err(de::Error::custom(format!(
-                "a second entry for {} under {} (the first is entries[{first}])",
-                e.scenario, e.policy
-            )));
-        }
-        Ok(e)
+        d.deserialize_map(Fields(PhantomData)).map(Object)
     }
 }
 
-/// `metrics`: every metric of [`METRICS`] exactly once, nothing else.
-struct ValuesSeed<'p>(&'p FieldPath);
-
-impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
-    type Value = Values;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Values, D::Error> {
-        d.deserialize_map(self)
+/// A path as the error shows it: `entries[0].metrics.cost_usd`, empty outside any field. A
+/// syntax error between two keys has an unknown last segment (`?`), left out.
+fn field(path: &Path) -> String {
+    let mut field = String::new();
+    for segment in path.iter().filter(|s| !matches!(s, Segment::Unknown)) {
+        if !field.is_empty() && !matches!(segment, Segment::Seq { .. }) {
+            field.push('.');
+        }
+        field += &segment.to_string();
     }
+    field
 }
 
-impl<'de> Visitor<'de> for ValuesSeed<'_> {
-    type Value = Values;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object of metric values")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
-        let mut values: Vec<Option<f64>> = vec![None; METRICS.len()];
-        while let Some(key) = map.next_key::<String>()? {
-            self.0.enter(key.clone());
-            let Some(i) = METRICS.iter().position(|m| m.key == key) else {
-                let known: Vec<&str> = METRICS.iter().map(|m| m.key).collect();
-                return Err(unknown("metric", &known));
-            };
-            not_yet(&values[i])?;
-            values[i] = Some(if METRICS[i].integer {
-                map.next_value::<u64>()? as f64
-            } else {
-                map.next_value::<NonNegative>()?.0
-            });
-            self.0.leave();
+/// The field and message of a parse error at `field`, without serde_json's position. serde
+/// names a missing or repeated field in the message of its object; it goes in the field here,
+/// like every other.
+fn located(field: String, e: &serde_json::Error) -> (String, String) {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    for (prefix, what) in [
+        ("missing field `", "missing"),
+        ("duplicate field `", "given twice"),
+    ] {
+        if let Some(key) = message
+            .strip_prefix(prefix)
+            .and_then(|k| k.strip_suffix('`'))
+        {
+            let dot = if field.is_empty() { "" } else { "." };
+            return (format!("{field}{dot}{key}"), what.to_owned());
         }
-        let mut out = Vec::with_capacity(METRICS.len());
-        for (m, v) in METRICS.iter().zip(values) {
-            out.push(required(self.0, m.key, v)?);
-        }
-        Ok(Values(out))
     }
+    (field, message.to_owned())
+}
+
+/// The line entry `i` of a baseline that parsed starts on. serde_json keeps no position of a
+/// value that parsed, so a check that needs every entry finds the entry in the text again.
+fn entry_line(text: &str, i: usize) -> usize {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        entries: Vec<&'a RawValue>,
+    }
+    let raw = serde_json::from_str::<Raw>(text).ok();
+    let start = raw
+        .as_ref()
+        .and_then(|r| r.entries.get(i))
+        .map_or(0, |e| e.get().as_ptr() as usize - text.as_ptr() as usize);
+    text[..start].matches('\n').count() + 1
 }
 
 /// One metric of one run that differs from its baseline value.
@@ -941,6 +874,13 @@ mod tests {
         assert_eq!(b.entries[0].metrics.0[0], 1.0);
         let again = Baseline::parse("b.json", &b.to_json()).unwrap();
         assert_eq!(again, b);
+        // Every metric in its place.
+        let mut distinct = b.clone();
+        distinct.entries[0].metrics = Values((1..=METRICS.len()).map(|i| i as f64).collect());
+        assert_eq!(
+            Baseline::parse("b.json", &distinct.to_json()).unwrap(),
+            distinct
+        );
         // Keys in METRICS order, integers written as integers.
         let text = b.to_json();
         let first = text.find("\"images.tagged\": 1,").unwrap();
@@ -959,8 +899,13 @@ mod tests {
         check_err(
             &entry_json(&good.replace("\"images.failed\"", "\"images.lost\"")),
             &format!(
-                "b.json:8: entries[0].metrics.images.lost: unknown metric, expected one of: {}",
-                METRICS.iter().map(|m| m.key).collect::<Vec<_>>().join(", ")
+                "b.json:8: entries[0].metrics.images.lost: unknown field `images.lost`, \
+                 expected one of {}",
+                METRICS
+                    .iter()
+                    .map(|m| format!("`{}`", m.key))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
         check_err(
@@ -993,6 +938,25 @@ mod tests {
         check_err(
             &format!("{{\"schema\": \"{SCHEMA}\"}}"),
             "b.json:1: entries: missing",
+        );
+        check_err(&(entry_json(&good) + "x"), "b.json:12: trailing characters");
+        check_err(
+            &format!("{{\"schema\": \"{SCHEMA}\", \"entries\": [[]]}}"),
+            "b.json:1: entries[0]: invalid type: sequence, expected an entry object (scenario, \
+             policy, seed, metrics)",
+        );
+        check_err(
+            &format!("{{\"schema\": \"{SCHEMA}\", \"entries\": [], \"x\": 1}}"),
+            "b.json:1: x: unknown field `x`, expected `schema` or `entries`",
+        );
+        check_err(
+            "{\n\"entries\": [],\n\"schema\": 1\n}",
+            "b.json:3: schema: invalid type: integer `1`, expected \"tagstorm.baseline.v1\"",
+        );
+        check_err(
+            &entry_json(&good).replace("\"cost_usd\": 0.5", "\"cost_usd\": -1"),
+            "b.json:8: entries[0].metrics.cost_usd: invalid type: integer `-1`, expected a \
+             number ≥ 0",
         );
         let twice = entry_json(&good).replace(
             "\n  ]",

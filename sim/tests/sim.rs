@@ -1042,11 +1042,12 @@ fn a_malformed_baseline_exits_2_naming_file_line_and_field_and_writes_nothing() 
         "\"upstream.retries\"",
         "\"upstream.retried\"",
         line_of("\"upstream.retries\""),
-        "entries[0].metrics.upstream.retried: unknown metric, expected one of: images.tagged, \
-         images.failed, images.pending, upstream.rate_limited, upstream.server_errors, \
-         upstream.retries, latency_ms.image_tagged.p95, latency_ms.image_tagged.p99, \
-         latency_ms.upload_first_tag.p50, latency_ms.upload_first_tag.p95, \
-         latency_ms.upload_complete.p95, makespan_ms, cost_usd, bound_ratio",
+        "entries[0].metrics.upstream.retried: unknown field `upstream.retried`, expected one of \
+         `images.tagged`, `images.failed`, `images.pending`, `upstream.rate_limited`, \
+         `upstream.server_errors`, `upstream.retries`, `latency_ms.image_tagged.p95`, \
+         `latency_ms.image_tagged.p99`, `latency_ms.upload_first_tag.p50`, \
+         `latency_ms.upload_first_tag.p95`, `latency_ms.upload_complete.p95`, `makespan_ms`, \
+         `cost_usd`, `bound_ratio`",
     );
     check(
         "wrong-schema",
