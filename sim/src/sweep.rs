@@ -314,56 +314,24 @@ fn ranked(count: u64, v: u64) -> Option<f64> {
     (count > 0).then_some(v as f64)
 }
 
+/// A latency column: `latency_ms.$hist.$pct`, lower is better, `–` when nothing was measured.
+macro_rules! latency_column {
+    ($top:literal, $hist:ident, $pct:ident) => {
+        Column {
+            top: $top,
+            bottom: stringify!($pct),
+            cell: |r| latency(r.latency_ms.$hist.count, r.latency_ms.$hist.$pct),
+            lower_is_better: Some(|r| ranked(r.latency_ms.$hist.count, r.latency_ms.$hist.$pct)),
+        }
+    };
+}
+
 fn columns() -> Vec<Column> {
     vec![
-        Column {
-            top: "first tag",
-            bottom: "p50",
-            cell: |r| {
-                let l = &r.latency_ms.upload_first_tag;
-                latency(l.count, l.p50)
-            },
-            lower_is_better: Some(|r| {
-                let l = &r.latency_ms.upload_first_tag;
-                ranked(l.count, l.p50)
-            }),
-        },
-        Column {
-            top: "first tag",
-            bottom: "p95",
-            cell: |r| {
-                let l = &r.latency_ms.upload_first_tag;
-                latency(l.count, l.p95)
-            },
-            lower_is_better: Some(|r| {
-                let l = &r.latency_ms.upload_first_tag;
-                ranked(l.count, l.p95)
-            }),
-        },
-        Column {
-            top: "tagged",
-            bottom: "p95",
-            cell: |r| {
-                let l = &r.latency_ms.image_tagged;
-                latency(l.count, l.p95)
-            },
-            lower_is_better: Some(|r| {
-                let l = &r.latency_ms.image_tagged;
-                ranked(l.count, l.p95)
-            }),
-        },
-        Column {
-            top: "complete",
-            bottom: "p95",
-            cell: |r| {
-                let l = &r.latency_ms.upload_complete;
-                latency(l.count, l.p95)
-            },
-            lower_is_better: Some(|r| {
-                let l = &r.latency_ms.upload_complete;
-                ranked(l.count, l.p95)
-            }),
-        },
+        latency_column!("first tag", upload_first_tag, p50),
+        latency_column!("first tag", upload_first_tag, p95),
+        latency_column!("tagged", image_tagged, p95),
+        latency_column!("complete", upload_complete, p95),
         Column {
             top: "",
             bottom: "makespan",
