@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 // Fx over SipHash: these maps are keyed by our own dense ids, never by user input, and are only
@@ -265,7 +266,7 @@ pub struct BatchStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineResult {
     /// The line's `custom_id`.
-    pub custom_id: String,
+    pub custom_id: CompactString,
     /// What happened to it.
     pub outcome: Result<Usage, String>,
 }
@@ -1126,6 +1127,9 @@ impl Engine {
         self.drive_at = Some(self.drive_at.map_or(now, |t| t.max(now)));
     }
 
+    // Every `poll_*` calls this, several times per event, and usually finds nothing to do: the
+    // check stays inline in the caller and the decision work stays out of line.
+    #[inline]
     fn flush(&mut self) {
         if let Some(now) = self.drive_at.take() {
             self.drive(now);
@@ -1338,6 +1342,7 @@ impl Engine {
     // ---- the dispatch loop ----------------------------------------------------------------
 
     /// Hands out everything the limits allow now and arms the timers for the rest.
+    #[inline(never)]
     fn drive(&mut self, now: Time) {
         self.dispatch_realtime(now);
         self.dispatch_batches(now);

@@ -88,6 +88,8 @@ pub mod time;
 pub mod tokens;
 
 pub use account::AccountLimits;
+/// The string type of batch `custom_id`s ([`engine::LineResult`], [`ImageId::custom_id`]).
+pub use compact_str::CompactString;
 pub use config::{Config, Policy, PolicyError, RequestShape};
 pub use engine::{
     Action, BatchState, BatchStatus, Engine, Event, ImageInput, LineResult, RealtimeOutcome, Stats,

@@ -20,6 +20,7 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 use serde::Serialize;
@@ -42,7 +43,7 @@ pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchLine {
     /// The caller's id, unique within the batch.
-    pub custom_id: String,
+    pub custom_id: CompactString,
     /// The tags a successful answer carries: [`Tags::of`] the request's image URL, worked out
     /// once when the line is submitted.
     pub tags: Tags,
@@ -251,7 +252,7 @@ pub enum LineOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineResult {
     /// The caller's id.
-    pub custom_id: String,
+    pub custom_id: CompactString,
     /// Its outcome.
     pub outcome: LineOutcome,
 }

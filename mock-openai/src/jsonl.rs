@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use compact_str::CompactString;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
@@ -50,7 +51,7 @@ impl BatchError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedRequest {
     /// The caller's id for the request.
-    pub custom_id: String,
+    pub custom_id: CompactString,
     /// The body's model.
     pub model: Model,
     /// `max_tokens` (or `max_completion_tokens`); 0 when absent.
@@ -326,7 +327,7 @@ pub fn parse_batch_input(
             continue;
         }
         requests.push(ParsedRequest {
-            custom_id: custom_id.to_owned(),
+            custom_id: CompactString::from(custom_id),
             model,
             max_tokens,
             text_chars,

@@ -240,7 +240,7 @@ fn ok_carries_tags_usage_and_headers() {
 fn lines(n: usize, tokens: u64) -> Vec<BatchLine> {
     (0..n)
         .map(|i| BatchLine {
-            custom_id: format!("img-{i}"),
+            custom_id: format!("img-{i}").into(),
             tags: Tags::of(&format!("https://img/{i}.jpg")),
             charge_tokens: tokens,
             usage: Usage {

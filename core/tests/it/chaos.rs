@@ -168,7 +168,7 @@ impl Chaos {
                     Ok(ok_usage())
                 };
                 lines.push(LineResult {
-                    custom_id: id.to_string(),
+                    custom_id: id.custom_id(),
                     outcome,
                 });
             }
@@ -257,7 +257,7 @@ impl Chaos {
                     let lines = self.batch_images[batch]
                         .iter()
                         .map(|id| LineResult {
-                            custom_id: id.to_string(),
+                            custom_id: id.custom_id(),
                             outcome: Ok(ok_usage()),
                         })
                         .collect();

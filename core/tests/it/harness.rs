@@ -448,7 +448,7 @@ impl Harness {
                 })
             };
             lines.push(LineResult {
-                custom_id: img.to_string(),
+                custom_id: img.custom_id(),
                 outcome,
             });
         }
@@ -460,7 +460,7 @@ impl Harness {
                     lines.insert(
                         0,
                         LineResult {
-                            custom_id: first.to_string(),
+                            custom_id: first.custom_id(),
                             outcome,
                         },
                     );
@@ -474,13 +474,13 @@ impl Harness {
                 .min();
             if let Some(other) = foreign {
                 lines.push(LineResult {
-                    custom_id: other.to_string(),
+                    custom_id: other.custom_id(),
                     outcome: Ok(Usage::default()),
                 });
             }
             for junk in ["", "u0-i4294967295", "u99999-i0", "x", "u1-i+1"] {
                 lines.push(LineResult {
-                    custom_id: junk.to_owned(),
+                    custom_id: junk.into(),
                     outcome: Ok(Usage::default()),
                 });
             }
