@@ -63,12 +63,22 @@ impl ImageId {
     /// simulator hundreds of thousands per run, so this skips the formatting machinery and the
     /// heap (allocating and freeing one string per line was 9% of a million-image run).
     pub fn custom_id(&self) -> CompactString {
+        // Assembled on the stack and copied in once: `CompactString::push_str` re-reads its
+        // length and capacity on every call, which cost more than the digits.
+        let mut buf = [0u8; Self::CUSTOM_ID_MAX_LEN];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
         let mut digits = itoa::Buffer::new();
-        let mut out = CompactString::const_new("u");
-        out.push_str(digits.format(self.upload.0));
-        out.push_str("-i");
-        out.push_str(digits.format(self.index));
-        debug_assert!(!out.is_heap_allocated());
+        put(b"u");
+        put(digits.format(self.upload.0).as_bytes());
+        put(b"-i");
+        put(digits.format(self.index).as_bytes());
+        // All ASCII, so this cannot fail; an empty id would only hide a bug in the lines above.
+        let out = CompactString::from_utf8(&buf[..len]).unwrap_or_default();
+        debug_assert!(!out.is_heap_allocated() && !out.is_empty());
         out
     }
 }

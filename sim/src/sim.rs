@@ -184,7 +184,10 @@ struct Sim<'a> {
     delivered: Vec<Option<Tags>>,
     /// Per image: 0 = not terminal, 1 = tagged, 2 = failed.
     state: Vec<u8>,
-    files: Vec<Option<Vec<BatchLine>>>,
+    /// Uploaded batch files by number: their lines, and the image of each line.
+    files: Vec<Option<(Vec<BatchLine>, Vec<ImageId>)>>,
+    /// Per core batch, once created upstream: the image of each line, in file order.
+    batch_images: Vec<Option<Vec<ImageId>>>,
     /// Per core batch: whether its terminal status has been counted.
     batch_seen: Vec<bool>,
     counts: ImageCounts,
@@ -324,6 +327,7 @@ impl<'a> Sim<'a> {
             delivered: vec![None; total_usize],
             state: vec![0; total_usize],
             files: Vec::new(),
+            batch_images: Vec::new(),
             batch_seen: Vec::new(),
             counts: ImageCounts {
                 total,
@@ -589,7 +593,7 @@ impl<'a> Sim<'a> {
                 } else {
                     let lines = images.iter().map(|&img| self.batch_line(img)).collect();
                     let id = format!("file-sim{}", self.files.len());
-                    self.files.push(Some(lines));
+                    self.files.push(Some((lines, images)));
                     Ok(id)
                 };
                 self.push(now + self.file_upload, Ev::FileUploaded { batch, result });
@@ -605,9 +609,14 @@ impl<'a> Sim<'a> {
                         status: Some(404),
                         message: format!("no such file: {file_id}"),
                     }),
-                    Some(lines) => match self.up.submit_batch(now, self.org, lines) {
+                    Some((lines, images)) => match self.up.submit_batch(now, self.org, lines) {
                         Ok(b) => {
                             self.upstream.batches_created += 1;
+                            let i = batch.0 as usize;
+                            if self.batch_images.len() <= i {
+                                self.batch_images.resize_with(i + 1, || None);
+                            }
+                            self.batch_images[i] = Some(images);
                             Ok(b.id)
                         }
                         Err(e) => Err(UpstreamError {
@@ -657,25 +666,39 @@ impl<'a> Sim<'a> {
             } => {
                 let mut contents = Vec::new();
                 let result = match self.up.batch_results(now, self.org, &batch_id) {
-                    Some(r) => Ok(r
-                        .lines
-                        .into_iter()
-                        .map(|l| {
-                            let outcome = match l.outcome {
-                                LineOutcome::Ok { usage, tags } => {
-                                    if let Ok(img) = l.custom_id.parse::<ImageId>() {
-                                        contents.push((img, tags));
+                    Some(r) => {
+                        // The model answers every line, in file order, so line `i` belongs to
+                        // the `i`-th image the simulator wrote into the file. Tags are credited
+                        // by that position, not by parsing `custom_id`s with core's own parser,
+                        // so the tag check also catches core mapping a line to the wrong image.
+                        // Lines that don't line up with the file credit nothing, and the images
+                        // core then reports tagged count as mismatches.
+                        let images = self
+                            .batch_images
+                            .get_mut(batch.0 as usize)
+                            .and_then(Option::take)
+                            .filter(|images| images.len() == r.lines.len())
+                            .unwrap_or_default();
+                        Ok(r.lines
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                let outcome = match l.outcome {
+                                    LineOutcome::Ok { usage, tags } => {
+                                        if let Some(&img) = images.get(i) {
+                                            contents.push((img, tags));
+                                        }
+                                        Ok(usage)
                                     }
-                                    Ok(usage)
+                                    LineOutcome::Err { code, .. } => Err(code.to_owned()),
+                                };
+                                LineResult {
+                                    custom_id: l.custom_id,
+                                    outcome,
                                 }
-                                LineOutcome::Err { code, .. } => Err(code.to_owned()),
-                            };
-                            LineResult {
-                                custom_id: l.custom_id,
-                                outcome,
-                            }
-                        })
-                        .collect()),
+                            })
+                            .collect())
+                    }
                     None => Err(UpstreamError {
                         status: Some(404),
                         message: format!("no results for {batch_id}"),
