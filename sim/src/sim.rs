@@ -85,6 +85,18 @@ pub fn run_with_progress(
     Ok(sim.finish())
 }
 
+/// What the simulator knows of one image.
+#[derive(Clone, Copy, Debug, Default)]
+struct ImageRec {
+    /// FNV-1a of the image's URL, worked out when a request or batch line for it goes out; the
+    /// tag check derives the expected tags from it, so the URL is hashed once per image.
+    url_hash: u64,
+    /// The tags delivered for it, if any.
+    delivered: Option<Tags>,
+    /// 0 = not terminal, 1 = tagged, 2 = failed.
+    state: u8,
+}
+
 #[derive(Debug)]
 enum Ev {
     Realtime {
@@ -142,7 +154,7 @@ impl Ord for Entry {
 #[derive(Debug)]
 struct UploadRec {
     start: Time,
-    /// FNV-1a of the upload's URL prefix (see [`expected_tags`]).
+    /// FNV-1a of the upload's URL prefix (see [`url_hash`]).
     url_hash: u64,
     base: usize,
     first_tag: bool,
@@ -180,10 +192,9 @@ struct Sim<'a> {
     uploads: Vec<UploadRec>,
     /// Global index of the next upload's first image.
     next_base: usize,
-    /// Per image (by global index): the tags delivered for it, if any.
-    delivered: Vec<Option<Tags>>,
-    /// Per image: 0 = not terminal, 1 = tagged, 2 = failed.
-    state: Vec<u8>,
+    /// Per image, by global index: what the simulator knows of it, in one 16-byte record so
+    /// each event touches one cache line per image.
+    images: Vec<ImageRec>,
     /// Uploaded batch files by number: their lines, and the image of each line.
     files: Vec<Option<(Vec<BatchLine>, Vec<ImageId>)>>,
     /// Per core batch, once created upstream: the image of each line, in file order.
@@ -254,10 +265,6 @@ fn url_hash(prefix_hash: u64, index: u32) -> u64 {
     tags::fnv1a64_extend(h, b".jpg")
 }
 
-/// The tags of image `index` of that upload: [`Tags::of`] its URL.
-fn expected_tags(prefix_hash: u64, index: u32) -> Tags {
-    Tags::of_url_hash(url_hash(prefix_hash, index))
-}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -324,8 +331,7 @@ impl<'a> Sim<'a> {
             next_base: 0,
             arrivals,
             next_arrival: 0,
-            delivered: vec![None; total_usize],
-            state: vec![0; total_usize],
+            images: vec![ImageRec::default(); total_usize],
             files: Vec::new(),
             batch_images: Vec::new(),
             batch_seen: Vec::new(),
@@ -460,8 +466,8 @@ impl<'a> Sim<'a> {
                     .failures
                     .entry(format!("upload_rejected: {e}"))
                     .or_default() += n;
-                for s in &mut self.state[base..base + a.images as usize] {
-                    *s = 2;
+                for rec in &mut self.images[base..base + a.images as usize] {
+                    rec.state = 2;
                 }
             }
         }
@@ -498,13 +504,17 @@ impl<'a> Sim<'a> {
                     ""
                 };
                 let prefix_hash = self.uploads[image.upload.0 as usize].url_hash;
+                let hash = url_hash(prefix_hash, image.index);
+                if let Some(rec) = self.global(image).and_then(|g| self.images.get_mut(g)) {
+                    rec.url_hash = hash;
+                }
                 let req = ChatRequest {
                     model: self.model,
                     max_tokens,
                     text_chars: self.text_chars,
                     images: std::slice::from_ref(&spec),
                     image_url,
-                    url_hash: Some(url_hash(prefix_hash, image.index)),
+                    url_hash: Some(hash),
                 };
                 let (delay, outcome, content) = match self.up.chat(now, self.org, &req) {
                     ChatOutcome::Ok(ok) => (
@@ -716,9 +726,15 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn batch_line(&self, image: ImageId) -> BatchLine {
+    /// The batch line for `image`, noting its URL hash for the tag check. Structured lines
+    /// carry the tags the model answers with, worked out here from that hash.
+    fn batch_line(&mut self, image: ImageId) -> BatchLine {
         let spec = self.engine.image(image).map_or(self.spec, |i| i.spec);
-        let tags = expected_tags(self.uploads[image.upload.0 as usize].url_hash, image.index);
+        let hash = url_hash(self.uploads[image.upload.0 as usize].url_hash, image.index);
+        if let Some(rec) = self.global(image).and_then(|g| self.images.get_mut(g)) {
+            rec.url_hash = hash;
+        }
+        let tags = Tags::of_url_hash(hash);
         let (usage, _) = self.up.answer(
             self.model,
             self.max_tokens,
@@ -774,7 +790,7 @@ impl<'a> Sim<'a> {
             } => {
                 if content.is_some() {
                     if let Some(g) = self.global(image) {
-                        self.delivered[g] = content;
+                        self.images[g].delivered = content;
                     }
                 }
                 self.engine.handle_realtime_response(now, request, outcome);
@@ -793,8 +809,8 @@ impl<'a> Sim<'a> {
             } => {
                 for (img, tags) in contents {
                     if let Some(g) = self.global(img) {
-                        if let Some(slot) = self.delivered.get_mut(g) {
-                            *slot = Some(tags);
+                        if let Some(rec) = self.images.get_mut(g) {
+                            rec.delivered = Some(tags);
                         }
                     }
                 }
@@ -811,14 +827,14 @@ impl<'a> Sim<'a> {
                 channel,
                 usage,
             } => {
-                let Some(g) = self.global(image).filter(|g| *g < self.state.len()) else {
+                let Some(g) = self.global(image).filter(|g| *g < self.images.len()) else {
                     return;
                 };
-                if self.state[g] != 0 {
+                if self.images[g].state != 0 {
                     self.verification.duplicate_terminal += 1;
                     return;
                 }
-                self.state[g] = 1;
+                self.images[g].state = 1;
                 self.last_terminal = self.last_terminal.max(at);
                 self.counts.tagged += 1;
                 let cost = self
@@ -841,7 +857,8 @@ impl<'a> Sim<'a> {
                     }
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
-                if self.delivered[g] != Some(expected_tags(u.url_hash, image.index)) {
+                let rec = self.images[g];
+                if rec.delivered != Some(Tags::of_url_hash(rec.url_hash)) {
                     self.verification.tag_mismatches += 1;
                 }
                 let since = ms(at - u.start);
@@ -852,14 +869,14 @@ impl<'a> Sim<'a> {
                 }
             }
             Event::ImageFailed { image, at, reason } => {
-                let Some(g) = self.global(image).filter(|g| *g < self.state.len()) else {
+                let Some(g) = self.global(image).filter(|g| *g < self.images.len()) else {
                     return;
                 };
-                if self.state[g] != 0 {
+                if self.images[g].state != 0 {
                     self.verification.duplicate_terminal += 1;
                     return;
                 }
-                self.state[g] = 2;
+                self.images[g].state = 2;
                 self.last_terminal = self.last_terminal.max(at);
                 self.counts.failed += 1;
                 *self
@@ -884,7 +901,7 @@ impl<'a> Sim<'a> {
         let limits = s.account.resolve().ok();
         let first_arrival = self.arrivals.first().map_or(Time::ZERO, |a| a.at);
         let mut counts = self.counts;
-        counts.pending = self.state.iter().filter(|s| **s == 0).count() as u64;
+        counts.pending = self.images.iter().filter(|r| r.state == 0).count() as u64;
         let pending = counts.pending;
         let end_of_work = if counts.pending > 0 {
             self.now.max(self.last_terminal)
@@ -1044,7 +1061,8 @@ mod tests {
             let mut prefix = String::new();
             push_url_prefix(&mut prefix, upload);
             let hash = tags::fnv1a64(prefix.as_bytes());
-            assert_eq!(expected_tags(hash, index), Tags::of(&expect));
+            assert_eq!(url_hash(hash, index), tags::fnv1a64(expect.as_bytes()));
+            assert_eq!(Tags::of_url_hash(url_hash(hash, index)), Tags::of(&expect));
         }
     }
 }
