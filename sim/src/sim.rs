@@ -265,7 +265,6 @@ fn url_hash(prefix_hash: u64, index: u32) -> u64 {
     tags::fnv1a64_extend(h, b".jpg")
 }
 
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
