@@ -259,11 +259,13 @@ pub struct GateArgs {
     /// Scenario files.
     #[arg(required = true, value_name = "SCENARIO")]
     pub scenarios: Vec<PathBuf>,
-    /// The baseline file (JSON, schema tagstorm.baseline.v1).
+    /// The baseline file (JSON, schema tagstorm.baseline.v1). Each entry records the seed and
+    /// the --set overrides it was computed with; gating other ones is bad input (exit 2).
     #[arg(long, value_name = "FILE")]
     pub baseline: PathBuf,
     /// Write the baseline from this run instead of comparing with it (the whole file is
-    /// replaced; nothing is written if an invariant failed).
+    /// replaced, every entry with this run's seed and --set overrides; nothing is written if an
+    /// invariant failed).
     #[arg(long)]
     pub update: bool,
     /// Policies to gate, comma-separated presets or policy TOML files.

@@ -5,6 +5,10 @@
 //! `--update` writes the baseline from a run instead: pretty-printed JSON with a fixed key order,
 //! so a change to it reads well in a pull request. A malformed baseline is bad input, refused
 //! before anything runs with one error naming the file, the line and the field.
+//!
+//! An entry records the configuration its figures came from: the seed, and the `--set` overrides
+//! of the run (`"sets"`, in [`canonical_sets`] form, left out when there were none). Gating a
+//! run whose seed or sets differ from its entry's is bad input, not a comparison.
 
 use std::fmt::{self, Write as _};
 use std::io::Write;
@@ -23,7 +27,7 @@ use crate::cli::{
 };
 use crate::report::thousands;
 use crate::results::Results;
-use crate::scenario::Scenario;
+use crate::scenario::{FieldPath, Scenario, SetArg};
 
 /// The schema tag of a baseline file.
 pub const SCHEMA: &str = "tagstorm.baseline.v1";
@@ -162,6 +166,14 @@ pub struct Entry {
     pub policy: String,
     /// The seed the values came from.
     pub seed: u64,
+    /// The `--set` overrides the values came from, in [`canonical_sets`] form and sorted; empty
+    /// (and left out of the file) when there were none.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "sets"
+    )]
+    pub sets: Vec<String>,
     /// One value per [`METRICS`] entry.
     pub metrics: Values,
 }
@@ -186,15 +198,45 @@ impl Serialize for Values {
 }
 
 impl Entry {
-    /// The entry a run's results give.
-    pub fn of(r: &Results) -> Entry {
+    /// The entry a run's results give; `sets` are the run's overrides in [`canonical_sets`]
+    /// form.
+    pub fn of(r: &Results, sets: &[String]) -> Entry {
         Entry {
             scenario: r.scenario.clone(),
             policy: r.policy.clone(),
             seed: r.seed,
+            sets: sets.to_vec(),
             metrics: Values(METRICS.iter().map(|m| (m.get)(r)).collect()),
         }
     }
+}
+
+/// `--set` overrides as a baseline records them: `path=value` with the path written one way
+/// (`uploads[0].users` for `uploads.0.users`) and the value trimmed, the last of several sets of
+/// one path only (it is the one that holds), sorted. A set of `seed` is left out: the entry's
+/// `seed` records it.
+pub fn canonical_sets(sets: &[SetArg]) -> Vec<String> {
+    let seed = FieldPath::parse("seed");
+    let mut out: Vec<(String, String)> = Vec::new();
+    for s in sets.iter().filter(|s| s.path != seed) {
+        let path = s.path.to_string();
+        out.retain(|(p, _)| *p != path);
+        out.push((path, s.value.trim().to_owned()));
+    }
+    let mut out: Vec<String> = out.into_iter().map(|(p, v)| format!("{p}={v}")).collect();
+    out.sort();
+    out
+}
+
+/// Sets as the gate's messages show them: `--set a=1 --set b=2`, or `no --set overrides`.
+fn show_sets(sets: &[String]) -> String {
+    if sets.is_empty() {
+        return "no --set overrides".to_owned();
+    }
+    sets.iter()
+        .map(|s| format!("--set {s}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A baseline file that could not be used.
@@ -232,9 +274,10 @@ fn at(field: &str, message: &str) -> String {
 }
 
 impl Baseline {
-    /// The baseline the given runs give, sorted so the file does not depend on argument order.
-    pub fn of(runs: &[&Results]) -> Baseline {
-        let mut entries: Vec<Entry> = runs.iter().map(|r| Entry::of(r)).collect();
+    /// The baseline the given runs give, every entry with the runs' `sets` ([`canonical_sets`]
+    /// form), sorted so the file does not depend on argument order.
+    pub fn of(runs: &[&Results], sets: &[String]) -> Baseline {
+        let mut entries: Vec<Entry> = runs.iter().map(|r| Entry::of(r, sets)).collect();
         entries.sort_by(|a, b| (&a.scenario, &a.policy).cmp(&(&b.scenario, &b.policy)));
         Baseline {
             schema: SCHEMA,
@@ -354,6 +397,62 @@ metrics! {
     bound_ratio = "bound_ratio" via "non_negative",
 }
 
+/// An entry's `sets`: each a valid `--set` argument, no path twice; returned in
+/// [`canonical_sets`] form, sorted.
+fn sets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    d.deserialize_seq(Sets)
+}
+
+struct Sets;
+
+impl<'de> Visitor<'de> for Sets {
+    type Value = Vec<String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of --set arguments such as [\"account.tier=3\"]")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut all: Vec<SetArg> = Vec::new();
+        while let Some(Set(s)) = seq.next_element()? {
+            if let Some(first) = all.iter().position(|o| o.path == s.path) {
+                return Err(de::Error::custom(format!(
+                    "{} is set twice (sets[{first}] and sets[{}]): one value per path",
+                    s.path,
+                    all.len()
+                )));
+            }
+            all.push(s);
+        }
+        Ok(canonical_sets(&all))
+    }
+}
+
+/// One `--set` argument of an entry's `sets`, checked as the command line checks it.
+struct Set(SetArg);
+
+impl<'de> Deserialize<'de> for Set {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Set, D::Error> {
+        d.deserialize_str(SetVisitor)
+    }
+}
+
+struct SetVisitor;
+
+impl Visitor<'_> for SetVisitor {
+    type Value = Set;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a --set argument such as \"account.tier=3\"")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Set, E> {
+        let s = SetArg::parse(v).map_err(|e| E::custom(e.to_string()))?;
+        if s.path == FieldPath::parse("seed") {
+            return Err(E::custom(format!(
+                "--set {v}: the seed goes in the entry's seed, not in its sets"
+            )));
+        }
+        Ok(Set(s))
+    }
+}
+
 /// A whole-number metric.
 fn count<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     u64::deserialize(d).map(|v| v as f64)
@@ -423,7 +522,7 @@ impl Expected for File {
 }
 
 impl Expected for Entry {
-    const OBJECT: &'static str = "an entry object (scenario, policy, seed, metrics)";
+    const OBJECT: &'static str = "an entry object (scenario, policy, seed, sets, metrics)";
 }
 
 impl Expected for Metrics {
@@ -559,8 +658,26 @@ fn value(m: &Metric, v: f64) -> String {
     }
 }
 
+/// Sets as Markdown code spans: `` `--set a=1`, `--set b=2` `` (a value holding a backtick is
+/// fenced with two).
+fn code_sets(sets: &[String]) -> String {
+    sets.iter()
+        .map(|s| match s.contains('`') {
+            true => format!("`` --set {s} ``"),
+            false => format!("`--set {s}`"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The Markdown summary of a gate run.
-fn summary(baseline_file: &str, tolerance: f64, rows: &[Row], not_run: &[&Entry]) -> String {
+fn summary(
+    baseline_file: &str,
+    tolerance: f64,
+    sets: &[String],
+    rows: &[Row],
+    not_run: &[&Entry],
+) -> String {
     let regressed_runs = rows.iter().filter(|r| r.regressed() > 0).count();
     let broken = rows.iter().filter(|r| !r.results.invariants_ok()).count();
     let mut md = String::new();
@@ -579,6 +696,13 @@ fn summary(baseline_file: &str, tolerance: f64, rows: &[Row], not_run: &[&Entry]
          than {tolerance}% worse than its baseline value (from 0, any increase regresses). \
          `images.tagged` is better higher, every other metric lower.\n"
     );
+    if !sets.is_empty() {
+        let _ = writeln!(
+            md,
+            "Every run had the overrides {}, as its baseline entry records.\n",
+            code_sets(sets)
+        );
+    }
     let _ = writeln!(md, "| scenario | policy | seed | result |");
     let _ = writeln!(md, "|---|---|---:|---|");
     for row in rows {
@@ -665,6 +789,18 @@ fn update_summary(baseline_file: &str, baseline: &Baseline) -> String {
         baseline.entries.len(),
         METRICS.len()
     );
+    if let Some(sets) = baseline
+        .entries
+        .first()
+        .map(|e| &e.sets)
+        .filter(|s| !s.is_empty())
+    {
+        let _ = writeln!(
+            md,
+            "Every entry records the overrides it was computed with ({}); gate with the same.\n",
+            code_sets(sets)
+        );
+    }
     let _ = writeln!(md, "| scenario | policy | seed |");
     let _ = writeln!(md, "|---|---|---:|");
     for e in &baseline.entries {
@@ -686,6 +822,7 @@ pub fn cmd_gate(
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let sets = set_args(&a.flags)?;
+    let recorded = canonical_sets(&sets);
     let bases = load_policies(&a.policies)?;
     let file = display_path(&a.baseline);
     // Every input is checked before anything runs: scenarios, policies, the baseline, and that
@@ -725,6 +862,15 @@ pub fn cmd_gate(
                     e.seed
                 )));
             }
+            if let Some(e) = b.find(scenario, policy).filter(|e| e.sets != recorded) {
+                return Err(CliError::Invalid(format!(
+                    "{file}: the entry for {scenario} under {policy} was written with {}, this \
+                     run has {}: gate with the --set overrides the baseline was written with, \
+                     or rewrite it with --update",
+                    show_sets(&e.sets),
+                    show_sets(&recorded)
+                )));
+            }
         }
         Some(b)
     };
@@ -744,7 +890,7 @@ pub fn cmd_gate(
             );
             return Ok(outcome);
         }
-        let new = Baseline::of(&all);
+        let new = Baseline::of(&all, &recorded);
         let md = update_summary(&file, &new);
         let mut files = vec![(a.baseline.clone(), new.to_json())];
         if let Some(path) = &a.summary {
@@ -772,7 +918,7 @@ pub fn cmd_gate(
                 .any(|r| r.scenario == e.scenario && r.policy == e.policy)
         })
         .collect();
-    let md = summary(&file, a.tolerance, &rows, &not_run);
+    let md = summary(&file, a.tolerance, &recorded, &rows, &not_run);
     write_line(out, &md)?;
     if let Some(path) = &a.summary {
         write_all(&[(path.clone(), md)])?;
@@ -888,6 +1034,97 @@ mod tests {
         assert!(first < last, "{text}");
     }
 
+    /// The test entry with `sets` (a JSON array's text) before its metrics.
+    fn entry_with_sets(sets: &str) -> String {
+        entry_json(&all_metrics()).replace(
+            "\"seed\": 1,\n",
+            &format!("\"seed\": 1,\n      \"sets\": {sets},\n"),
+        )
+    }
+
+    #[test]
+    fn an_entry_without_sets_has_none_and_is_written_without_the_key() {
+        let b = Baseline::parse("b.json", &entry_json(&all_metrics())).unwrap();
+        assert_eq!(b.entries[0].sets, Vec::<String>::new());
+        assert!(!b.to_json().contains("\"sets\""), "{}", b.to_json());
+        // An empty list is the same entry.
+        assert_eq!(
+            Baseline::parse("b.json", &entry_with_sets("[]")).unwrap(),
+            b
+        );
+    }
+
+    #[test]
+    fn an_entry_with_sets_reads_them_sorted_and_writes_them_back() {
+        let b = Baseline::parse(
+            "b.json",
+            &entry_with_sets("[\"uploads.0.users = 5\", \"account.tier=3\"]"),
+        )
+        .unwrap();
+        assert_eq!(b.entries[0].sets, ["account.tier=3", "uploads[0].users=5"]);
+        let text = b.to_json();
+        assert!(
+            text.contains("\"seed\": 1,\n      \"sets\": [\n        \"account.tier=3\",\n"),
+            "{text}"
+        );
+        assert_eq!(Baseline::parse("b.json", &text).unwrap(), b);
+        // The old, set-free entry is a different configuration.
+        let plain = Baseline::parse("b.json", &entry_json(&all_metrics())).unwrap();
+        assert_ne!(plain.entries[0].sets, b.entries[0].sets);
+    }
+
+    #[test]
+    fn canonical_sets_write_one_path_one_way_sorted_without_the_seed() {
+        let check = |raw: &[&str], expect: &[&str]| {
+            let sets: Vec<SetArg> = raw.iter().map(|s| SetArg::parse(s).unwrap()).collect();
+            assert_eq!(canonical_sets(&sets), expect, "{raw:?}");
+        };
+        check(&[], &[]);
+        check(&["account.tier=3"], &["account.tier=3"]);
+        check(
+            &["uploads.0.users=5", "account.tier = 3"],
+            &["account.tier=3", "uploads[0].users=5"],
+        );
+        check(&["uploads[0].users=5"], &["uploads[0].users=5"]);
+        // The last set of a path is the one that holds; the seed is the entry's `seed`.
+        check(&["account.tier=2", "account.tier=3"], &["account.tier=3"]);
+        check(&["seed=7", "account.tier=3"], &["account.tier=3"]);
+        assert_eq!(show_sets(&[]), "no --set overrides");
+        assert_eq!(
+            show_sets(&["a=1".into(), "b=2".into()]),
+            "--set a=1 --set b=2"
+        );
+    }
+
+    #[test]
+    fn malformed_sets_name_the_line_and_field() {
+        check_err(
+            &entry_with_sets("[\"account.tier\"]"),
+            "b.json:8: entries[0].sets[0]: --set account.tier: expected key=value, e.g. --set \
+             account.tier=2",
+        );
+        check_err(
+            &entry_with_sets("[\"account.tier=2\", 3]"),
+            "b.json:8: entries[0].sets[1]: invalid type: integer `3`, expected a --set argument \
+             such as \"account.tier=3\"",
+        );
+        check_err(
+            &entry_with_sets("\"account.tier=2\""),
+            "b.json:8: entries[0].sets: invalid type: string \"account.tier=2\", expected a list \
+             of --set arguments such as [\"account.tier=3\"]",
+        );
+        check_err(
+            &entry_with_sets("[\"seed=3\"]"),
+            "b.json:8: entries[0].sets[0]: --set seed=3: the seed goes in the entry's seed, not \
+             in its sets",
+        );
+        check_err(
+            &entry_with_sets("[\"account.tier=2\", \"account.tier=3\"]"),
+            "b.json:8: entries[0].sets: account.tier is set twice (sets[0] and sets[1]): one \
+             value per path",
+        );
+    }
+
     #[test]
     fn malformed_baselines_name_the_line_and_field() {
         let good = all_metrics();
@@ -943,7 +1180,7 @@ mod tests {
         check_err(
             &format!("{{\"schema\": \"{SCHEMA}\", \"entries\": [[]]}}"),
             "b.json:1: entries[0]: invalid type: sequence, expected an entry object (scenario, \
-             policy, seed, metrics)",
+             policy, seed, sets, metrics)",
         );
         check_err(
             &format!("{{\"schema\": \"{SCHEMA}\", \"entries\": [], \"x\": 1}}"),

@@ -1006,6 +1006,85 @@ fn a_run_without_a_baseline_entry_is_new_and_passes() {
 }
 
 #[test]
+fn gating_other_set_overrides_than_the_baseline_entry_is_bad_input() {
+    let tmp = TempDir::new("gate-sets");
+    let baseline = tmp.path("baseline.json");
+    let o = bin(&[
+        "gate",
+        "--update",
+        "--baseline",
+        &baseline,
+        "--set",
+        "account.tier=2",
+        TEN,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("(`--set account.tier=2`)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let written = std::fs::read_to_string(&baseline).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        v["entries"][0]["sets"],
+        serde_json::json!(["account.tier=2"])
+    );
+    let gate = |sets: &[&str]| {
+        let mut args = vec!["gate", "--baseline", &baseline];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        args.push(TEN);
+        bin(&args)
+    };
+    // The same overrides, however written, compare as usual.
+    let o = gate(&["account.tier = 2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("| ten-users-fifteen-images | tagstorm | 42 | pass |"));
+    // Others are a different configuration: exit 2 before anything runs, naming file and entry.
+    for (sets, has) in [
+        (&[][..], "no --set overrides"),
+        (&["account.tier=3"][..], "--set account.tier=3"),
+        (
+            &["account.tier=2", "uploads.0.images=16"][..],
+            "--set account.tier=2 --set uploads[0].images=16",
+        ),
+    ] {
+        let o = gate(sets);
+        assert_eq!(o.status.code(), Some(2), "{sets:?}: {}", text(&o.stdout));
+        assert!(o.stdout.is_empty(), "{sets:?}");
+        assert_eq!(
+            text(&o.stderr).trim_end(),
+            format!(
+                "{baseline}: the entry for ten-users-fifteen-images under tagstorm was written \
+                 with --set account.tier=2, this run has {has}: gate with the --set overrides \
+                 the baseline was written with, or rewrite it with --update"
+            ),
+            "{sets:?}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&baseline).unwrap(), written);
+    // An entry written without overrides (as every entry before sets were recorded) refuses a
+    // run with some.
+    let o = bin(&["gate", "--update", "--baseline", &baseline, TEN]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !std::fs::read_to_string(&baseline)
+            .unwrap()
+            .contains("\"sets\"")
+    );
+    let o = gate(&["account.tier=2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stderr)
+            .contains("was written with no --set overrides, this run has --set account.tier=2"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn a_malformed_baseline_exits_2_naming_file_line_and_field_and_writes_nothing() {
     let tmp = TempDir::new("gate-bad");
     let baseline = tmp.path("baseline.json");
