@@ -395,7 +395,14 @@ impl<'a> Sim<'a> {
             };
             let t_arrival = self.arrivals.get(self.next_arrival).map(|a| a.at);
             let t_queue = self.queue.peek().map(|e| e.at);
-            let Some(next) = [t_arrival, t_queue, t_timer].into_iter().flatten().min() else {
+            // The earliest of the three, written out: an iterator chain over the array here
+            // cost about 1% of a run.
+            let earliest = |a: Option<Time>, b: Option<Time>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, None) => a,
+                (None, b) => b,
+            };
+            let Some(next) = earliest(earliest(t_arrival, t_queue), t_timer) else {
                 return;
             };
             if next > self.end || self.events >= MAX_EVENTS {
