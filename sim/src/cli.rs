@@ -87,9 +87,10 @@ pub enum Command {
     /// print one row per value.
     #[command(after_help = crate::sweep::SWEEP_HELP)]
     Sweep(SweepArgs),
-    /// The capacity planner's report: per account tier, how many users can upload at once
-    /// before a latency's p95 passes a limit; what the next tier buys; what 1,000 images cost
-    /// through the realtime and the Batch API. Markdown on stdout, HTML with --out.
+    /// The capacity planner's report: per account tier, how many users can upload at once (or,
+    /// for poisson and daily arrivals, how much the arrival rate can grow) before a latency's
+    /// p95 passes a limit; what the next tier buys; what 1,000 images cost through the realtime
+    /// and the Batch API. Markdown on stdout, JSON with --json, HTML with --out.
     #[command(after_help = crate::capacity::REPORT_HELP)]
     Report(ReportArgs),
     /// Check scenario files without running them; every file is checked and every problem
@@ -187,7 +188,8 @@ pub struct SweepArgs {
 /// `report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The scenario file; the users of its first upload group (uploads.0.users) are varied.
+    /// The scenario file. Varied: the users of its first upload group (uploads.0.users) or, if
+    /// that group has poisson or daily arrivals, every group's arrivals by one load factor.
     #[arg(value_name = "SCENARIO")]
     pub scenario: PathBuf,
     /// Account tiers to plan, comma-separated, or `all` (every published tier of the scenario's
@@ -204,10 +206,20 @@ pub struct ReportArgs {
     #[arg(long = "p95-limit-s", value_name = "SECS", default_value_t = 120.0,
           value_parser = parse_limit_s)]
     pub p95_limit_s: f64,
-    /// The most users the search tries per tier (1 to 100,000).
-    #[arg(long, value_name = "N", default_value_t = 10_000,
+    /// The most users the search tries per tier (1 to 100,000; default 10,000), for a scenario
+    /// whose first upload group has users.
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub max_users: u64,
+    pub max_users: Option<u64>,
+    /// The largest load factor the search tries per tier (1 to 100,000), for a scenario with
+    /// poisson or daily arrivals; default 64, halved until the scaled workload fits the
+    /// simulator's 20,000,000 images. A larger one that does not fit is refused.
+    #[arg(long, value_name = "F", value_parser = crate::capacity::parse_max_factor)]
+    pub max_factor: Option<f64>,
+    /// Print one JSON object (schema tagstorm.report.v1: every tier's capacity, the load that
+    /// first failed, the sets that reproduce each with `run`, every run) instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
     /// Write one self-contained HTML page (FILE.html), or report.html, report.md and
     /// capacity.svg into DIR.
     #[arg(long, value_name = "FILE.html|DIR")]

@@ -1689,14 +1689,184 @@ fn a_bad_tier_or_a_search_it_cannot_run_exits_2_and_writes_nothing() {
         assert!(o.stdout.is_empty(), "{args:?}");
         assert!(!dir.exists(), "{args:?} wrote output");
     }
-    let o = bin(&["report", "scenarios/workday.toml", "--out", &out]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        text(&o.stderr).contains("uploads[0]"),
-        "{}",
-        text(&o.stderr)
+    // A load factor whose workload the simulator cannot hold, and a bound of the other search.
+    let workday = "scenarios/workday.toml";
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[workday, "--max-factor", "1000"],
+            "--max-factor 1000: scenarios/workday.toml:28: uploads: about 85136582 images \
+             expected; at most 20000000 are supported (lower --max-factor)",
+        ),
+        (&[workday, "--max-factor", "0.5"], "--max-factor"),
+        (
+            &[workday, "--max-users", "50"],
+            "--max-users 50: scenarios/workday.toml: uploads[0] has daily arrivals, so the \
+             report scales every group's arrivals by a load factor; bound it with --max-factor",
+        ),
+        (
+            &[
+                "scenarios/ten-users-fifteen-images.toml",
+                "--max-factor",
+                "8",
+            ],
+            "--max-factor 8: scenarios/ten-users-fifteen-images.toml: uploads[0] has users, so \
+             the report varies uploads.0.users; bound it with --max-users",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["report", "--out", &out, "--json"];
+        all.extend_from_slice(args);
+        let o = bin(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(want),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(!dir.exists(), "{args:?} wrote output");
+    }
+}
+
+/// A small Poisson scenario (Tier 1, 5 images an upload, 60 uploads an hour for 10 minutes).
+const POISSON_SMALL: &str = r#"
+name = "poisson-small"
+seed = 3
+
+[account]
+model = "gpt-4o-mini"
+tier = 1
+
+[images]
+width_px = 1024
+height_px = 768
+detail = "low"
+output_tokens = 60
+
+[[uploads]]
+workspaces = 4
+images = 5
+poisson = { per_hour = 60, for_s = 600 }
+"#;
+
+/// `run --json` of `file` with `sets`: the p95 of upload complete, ms.
+fn complete_p95_with(file: &str, sets: &serde_json::Value) -> u64 {
+    let mut args = vec!["run".to_owned(), file.to_owned(), "--json".to_owned()];
+    for s in sets.as_array().unwrap() {
+        args.extend(["--set".to_owned(), s.as_str().unwrap().to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["latency_ms"]["upload_complete"]["p95"].as_u64().unwrap()
+}
+
+#[test]
+fn report_on_poisson_arrivals_finds_the_rate_that_keeps_p95_under_the_limit() {
+    let tmp = TempDir::new("report-poisson");
+    let file = tmp.path("poisson-small.toml");
+    std::fs::write(&file, POISSON_SMALL).unwrap();
+    let args = [
+        "report",
+        &file,
+        "--tiers",
+        "1",
+        "--p95-limit-s",
+        "30",
+        "--max-factor",
+        "32",
+    ];
+    let o = bin(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schema"], "tagstorm.report.v1");
+    assert_eq!(v["varied"]["kind"], "load_factor");
+    assert_eq!(
+        v["varied"]["fields"][0]["key"],
+        "uploads.0.poisson.per_hour"
     );
-    assert!(!dir.exists());
+    assert_eq!(v["p95_limit_ms"], 30_000);
+    let tier = &v["tiers"][0];
+    assert_eq!(tier["tier"], 1);
+    let cap = &tier["capacity"];
+    assert_eq!(cap["bound"], "exact", "{tier}");
+    let factor = cap["factor"].as_f64().unwrap();
+    let per_hour = cap["uploads_per_hour"].as_f64().unwrap();
+    assert!(factor > 1.0 && factor < 32.0, "{factor}");
+    assert_eq!(per_hour, 60.0 * factor);
+    assert!(cap["images_per_hour"].as_f64().unwrap() > 4.9 * per_hour);
+    // The capacity, checked through `run` with the sets the report names: it passes, and the
+    // first factor that failed (at most 1% more) does not.
+    let sets = &cap["sets"];
+    assert_eq!(
+        sets,
+        &serde_json::json!([
+            "account.tier=1",
+            format!("uploads.0.poisson.per_hour={per_hour:?}")
+        ])
+    );
+    let p95 = complete_p95_with(&file, sets);
+    assert!(p95 <= 30_000, "× {factor}: {p95} ms");
+    assert_eq!(Some(p95), tier["at_capacity"]["p95_ms"].as_u64());
+    let failing = &tier["first_failing"];
+    let above = failing["factor"].as_f64().unwrap();
+    assert!(above > factor && above <= factor * 1.01, "{factor} {above}");
+    let p95 = complete_p95_with(&file, &failing["sets"]);
+    assert!(p95 > 30_000, "× {above}: {p95} ms");
+    assert_eq!(Some(p95), tier["at_first_failing"]["p95_ms"].as_u64());
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len() as u64, tier["runs"].as_u64().unwrap());
+    assert_eq!(v["run_count"].as_u64(), Some(runs.len() as u64 + 2));
+    assert!(
+        runs.iter()
+            .all(|r| r["factor"].is_f64() && r["sets"].is_array())
+    );
+
+    // The Markdown says what it scaled and gives the capacity as a rate.
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    assert!(
+        md.contains(
+            "Scaled: `uploads.0.poisson.per_hour` (60 uploads an hour for 10m 00s, ≈ 300 images \
+             an hour)"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("| tier | limits | load (capacity) | uploads/h | ≈ images/h |"));
+    let rows = report_rows(&md, "## 1. Capacity per tier");
+    assert_eq!(rows.len(), 1, "{md}");
+    let sig3 = tagstorm_sim::capacity::sig3;
+    assert_eq!(rows[0][2], format!("× {}", sig3(factor)));
+    assert_eq!(rows[0][3], sig3(per_hour), "{md}");
+    assert!(md.contains("## p95 of upload complete against uploads per hour"));
+    assert!(md.contains("--set uploads.0.poisson.per_hour=V`, V the row's uploads/h"));
+}
+
+#[test]
+fn report_json_on_users_carries_the_schema_and_each_boundary() {
+    let o = bin(&[
+        "report",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--tiers",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schema"], "tagstorm.report.v1");
+    assert_eq!(v["varied"]["key"], "uploads.0.users");
+    let tier = &v["tiers"][0];
+    let users = tier["capacity"]["users"].as_u64().unwrap();
+    assert_eq!(tier["capacity"]["bound"], "exact");
+    assert_eq!(tier["first_failing"]["users"].as_u64(), Some(users + 1));
+    assert_eq!(
+        tier["capacity"]["sets"],
+        serde_json::json!(["account.tier=1", format!("uploads.0.users={users}")])
+    );
+    assert_eq!(tier["rpm"], 500);
+    assert!(v["cost"]["batch"]["cost_usd"].as_f64() < v["cost"]["realtime"]["cost_usd"].as_f64());
 }
 
 #[test]
@@ -1712,6 +1882,12 @@ fn report_help_says_what_is_varied_with_examples() {
         "--max-users",
         "200",
         "Exit codes",
+        "poisson or daily arrivals",
+        "uploads.N.poisson.per_hour",
+        "--max-factor",
+        "tagstorm-sim report scenarios/workday.toml",
+        "--json",
+        "tagstorm.report.v1",
     ] {
         assert!(help.contains(want), "{want}: {help}");
     }
