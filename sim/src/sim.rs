@@ -1021,12 +1021,9 @@ pub fn bound_time(arrivals: &[Arrival], charge: Charge, mut limits: RateLimits) 
     let mut last = None;
     for a in arrivals {
         t = t.max(a.at);
-        for _ in 0..a.images {
-            // Admitted now if `check` passes (it takes); else at the earliest instant it could.
-            if let Err(d) = limits.check(t, charge) {
-                t = d.earliest()?;
-                limits.force_take(t, charge);
-            }
+        if a.images > 0 {
+            // Each image as early as the limits admit it, one after another.
+            t = limits.pace(t, u64::from(a.images), charge)?;
             last = Some(t);
         }
     }
