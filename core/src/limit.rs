@@ -702,6 +702,34 @@ impl RateLimits {
         // Blocks don't move while pacing, and the instant only moves later, so they count once.
         let mut t = u128::from(from.max(blocked_r).max(blocked_t).as_nanos());
         let (mut tat_r, mut tat_t) = (self.requests.tat, self.tokens.tat);
+        // No TAT can end past `max(t, TATs) + count * cost` (a take passes no later than the
+        // later of the two), so when that fits in 64 bits nothing saturates or clamps, and the
+        // same steps run in 64-bit arithmetic: about half the instructions.
+        let bound = t
+            .max(tat_r)
+            .max(tat_t)
+            .saturating_add(u128::from(count).saturating_mul(cost_r.max(cost_t)));
+        if let (Ok(_), Ok(mut t64), Ok(mut r), Ok(mut k)) = (
+            u64::try_from(bound),
+            u64::try_from(t),
+            u64::try_from(tat_r),
+            u64::try_from(tat_t),
+        ) {
+            // A slack past 64 bits never binds: clamping it keeps `tat - slack` at zero.
+            let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+            let (slack_r, slack_t) = (clamp(slack_r), clamp(slack_t));
+            let (cost_r, cost_t) = (clamp(cost_r), clamp(cost_t));
+            for _ in 0..count {
+                t64 = t64
+                    .max(r.saturating_sub(slack_r))
+                    .max(k.saturating_sub(slack_t));
+                r = r.max(t64) + cost_r;
+                k = k.max(t64) + cost_t;
+            }
+            self.requests.tat = u128::from(r);
+            self.tokens.tat = u128::from(k);
+            return Some(Time::from_nanos(t64));
+        }
         for _ in 0..count {
             t = t
                 .max(tat_r.saturating_sub(slack_r))
