@@ -51,8 +51,9 @@ A metric regresses when it is more than --tolerance percent worse than its basel
 rule is relative, so a metric whose baseline is 0 regresses on any increase: one 429 where the
 baseline had none fails at every tolerance. Improvements are reported and never fail. A run
 with no baseline entry is reported as new and passes; a baseline entry that was not run is
-listed as not run. Every entry records the seed it came from; gating another seed (--seed) is
-bad input. The summary (Markdown) goes to stdout, and to --summary FILE.
+listed as not run. Every entry records the seed and the --set overrides it came from; gating
+another seed (--seed) or other overrides is bad input (exit 2). The summary (Markdown) goes to
+stdout, and to --summary FILE.
 
 Workflow:
   # Once, and after every intended change of the numbers: write the baseline, commit it.
