@@ -19,7 +19,7 @@ use crate::fault::{FaultKind, random_fault, scripted};
 use crate::headers::RateLimitHeaders;
 use crate::latency::ms_to_duration;
 use crate::org::OrgId;
-use crate::tags::{self, Tags};
+use crate::tags::Tags;
 use crate::upstream::Upstream;
 
 /// One realtime request, borrowed from the caller (the simulator builds millions).
@@ -33,26 +33,27 @@ pub struct ChatRequest<'a> {
     pub text_chars: u64,
     /// The images in the messages.
     pub images: &'a [ImageSpec],
-    /// The URL the tags are derived from; may be empty when `url_hash` is given.
+    /// The URL the tags are derived from; may be empty when `tags` is given.
     pub image_url: &'a str,
-    /// [`tags::fnv1a64`] of `image_url`, when the caller has it already (the simulator keeps
-    /// one hash per upload's URL prefix and extends it); `None`, and the model hashes the URL.
-    /// With a hash, the model never reads the URL, so a caller may leave it empty (the
-    /// simulator does in release builds); debug builds check a non-empty URL against the hash.
-    pub url_hash: Option<u64>,
+    /// [`Tags::of`] `image_url`, when the caller has them already: the simulator works them out
+    /// once per image, from a hash of the URL it extends from the upload's prefix, and checks
+    /// the answer against them. `None`, and the model derives them from the URL. With tags
+    /// given the model never reads the URL, so a caller may leave it empty (the simulator does
+    /// in release builds); debug builds check given tags against a non-empty URL.
+    pub tags: Option<Tags>,
 }
 
 impl ChatRequest<'_> {
     /// The tags the model sees in this request's image.
     pub fn tags(&self) -> Tags {
-        match self.url_hash {
-            Some(h) => {
+        match self.tags {
+            Some(t) => {
                 debug_assert!(
-                    self.image_url.is_empty() || h == tags::fnv1a64(self.image_url.as_bytes()),
-                    "url_hash does not match {}",
+                    self.image_url.is_empty() || t == Tags::of(self.image_url),
+                    "the given tags are not those of {}",
                     self.image_url
                 );
-                Tags::of_url_hash(h)
+                t
             }
             None => Tags::of(self.image_url),
         }

@@ -37,7 +37,7 @@
 //!     text_chars: 40,
 //!     images: &image,
 //!     image_url: "https://img.example/cat.jpg",
-//!     url_hash: None,
+//!     tags: None,
 //! };
 //! match api.chat(Time::ZERO, org, &req) {
 //!     ChatOutcome::Ok(ok) => {

@@ -37,7 +37,7 @@ fn req(url: &str) -> ChatRequest<'_> {
         text_chars: 40,
         images: &LOW,
         image_url: url,
-        url_hash: None,
+        tags: None,
     }
 }
 
@@ -701,17 +701,18 @@ fn batch_status_counts_agree_with_the_list() {
     assert_eq!(end[cancelled], 1);
 }
 
-/// A caller that passes the URL's hash gets exactly the answers a caller that passes only the
-/// URL gets: same tags, usage, latency and headers, request after request.
+/// A caller that passes the image's tags (worked out from the URL's hash, as the simulator does)
+/// gets exactly the answers a caller that passes only the URL gets: same tags, usage, latency
+/// and headers, request after request.
 #[test]
-fn a_precomputed_url_hash_changes_nothing() {
+fn precomputed_tags_change_nothing() {
     let (mut plain, org) = upstream(UpstreamConfig::default(), tier1());
     let (mut hashed, org2) = upstream(UpstreamConfig::default(), tier1());
     for i in 0..50 {
         let url = format!("https://img.tagstorm.test/u3/i{i}.jpg");
         let a = plain.chat(at_s(i), org, &req(&url));
         let with_hash = ChatRequest {
-            url_hash: Some(tags::fnv1a64(url.as_bytes())),
+            tags: Some(Tags::of_url_hash(tags::fnv1a64(url.as_bytes()))),
             ..req(&url)
         };
         let b = hashed.chat(at_s(i), org2, &with_hash);

@@ -88,10 +88,11 @@ pub fn run_with_progress(
 /// What the simulator knows of one image.
 #[derive(Clone, Copy, Debug, Default)]
 struct ImageRec {
-    /// FNV-1a of the image's URL, worked out when a request or batch line for it goes out; the
-    /// tag check derives the expected tags from it, so the URL is hashed once per image.
-    url_hash: u64,
-    /// The tags delivered for it, if any.
+    /// Its tags ([`Tags::of`] its URL), worked out once, when a request or batch line for it
+    /// first goes out, and handed to the model with it.
+    expected: Option<Tags>,
+    /// The tags an answer delivered for it, if any; the tag check compares the two when core
+    /// reports the image tagged.
     delivered: Option<Tags>,
     /// 0 = not terminal, 1 = tagged, 2 = failed.
     state: u8,
@@ -501,26 +502,21 @@ impl<'a> Sim<'a> {
             } => {
                 self.upstream.requests += 1;
                 let mut url = std::mem::take(&mut self.url);
-                // The model reads only the hash; the URL is spelled out in debug builds, where
-                // the model checks the hash against it, and left empty in release builds, where
+                // The model reads only the tags; the URL is spelled out in debug builds, where
+                // the model checks the tags against it, and left empty in release builds, where
                 // it would cost 3% of a run for nothing.
                 let image_url = if cfg!(debug_assertions) {
                     url.set(image)
                 } else {
                     ""
                 };
-                let prefix_hash = self.uploads[image.upload.0 as usize].url_hash;
-                let hash = url_hash(prefix_hash, image.index);
-                if let Some(rec) = self.global(image).and_then(|g| self.images.get_mut(g)) {
-                    rec.url_hash = hash;
-                }
                 let req = ChatRequest {
                     model: self.model,
                     max_tokens,
                     text_chars: self.text_chars,
                     images: std::slice::from_ref(&spec),
                     image_url,
-                    url_hash: Some(hash),
+                    tags: Some(self.image_tags(image)),
                 };
                 let (delay, outcome, content) = match self.up.chat(now, self.org, &req) {
                     ChatOutcome::Ok(ok) => (
@@ -732,15 +728,25 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The batch line for `image`, noting its URL hash for the tag check. Structured lines
-    /// carry the tags the model answers with, worked out here from that hash.
+    /// The tags of `image`'s URL: worked out the first time a request or batch line for it
+    /// goes out, from its upload's URL prefix hash, and kept for the tag check and retries.
+    fn image_tags(&mut self, image: ImageId) -> Tags {
+        let g = self.global(image);
+        if let Some(t) = g.and_then(|g| self.images.get(g)).and_then(|r| r.expected) {
+            return t;
+        }
+        let prefix_hash = self.uploads[image.upload.0 as usize].url_hash;
+        let tags = Tags::of_url_hash(url_hash(prefix_hash, image.index));
+        if let Some(rec) = g.and_then(|g| self.images.get_mut(g)) {
+            rec.expected = Some(tags);
+        }
+        tags
+    }
+
+    /// The batch line for `image`. Structured lines carry the tags the model answers with.
     fn batch_line(&mut self, image: ImageId) -> BatchLine {
         let spec = self.engine.image(image).map_or(self.spec, |i| i.spec);
-        let hash = url_hash(self.uploads[image.upload.0 as usize].url_hash, image.index);
-        if let Some(rec) = self.global(image).and_then(|g| self.images.get_mut(g)) {
-            rec.url_hash = hash;
-        }
-        let tags = Tags::of_url_hash(hash);
+        let tags = self.image_tags(image);
         let (usage, _) = self.up.answer(
             self.model,
             self.max_tokens,
@@ -864,7 +870,7 @@ impl<'a> Sim<'a> {
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
                 let rec = self.images[g];
-                if rec.delivered != Some(Tags::of_url_hash(rec.url_hash)) {
+                if rec.delivered.is_none() || rec.delivered != rec.expected {
                     self.verification.tag_mismatches += 1;
                 }
                 let since = ms(at - u.start);
@@ -926,7 +932,7 @@ impl<'a> Sim<'a> {
                 text_chars: self.text_chars,
                 images: std::slice::from_ref(&self.spec),
                 image_url: "",
-                url_hash: None,
+                tags: None,
             });
             bound_time(&self.arrivals, charge, rl).map(|t| t + self.up.config().latency.min())
         });

@@ -692,7 +692,7 @@ pub(crate) async fn create(
                 text_chars: fast_body.text_chars,
                 images: fast_body.images.as_slice(),
                 image_url: fast_body.image_url,
-                url_hash: None,
+                tags: None,
             }
         }
         None => match parse_request_checked(&bytes) {
@@ -704,7 +704,7 @@ pub(crate) async fn create(
                     text_chars: checked_body.text_chars,
                     images: &checked_body.images,
                     image_url: &checked_body.image_url,
-                    url_hash: None,
+                    tags: None,
                 }
             }
             Err(e) => return e.into(),
