@@ -193,7 +193,7 @@ struct Sim<'a> {
     uploads: Vec<UploadRec>,
     /// Global index of the next upload's first image.
     next_base: usize,
-    /// Per image, by global index: what the simulator knows of it, in one 16-byte record so
+    /// Per image, by global index: what the simulator knows of it, in one 15-byte record so
     /// each event touches one cache line per image.
     images: Vec<ImageRec>,
     /// Uploaded batch files by number: their lines, and the image of each line.
