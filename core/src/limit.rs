@@ -279,7 +279,7 @@ impl Rate {
         // The same decision as below, in 64 bits: ticks are nanoseconds, so `now_t` is `now`
         // and `time_at_or_after` is the identity. `cost <= tau` fits because `n <= capacity`,
         // and `start + cost` is summed in 128 bits. The simulator and the mock decide millions
-        // of requests through here, and this path takes about half the instructions.
+        // of requests through here.
         if let (Some(tau), Ok(tat)) = (self.tau64, u64::try_from(tat)) {
             let now_t = now.as_nanos();
             if n == 0 {
