@@ -19,6 +19,11 @@
 #
 #   benches/mock_vs_wiremock.sh
 #   DURATION=5s ROUNDS=1 PIN=0 OHA=/tmp/oha/bin/oha benches/mock_vs_wiremock.sh
+#   OPEN_ONLY=1 OPEN_CONNS=16 OHA=/tmp/oha/bin/oha benches/mock_vs_wiremock.sh
+#
+# OPEN_CONNS (default 50) is the open loop's connection count: the tail it measures depends on
+# it (the load generator's own scheduling is part of it), so compare servers at one count.
+# OPEN_ONLY=1 skips the closed loop.
 #
 # Needs wrk (Debian: apt-get install -y wrk); oha is optional (cargo install oha --locked).
 set -euo pipefail
@@ -26,6 +31,8 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-64}"
 RATE="${RATE:-5000}"
+OPEN_CONNS="${OPEN_CONNS:-50}"
+OPEN_ONLY="${OPEN_ONLY:-0}"
 ROUNDS="${ROUNDS:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OHA="${OHA:-$(command -v oha || true)}"
@@ -114,7 +121,7 @@ open_loop() { # key round
   local key="$1" round="$2" t0 t1 n
   start "$key"
   if [ -n "$OHA" ]; then
-    local oha=("${gen[@]}" "$OHA" --no-tui -c 50 -q "$RATE" --latency-correction -m POST
+    local oha=("${gen[@]}" "$OHA" --no-tui -c "$OPEN_CONNS" -q "$RATE" --latency-correction -m POST
       -H "Authorization: Bearer sk-bench" -H "content-type: application/json" -D "$work/body.json")
     "${oha[@]}" -z 2s --output-format quiet "$url/v1/chat/completions" >/dev/null # warm-up
     t0="$(ticks)"
@@ -130,9 +137,9 @@ open_loop() { # key round
     got="$(awk '/"requestsPerSec"/ { gsub(/,/, ""); printf "%.0f", $2; exit }' "$work/oha")"
     open+=("| ${label[$key]} | $round | $got | $(awk '$1=="p50" {print $2, $3}' <<<"$pct") | $(awk '$1=="p90" {print $2, $3}' <<<"$pct") | $(awk '$1=="p99" {print $2, $3}' <<<"$pct") | $(awk '$1=="p99.9" {print $2, $3}' <<<"$pct") | $(cpu_us "$((t1 - t0))" "$n") |")
   else
-    "${gen[@]}" wrk -t1 -c50 -d2s -s "$work/paced.lua" "$url/v1/chat/completions" >/dev/null
+    "${gen[@]}" wrk -t1 -c"$OPEN_CONNS" -d2s -s "$work/paced.lua" "$url/v1/chat/completions" >/dev/null
     t0="$(ticks)"
-    "${gen[@]}" wrk -t1 -c50 -d"$DURATION" --latency -s "$work/paced.lua" "$url/v1/chat/completions" >"$work/wrk"
+    "${gen[@]}" wrk -t1 -c"$OPEN_CONNS" -d"$DURATION" --latency -s "$work/paced.lua" "$url/v1/chat/completions" >"$work/wrk"
     t1="$(ticks)"
     stop
     n="$(awk '/requests in/ {print $1}' "$work/wrk")"
@@ -143,32 +150,36 @@ open_loop() { # key round
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $pinning"
 for round in $(seq 1 "$ROUNDS"); do
-  for key in wiremock nolimits limits; do closed_loop "$key" "$round"; done
-  # Two workers only help when the server is not confined to one CPU.
-  [ "$PIN" = 1 ] || closed_loop nolimits2 "$round"
+  if [ "$OPEN_ONLY" != 1 ]; then
+    for key in wiremock nolimits limits; do closed_loop "$key" "$round"; done
+    # Two workers only help when the server is not confined to one CPU.
+    [ "$PIN" = 1 ] || closed_loop nolimits2 "$round"
+  fi
   for key in floor wiremock limits nolimits; do open_loop "$key" "$round"; done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-echo
-echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."
-echo
-echo "| server | round | requests/s | p50 | p99 | non-2xx | server CPU µs/request |"
-echo "|---|---|---|---|---|---|---|"
-printf '%s\n' "${closed[@]}"
-echo
-echo "| round | no-limits / wiremock, req/s | wiremock / no-limits, CPU per request | limits on / off, req/s |"
-echo "|---|---|---|---|"
-for round in $(seq 1 "$ROUNDS"); do
-  awk -v w="${rps[wiremock,$round]}" -v m="${rps[nolimits,$round]}" -v l="${rps[limits,$round]}" \
-    -v cw="${cpu[wiremock,$round]}" -v cm="${cpu[nolimits,$round]}" -v r="$round" \
-    'BEGIN { printf "| %s | %.2f× | %.2f× | %+.1f%% |\n", r, m / w, cw / cm, (l / m - 1) * 100 }'
-done
+if [ "$OPEN_ONLY" != 1 ]; then
+  echo
+  echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."
+  echo
+  echo "| server | round | requests/s | p50 | p99 | non-2xx | server CPU µs/request |"
+  echo "|---|---|---|---|---|---|---|"
+  printf '%s\n' "${closed[@]}"
+  echo
+  echo "| round | no-limits / wiremock, req/s | wiremock / no-limits, CPU per request | limits on / off, req/s |"
+  echo "|---|---|---|---|"
+  for round in $(seq 1 "$ROUNDS"); do
+    awk -v w="${rps[wiremock,$round]}" -v m="${rps[nolimits,$round]}" -v l="${rps[limits,$round]}" \
+      -v cw="${cpu[wiremock,$round]}" -v cm="${cpu[nolimits,$round]}" -v r="$round" \
+      'BEGIN { printf "| %s | %.2f× | %.2f× | %+.1f%% |\n", r, m / w, cw / cm, (l / m - 1) * 100 }'
+  done
+fi
 echo
 if [ -n "$OHA" ]; then
-  echo "Open loop: $("$OHA" --version) -q $RATE -c 50 --latency-correction, $DURATION per row after a 2 s warm-up; $pinning."
+  echo "Open loop: $("$OHA" --version) -q $RATE -c $OPEN_CONNS --latency-correction, $DURATION per row after a 2 s warm-up; $pinning."
 else
-  echo "Paced (closed loop, NOT corrected for coordinated omission): wrk -t1 -c50 with delay() 10 ms, $DURATION per row; $pinning."
+  echo "Paced (closed loop, NOT corrected for coordinated omission): wrk -t1 -c$OPEN_CONNS with delay() 10 ms, $DURATION per row; $pinning."
 fi
 echo
 echo "| server | round | requests/s | p50 | p90 | p99 | p99.9 | server CPU µs/request |"
