@@ -1139,7 +1139,7 @@ fn table(head: &[&str], right: &[bool], rows: Vec<Vec<String>>) -> Block {
     )
 }
 
-/// The x axis `plot::capacity_svg` labels; a load factor's chart relabels it.
+/// The x axis of a chart over concurrent users.
 const CHART_X: &str = "concurrent users";
 
 fn document(i: &Inputs) -> Doc {
@@ -1435,19 +1435,13 @@ fn document(i: &Inputs) -> Doc {
             (label.as_str(), pts)
         })
         .collect();
-    let mut svg = crate::plot::capacity_svg(
+    let svg = crate::plot::capacity_svg(
         &format!("{}: p95 of {metric} under {}", spec.name, plan.base.name),
+        x_name,
         &format!("p95 of {metric}"),
         &series,
         plan.limit_ms as f64 / 1000.0,
     );
-    if x_name != CHART_X {
-        // capacity_svg names its x axis for users; the label is the text of one element.
-        svg = svg.replace(
-            &format!("\n{CHART_X}\n</text>"),
-            &format!("\n{x_name}\n</text>"),
-        );
-    }
     b.push(Block::Chart(
         format!("p95 of {metric} against {x_name}, one line per tier"),
         svg,

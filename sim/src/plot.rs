@@ -1,6 +1,6 @@
 //! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter;
 //! the `sweep` chart, metrics against a swept value; and the `report` chart, a latency against
-//! concurrent users, one line per account tier.
+//! concurrent users or an arrival rate, one line per account tier.
 //!
 //! The x axis is the percentile on HdrHistogram's scale, `1 / (1 − p)` on a log axis, so the
 //! median, p90, p99 and p99.9 are evenly spaced and the tail gets as much room as the body; the
@@ -207,13 +207,14 @@ fn draw_sweep(
 /// seconds to hours), with `limit_s` drawn as a dashed horizontal line.
 pub fn capacity_svg(
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     series: &[(&str, Vec<(f64, f64)>)],
     limit_s: f64,
 ) -> String {
     let mut svg = String::new();
     // As in `percentile_svg`: a drawing error is a plotting bug, not worth a panic.
-    let _ = draw_capacity(&mut svg, title, y_desc, series, limit_s);
+    let _ = draw_capacity(&mut svg, title, x_desc, y_desc, series, limit_s);
     svg
 }
 
@@ -235,6 +236,7 @@ fn seconds_label(s: f64) -> String {
 fn draw_capacity(
     svg: &mut String,
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     series: &[(&str, Vec<(f64, f64)>)],
     limit_s: f64,
@@ -254,6 +256,11 @@ fn draw_capacity(
     // Log axes need positive ranges; a latency of 0 is drawn at the floor.
     let floor = 0.1f64;
     let x_max = pts().map(|p| p.0).fold(1.0f64, f64::max) * 1.5;
+    // From 0.8 (one user, with room), or lower when a load falls below it (a slow rate).
+    let x_min = pts()
+        .map(|p| p.0)
+        .filter(|x| *x > 0.0)
+        .fold(0.8f64, |m, x| m.min(x / 1.25));
     let y_max = pts().map(|p| p.1).fold(limit_s, f64::max).max(floor) * 1.5;
     let y_min = pts()
         .map(|p| p.1.max(floor))
@@ -266,10 +273,10 @@ fn draw_capacity(
         .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0.8f64..x_max).log_scale(), (y_min..y_max).log_scale())?;
+        .build_cartesian_2d((x_min..x_max).log_scale(), (y_min..y_max).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("concurrent users")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .light_line_style(WHITE)
         .y_labels(12)
@@ -279,7 +286,7 @@ fn draw_capacity(
     let grey = RGBColor(0x60, 0x60, 0x60);
     chart
         .draw_series(DashedLineSeries::new(
-            [(0.8, limit_s), (x_max, limit_s)],
+            [(x_min, limit_s), (x_max, limit_s)],
             8,
             6,
             grey.stroke_width(1),
@@ -389,6 +396,7 @@ mod tests {
     fn capacity_chart_draws_one_line_per_tier_the_limit_and_every_point() {
         let svg = capacity_svg(
             "capacity",
+            "concurrent users",
             "p95 (s)",
             &[
                 ("tier 1", vec![(1.0, 10.0), (2.0, 20.0), (4.0, 200.0)]),
@@ -404,6 +412,6 @@ mod tests {
         assert_eq!(seconds_label(0.5), "0.5 s");
         assert_eq!(seconds_label(90.0), "90 s");
         assert_eq!(seconds_label(9000.0), "2.5 h");
-        assert!(capacity_svg("c", "p95", &[], 120.0).contains("no runs"));
+        assert!(capacity_svg("c", "users", "p95", &[], 120.0).contains("no runs"));
     }
 }
