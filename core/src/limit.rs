@@ -866,9 +866,16 @@ impl Reservation {
             requests: r.requests.saturating_sub(actual.requests),
             tokens: r.tokens.saturating_sub(actual.tokens),
         };
+        // Usually the estimate was right and there is nothing to settle (core reconciles every
+        // answer, and only upward). Taking or giving back nothing changes no decision.
+        let zero = Charge::default();
         for scope in scopes.iter_mut() {
-            scope.force_take(now, more);
-            scope.refund(now, less);
+            if more != zero {
+                scope.force_take(now, more);
+            }
+            if less != zero {
+                scope.refund(now, less);
+            }
         }
     }
 }
