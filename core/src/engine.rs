@@ -388,7 +388,9 @@ struct WorkspaceState {
     id: WorkspaceId,
     limits: Option<RateLimits>,
     realtime: Lanes,
-    batch: VecDeque<ImageId>,
+    /// Images waiting for a batch, each with its queue tokens, so that planning scans the
+    /// queue without a lookup (and a likely cache miss) per image.
+    batch: VecDeque<(ImageId, u64)>,
     deficit: u64,
     in_ring: bool,
     blocked_until: Time,
@@ -1323,14 +1325,16 @@ impl Engine {
 
     fn push_batch(&mut self, image: ImageId) {
         let ws = self.uploads[image.upload.0 as usize].workspace;
+        let mut tokens = 0;
         if let Some(rec) = self.rec_mut(image) {
             rec.route = Route::Batch;
+            tokens = rec.queue_tokens;
         }
         let w = &mut self.workspaces[ws];
         if w.batch.is_empty() {
             self.batch_waiting.push_back(ws);
         }
-        w.batch.push_back(image);
+        w.batch.push_back((image, tokens));
         self.batch_dirty = true;
     }
 
@@ -1624,17 +1628,19 @@ impl Engine {
                 .min(u64::from(caps.batches_allowed).saturating_mul(u64::from(caps.max_requests)));
             let mut take = 0usize;
             let mut tokens_sum = 0u64;
-            for &img in &w.batch {
+            for &(_, tokens) in &w.batch {
                 if take as u64 >= most_images || tokens_sum > caps.queue_tokens_free {
                     break;
                 }
-                tokens_sum = tokens_sum.saturating_add(
-                    self.uploads[img.upload.0 as usize].images[img.index as usize].queue_tokens,
-                );
+                tokens_sum = tokens_sum.saturating_add(tokens);
                 take += 1;
             }
             let take = take.max(1).min(w.batch.len());
-            let waiting: Vec<ImageId> = self.workspaces[ws].batch.drain(..take).collect();
+            let waiting: Vec<ImageId> = self.workspaces[ws]
+                .batch
+                .drain(..take)
+                .map(|(img, _)| img)
+                .collect();
             let items: Vec<SplitItem> = waiting
                 .iter()
                 .map(|&img| {
@@ -1662,7 +1668,7 @@ impl Engine {
             }
             let w = &mut self.workspaces[ws];
             for &i in plan.held.iter().rev() {
-                w.batch.push_front(waiting[i]);
+                w.batch.push_front((waiting[i], items[i].tokens));
             }
             if !w.batch.is_empty() {
                 // Retry when the per-hour budgets refill or the token hold lapses; a batch that
