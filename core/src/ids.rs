@@ -1,10 +1,9 @@
 //! Identifiers core hands out and the `custom_id` form that ties a batch line back to its image.
 
 use std::fmt;
-
-use compact_str::CompactString;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// A workspace (tenant). The driver assigns these; core only needs them to be stable.
