@@ -17,7 +17,7 @@ use mock_openai::tags::{self, Tags};
 use mock_openai::{OrgId, Upstream};
 use tagstorm_core::cost::Channel;
 use tagstorm_core::limit::{Charge, Observed, RateLimits};
-use tagstorm_core::tokens::{ImageSpec, Model};
+use tagstorm_core::tokens::{ImageSpec, Model, Usage};
 use tagstorm_core::{
     Action, BatchRef, BatchState, BatchStatus, Config, Engine, Event, ImageId, ImageInput,
     LineResult, Policy, RealtimeOutcome, RequestId, RequestShape, Time, Upload, UpstreamError,
@@ -161,12 +161,6 @@ struct UploadRec {
     first_tag: bool,
 }
 
-#[derive(Debug, Default)]
-struct Money {
-    realtime: f64,
-    batch: f64,
-}
-
 struct Sim<'a> {
     scenario: &'a Scenario,
     policy_name: String,
@@ -205,13 +199,16 @@ struct Sim<'a> {
     counts: ImageCounts,
     upstream: UpstreamCounts,
     tokens: Tokens,
-    money: Money,
     verification: Verification,
     complete: u64,
     last_terminal: Time,
     events: u64,
     hit_bound: bool,
     h_tagged: Histogram<u64>,
+    /// A run of equal `image_tagged` values not yet in `h_tagged`: the images of one batch
+    /// from one upload are tagged at the same instant, and one `record_n` for the run costs
+    /// what one `record` does (about 100 instructions each).
+    tagged_run: (u64, u64),
     h_first: Histogram<u64>,
     h_complete: Histogram<u64>,
     file_upload: Duration,
@@ -341,13 +338,13 @@ impl<'a> Sim<'a> {
             },
             upstream: UpstreamCounts::default(),
             tokens: Tokens::default(),
-            money: Money::default(),
             verification: Verification::default(),
             complete: 0,
             last_terminal: Time::ZERO,
             events: 0,
             hit_bound: false,
             h_tagged: new_histogram(),
+            tagged_run: (0, 0),
             h_first: new_histogram(),
             h_complete: new_histogram(),
             file_upload: millis(s.sim.file_upload_ms),
@@ -849,23 +846,18 @@ impl<'a> Sim<'a> {
                 self.images[g].state = 1;
                 self.last_terminal = self.last_terminal.max(at);
                 self.counts.tagged += 1;
-                let cost = self
-                    .scenario
-                    .spec
-                    .prices
-                    .cost_usd(self.model, channel, usage);
+                // Cost is linear in tokens, so it is worked out once per channel from the token
+                // sums when the run ends, not summed image by image.
                 match channel {
                     Channel::Realtime => {
                         self.counts.tagged_realtime += 1;
                         self.tokens.realtime_input += usage.input_tokens;
                         self.tokens.realtime_output += usage.output_tokens;
-                        self.money.realtime += cost;
                     }
                     Channel::Batch => {
                         self.counts.tagged_batch += 1;
                         self.tokens.batch_input += usage.input_tokens;
                         self.tokens.batch_output += usage.output_tokens;
-                        self.money.batch += cost;
                     }
                 }
                 let u = &mut self.uploads[image.upload.0 as usize];
@@ -874,11 +866,11 @@ impl<'a> Sim<'a> {
                     self.verification.tag_mismatches += 1;
                 }
                 let since = ms(at - u.start);
-                let _ = self.h_tagged.record(since);
                 if !u.first_tag {
                     u.first_tag = true;
                     let _ = self.h_first.record(since);
                 }
+                self.record_tagged(since);
             }
             Event::ImageFailed { image, at, reason } => {
                 let Some(g) = self.global(image).filter(|g| *g < self.images.len()) else {
@@ -907,7 +899,26 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn finish(self) -> RunOutput {
+    fn record_tagged(&mut self, ms: u64) {
+        let (value, count) = self.tagged_run;
+        if count > 0 && value == ms {
+            self.tagged_run.1 += 1;
+            return;
+        }
+        self.flush_tagged();
+        self.tagged_run = (ms, 1);
+    }
+
+    fn flush_tagged(&mut self) {
+        let (value, count) = std::mem::take(&mut self.tagged_run);
+        if count > 0 {
+            // Auto-resize grows the histogram for any value, so recording cannot fail.
+            let _ = self.h_tagged.record_n(value, count);
+        }
+    }
+
+    fn finish(mut self) -> RunOutput {
+        self.flush_tagged();
         let s = &self.scenario.spec;
         let stats = self.engine.stats();
         let limits = s.account.resolve().ok();
@@ -949,6 +960,22 @@ impl<'a> Sim<'a> {
         upstream.retries = stats.retries;
         upstream.fallbacks_to_batch = stats.fallbacks_to_batch;
         let mut tokens = self.tokens;
+        let cost = |channel, input_tokens, output_tokens| {
+            s.prices.cost_usd(
+                self.model,
+                channel,
+                Usage {
+                    input_tokens,
+                    output_tokens,
+                },
+            )
+        };
+        let cost_realtime = cost(
+            Channel::Realtime,
+            tokens.realtime_input,
+            tokens.realtime_output,
+        );
+        let cost_batch = cost(Channel::Batch, tokens.batch_input, tokens.batch_output);
         tokens.billed_input = tokens.realtime_input + tokens.batch_input;
         tokens.billed_output = tokens.realtime_output + tokens.batch_output;
         let results = Results {
@@ -977,9 +1004,9 @@ impl<'a> Sim<'a> {
             },
             upstream,
             tokens,
-            cost_usd: round(self.money.realtime + self.money.batch, 1e6),
-            cost_usd_realtime: round(self.money.realtime, 1e6),
-            cost_usd_batch: round(self.money.batch, 1e6),
+            cost_usd: round(cost_realtime + cost_batch, 1e6),
+            cost_usd_realtime: round(cost_realtime, 1e6),
+            cost_usd_batch: round(cost_batch, 1e6),
             makespan_ms,
             bound_ms,
             bound_ratio,
