@@ -125,6 +125,19 @@ pub struct RequestCounts {
     pub failed: u64,
 }
 
+/// What [`Upstream::poll_batch`] returns: the parts of a [`Batch`] a poller acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchPoll {
+    /// `status`.
+    pub status: BatchStatus,
+    /// `output_file_id`.
+    pub output_file_id: Option<String>,
+    /// `error_file_id`.
+    pub error_file_id: Option<String>,
+    /// The `code` of the first of `errors`, if any.
+    pub error_code: Option<String>,
+}
+
 /// `errors` of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BatchErrors {
@@ -747,6 +760,37 @@ impl Upstream {
         self.release_ended(now, org);
         let idx = self.find_batch(org, id)?;
         Ok(self.batch_view(now, idx))
+    }
+
+    /// What a client polling `GET /v1/batches/{id}` acts on, without rendering the whole
+    /// object: the same status, file ids and first error code as [`Upstream::retrieve_batch`],
+    /// with the same effects (a batch that has ended registers its result files). The
+    /// simulator polls through this; a test holds it to `retrieve_batch`.
+    pub fn poll_batch(&mut self, now: Time, org: OrgId, id: &str) -> Result<BatchPoll, ApiError> {
+        let now = self.advance(now);
+        self.release_ended(now, org);
+        let idx = self.find_batch(org, id)?;
+        let status = self.batches[idx].status(now);
+        let counts = self.batches[idx].counts(now);
+        if status.is_terminal()
+            && status != BatchStatus::Failed
+            && !self.batches[idx].files_registered
+        {
+            self.register_result_files(idx, counts);
+        }
+        let b = &self.batches[idx];
+        let ended_with_results = matches!(
+            status,
+            BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
+        );
+        Ok(BatchPoll {
+            status,
+            output_file_id: (ended_with_results && counts.completed > 0)
+                .then(|| b.output_file_id.clone()),
+            error_file_id: (ended_with_results && counts.failed > 0)
+                .then(|| b.error_file_id.clone()),
+            error_code: b.errors.first().map(|e| e.code.clone()),
+        })
     }
 
     /// When the batch's status next changes after `now`, if it still will (lets the

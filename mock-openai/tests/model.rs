@@ -445,6 +445,83 @@ fn line_failures_go_to_the_error_file() {
     assert_eq!(first["response"]["body"]["error"]["type"], "server_error");
 }
 
+#[test]
+fn poll_batch_agrees_with_retrieve_batch_on_every_path() {
+    // Twin upstreams take the same calls; one is polled, the other retrieved, every 10 minutes
+    // over two days, through completion with line failures, the enqueued-token limit, expiry
+    // and cancellation.
+    let outcomes = [
+        vec![BatchOutcomeKind::Completed],
+        vec![BatchOutcomeKind::Expired],
+        vec![BatchOutcomeKind::Completed],
+    ];
+    for (case, batch_outcomes) in outcomes.into_iter().enumerate() {
+        let mut cfg = UpstreamConfig::default();
+        cfg.batch.line_failure_rate = 0.1;
+        cfg.batch.batch_outcomes = batch_outcomes;
+        let (mut a, org) = upstream(cfg.clone(), tier1());
+        let (mut b, _) = upstream(cfg, tier1());
+        let mut ids = Vec::new();
+        for (n, tokens) in [(300, 2_900), (500, 3_000), (200, 3_000)] {
+            let x = a.submit_batch(Time::ZERO, org, lines(n, tokens)).unwrap();
+            let y = b.submit_batch(Time::ZERO, org, lines(n, tokens)).unwrap();
+            assert_eq!(x.id, y.id);
+            ids.push(x.id);
+        }
+        if case == 2 {
+            a.cancel_batch(at_s(1), org, &ids[0]).unwrap();
+            b.cancel_batch(at_s(1), org, &ids[0]).unwrap();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in (0..2 * 86_400).step_by(600) {
+            for id in &ids {
+                let poll = a.poll_batch(at_s(t), org, id).unwrap();
+                let full = b.retrieve_batch(at_s(t), org, id).unwrap();
+                let code = full
+                    .errors
+                    .as_ref()
+                    .and_then(|e| e.data.first())
+                    .map(|e| e.code.clone());
+                assert_eq!(
+                    (
+                        poll.status,
+                        poll.output_file_id,
+                        poll.error_file_id,
+                        poll.error_code
+                    ),
+                    (full.status, full.output_file_id, full.error_file_id, code),
+                    "case {case}, batch {id}, t = {t} s"
+                );
+                seen.insert(full.status.as_str());
+            }
+        }
+        // The result files a poll registers are the ones a retrieve registers.
+        let end = at_s(2 * 86_400);
+        for id in &ids {
+            let poll = a.poll_batch(end, org, id).unwrap();
+            for file in [poll.output_file_id, poll.error_file_id].iter().flatten() {
+                assert_eq!(
+                    a.file_content(end, org, file).unwrap(),
+                    b.file_content(end, org, file).unwrap()
+                );
+            }
+            assert_eq!(a.batch_results(end, org, id), b.batch_results(end, org, id));
+        }
+        assert!(
+            seen.contains(["completed", "expired", "cancelled"][case]),
+            "{seen:?}"
+        );
+        assert!(seen.contains("failed"), "{seen:?}");
+    }
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    assert_eq!(
+        up.poll_batch(Time::ZERO, org, "batch_nope")
+            .unwrap_err()
+            .status,
+        404
+    );
+}
+
 fn jsonl_line(id: &str) -> String {
     format!(
         r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"gpt-4o-mini","max_tokens":60,"messages":[{{"role":"user","content":[{{"type":"text","text":"Tag this image."}},{{"type":"image_url","image_url":{{"url":"https://img/{id}.jpg","detail":"low"}}}}]}}]}}}}"#

@@ -638,7 +638,7 @@ impl<'a> Sim<'a> {
             }
             Action::PollBatch { batch, batch_id } => {
                 self.upstream.batch_polls += 1;
-                let result = match self.up.retrieve_batch(now, self.org, &batch_id) {
+                let result = match self.up.poll_batch(now, self.org, &batch_id) {
                     Ok(b) => {
                         let state = match b.status {
                             ApiStatus::Validating => BatchState::Validating,
@@ -646,11 +646,7 @@ impl<'a> Sim<'a> {
                             ApiStatus::Finalizing => BatchState::Finalizing,
                             ApiStatus::Completed => BatchState::Completed,
                             ApiStatus::Failed => BatchState::Failed {
-                                code: b
-                                    .errors
-                                    .as_ref()
-                                    .and_then(|e| e.data.first())
-                                    .map_or_else(|| "failed".to_owned(), |e| e.code.clone()),
+                                code: b.error_code.unwrap_or_else(|| "failed".to_owned()),
                             },
                             ApiStatus::Expired => BatchState::Expired,
                             ApiStatus::Cancelling => BatchState::Cancelling,
