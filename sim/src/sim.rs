@@ -672,6 +672,7 @@ impl<'a> Sim<'a> {
                 let mut contents = Vec::new();
                 let result = match self.up.batch_results(now, self.org, &batch_id) {
                     Some(r) => {
+                        contents.reserve_exact(r.lines.len());
                         // The model answers every line, in file order, so line `i` belongs to
                         // the `i`-th image the simulator wrote into the file. Tags are credited
                         // by that position, not by parsing `custom_id`s with core's own parser,
