@@ -896,6 +896,7 @@ impl<'a> Sim<'a> {
         }
     }
 
+    #[inline]
     fn record_tagged(&mut self, ms: u64) {
         let (value, count) = self.tagged_run;
         if count > 0 && value == ms {
@@ -906,6 +907,7 @@ impl<'a> Sim<'a> {
         self.tagged_run = (ms, 1);
     }
 
+    #[inline(never)]
     fn flush_tagged(&mut self) {
         let (value, count) = std::mem::take(&mut self.tagged_run);
         if count > 0 {
