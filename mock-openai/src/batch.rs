@@ -770,6 +770,18 @@ impl Upstream {
         let now = self.advance(now);
         self.release_ended(now, org);
         let idx = self.find_batch(org, id)?;
+        let (status, counts) = self.settle(now, idx);
+        let (output_file_id, error_file_id) = self.result_file_ids(idx, status, counts);
+        Ok(BatchPoll {
+            status,
+            output_file_id,
+            error_file_id,
+            error_code: self.batches[idx].errors.first().map(|e| e.code.clone()),
+        })
+    }
+
+    /// The batch's status and counts at `now`; registers its result files once it has ended.
+    fn settle(&mut self, now: Time, idx: usize) -> (BatchStatus, RequestCounts) {
         let status = self.batches[idx].status(now);
         let counts = self.batches[idx].counts(now);
         if status.is_terminal()
@@ -778,19 +790,26 @@ impl Upstream {
         {
             self.register_result_files(idx, counts);
         }
+        (status, counts)
+    }
+
+    /// `output_file_id` and `error_file_id` as the batch object shows them: once the batch has
+    /// ended with results, each file that has lines.
+    fn result_file_ids(
+        &self,
+        idx: usize,
+        status: BatchStatus,
+        counts: RequestCounts,
+    ) -> (Option<String>, Option<String>) {
         let b = &self.batches[idx];
         let ended_with_results = matches!(
             status,
             BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
         );
-        Ok(BatchPoll {
-            status,
-            output_file_id: (ended_with_results && counts.completed > 0)
-                .then(|| b.output_file_id.clone()),
-            error_file_id: (ended_with_results && counts.failed > 0)
-                .then(|| b.error_file_id.clone()),
-            error_code: b.errors.first().map(|e| e.code.clone()),
-        })
+        (
+            (ended_with_results && counts.completed > 0).then(|| b.output_file_id.clone()),
+            (ended_with_results && counts.failed > 0).then(|| b.error_file_id.clone()),
+        )
     }
 
     /// When the batch's status next changes after `now`, if it still will (lets the
@@ -925,14 +944,7 @@ impl Upstream {
 
     /// The batch object at `now`; registers result files once it has ended.
     pub(crate) fn batch_view(&mut self, now: Time, idx: usize) -> Batch {
-        let status = self.batches[idx].status(now);
-        let counts = self.batches[idx].counts(now);
-        if status.is_terminal()
-            && status != BatchStatus::Failed
-            && !self.batches[idx].files_registered
-        {
-            self.register_result_files(idx, counts);
-        }
+        let (status, counts) = self.settle(now, idx);
         let usage = if status.is_terminal() {
             let b = &mut self.batches[idx];
             let done = b.done(now);
@@ -987,10 +999,7 @@ impl Upstream {
                 }
             }
         }
-        let ended_with_results = matches!(
-            status,
-            BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled
-        );
+        let (output_file_id, error_file_id) = self.result_file_ids(idx, status, counts);
         Batch {
             id: b.id.clone(),
             object: "batch",
@@ -1003,10 +1012,8 @@ impl Upstream {
             input_file_id: b.input_file_id.clone(),
             completion_window: "24h".to_owned(),
             status,
-            output_file_id: (ended_with_results && counts.completed > 0)
-                .then(|| b.output_file_id.clone()),
-            error_file_id: (ended_with_results && counts.failed > 0)
-                .then(|| b.error_file_id.clone()),
+            output_file_id,
+            error_file_id,
             created_at: unix(b.created),
             in_progress_at,
             expires_at: Some(unix(b.expires)),
