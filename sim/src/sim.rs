@@ -126,17 +126,28 @@ enum Ev {
     },
 }
 
-/// A heap entry: small and `Copy`, so sifting moves 24 bytes; the event waits in a slab slot.
+/// A heap entry: 16 bytes and `Copy`. The insertion sequence and the slab slot share one word
+/// (`seq << SLOT_BITS | slot`), so ordering by it orders by sequence; keeping the entry to two
+/// words lets sifting move it whole, where a third word split its loads across earlier stores.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     at: Time,
-    seq: u64,
-    slot: u32,
+    seq_slot: u64,
+}
+
+/// Bits of [`Entry::seq_slot`] that hold the slot: at most 2^24 answers in flight at once.
+/// The sequence gets the other 40 bits, far above [`MAX_EVENTS`] plus any slab.
+const SLOT_BITS: u32 = 24;
+
+impl Entry {
+    fn slot(self) -> usize {
+        (self.seq_slot & ((1 << SLOT_BITS) - 1)) as usize
+    }
 }
 
 impl PartialEq for Entry {
     fn eq(&self, o: &Entry) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+        (self.at, self.seq_slot) == (o.at, o.seq_slot)
     }
 }
 impl Eq for Entry {}
@@ -148,7 +159,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     /// Reversed, so the max-heap pops the earliest (time, seq) first.
     fn cmp(&self, o: &Entry) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
+        (o.at, o.seq_slot).cmp(&(self.at, self.seq_slot))
     }
 }
 
@@ -204,6 +215,8 @@ struct Sim<'a> {
     last_terminal: Time,
     events: u64,
     hit_bound: bool,
+    /// Set when an answer found no slab slot (2^24 in flight): the run stops, as at a bound.
+    slab_full: bool,
     h_tagged: Histogram<u64>,
     /// A run of equal `image_tagged` values not yet in `h_tagged`: the images of one batch
     /// from one upload are tagged at the same instant, and one `record_n` for the run costs
@@ -343,6 +356,7 @@ impl<'a> Sim<'a> {
             last_terminal: Time::ZERO,
             events: 0,
             hit_bound: false,
+            slab_full: false,
             h_tagged: new_histogram(),
             tagged_run: (0, 0),
             h_first: new_histogram(),
@@ -354,21 +368,24 @@ impl<'a> Sim<'a> {
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
-        self.seq += 1;
         let slot = match self.free.pop() {
-            Some(i) => {
-                self.slab[i as usize] = Some(ev);
-                i
+            Some(i) => i as usize,
+            None if self.slab.len() < 1 << SLOT_BITS => {
+                self.slab.push(None);
+                self.slab.len() - 1
             }
             None => {
-                self.slab.push(Some(ev));
-                u32::try_from(self.slab.len() - 1).unwrap_or(u32::MAX)
+                // More answers in flight than an entry can name: the run stops here, as at
+                // `MAX_EVENTS`, with what is left reported pending.
+                self.slab_full = true;
+                return;
             }
         };
+        self.slab[slot] = Some(ev);
+        self.seq += 1;
         self.queue.push(Entry {
             at,
-            seq: self.seq,
-            slot,
+            seq_slot: self.seq << SLOT_BITS | slot as u64,
         });
     }
 
@@ -403,7 +420,7 @@ impl<'a> Sim<'a> {
             let Some(next) = earliest(earliest(t_arrival, t_queue), t_timer) else {
                 return;
             };
-            if next > self.end || self.events >= MAX_EVENTS {
+            if next > self.end || self.events >= MAX_EVENTS || self.slab_full {
                 self.hit_bound = true;
                 return;
             }
@@ -421,8 +438,8 @@ impl<'a> Sim<'a> {
                 self.arrive();
             } else if t_queue == Some(next) {
                 if let Some(e) = self.queue.pop() {
-                    if let Some(ev) = self.slab.get_mut(e.slot as usize).and_then(Option::take) {
-                        self.free.push(e.slot);
+                    if let Some(ev) = self.slab.get_mut(e.slot()).and_then(Option::take) {
+                        self.free.push(e.slot() as u32);
                         self.deliver(ev);
                     }
                 }
