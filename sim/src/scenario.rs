@@ -22,7 +22,7 @@ use tagstorm_core::engine::MAX_IMAGES_PER_UPLOAD;
 use tagstorm_core::tokens::Detail;
 use tagstorm_core::{Policy, PolicyError};
 use toml::Spanned;
-use toml::de::{DeArray, DeTable, DeValue};
+use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 /// Longest time a scenario may mention (arrival offsets, durations), in seconds: 365 days.
 /// Keeps every conversion to nanoseconds far from overflow.
@@ -998,10 +998,44 @@ impl<'a> Locator<'a> {
             return self.invalid(Some(span), String::new(), message);
         };
         let mut path = FieldPath::default();
+        let mut at = span.clone();
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next());
-        path_at(doc.get_ref(), span.start, &mut path, true);
+        // The entry whose key or value the error's span is: exact, where the nearest-key search
+        // below guesses (it took the last key before a `[table]` header, and every value a
+        // `--set` puts in the document lies past the end of the file).
+        if let Some(found) = exact_path(doc.get_ref(), &span) {
+            path = found;
+        } else {
+            path_at(doc.get_ref(), span.start, &mut path, true);
+        }
+        // An error from an internally tagged table (`kind = ...`) carries the table's span;
+        // an unknown field is named in the message, so name it in the path too.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next());
+        if unknown.is_none()
+            && missing.is_none()
+            && let Some(DeValue::Table(t)) = value_at(doc.get_ref(), &path.0)
+            && let Some(key) = culprit(t, &message)
+        {
+            // A wrong type or value inside such a table: the one entry that holds it.
+            at = key.span();
+            path = path.key(key.get_ref());
+        }
+        if let Some(k) = unknown {
+            let seg = Seg::Key(k.to_owned());
+            if let Some(i) = path.0.iter().rposition(|s| *s == seg) {
+                // Tables a `--set` creates share its span: the unknown one ends the path.
+                path.0.truncate(i + 1);
+            } else if let Some(DeValue::Table(t)) = value_at(doc.get_ref(), &path.0)
+                && let Some((key, _)) = t.get_key_value(k)
+            {
+                at = key.span();
+                path = path.key(k);
+            }
+        }
         if let Some(missing) = missing {
             // A missing field belongs to a table: a field missing from the top level is
             // reported on a span whose start is the document's first key, which is a value,
@@ -1011,7 +1045,7 @@ impl<'a> Locator<'a> {
             }
             path = path.key(missing);
         }
-        self.invalid(Some(span), path.to_string(), message)
+        self.invalid(Some(at), path.to_string(), message)
     }
 
     /// An error about `path`, located at its key (or the nearest enclosing one present).
@@ -1197,6 +1231,76 @@ fn value_path_at(v: &DeValue<'_>, offset: usize, path: &mut FieldPath, fallback:
         }
         _ => {}
     }
+}
+
+/// The path of the deepest entry whose key or value has exactly `span`.
+fn exact_path(table: &DeTable<'_>, span: &Range<usize>) -> Option<FieldPath> {
+    fn in_value(v: &Spanned<DeValue<'_>>, at: FieldPath, span: &Range<usize>) -> Option<FieldPath> {
+        let deeper = match v.get_ref() {
+            DeValue::Table(t) => in_table(t, at.clone(), span),
+            DeValue::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| in_value(item, at.clone().index(i), span)),
+            _ => None,
+        };
+        deeper.or_else(|| (v.span() == *span).then_some(at))
+    }
+    fn in_table(t: &DeTable<'_>, at: FieldPath, span: &Range<usize>) -> Option<FieldPath> {
+        t.iter().find_map(|(k, v)| {
+            let here = at.clone().key(k.get_ref());
+            in_value(v, here.clone(), span).or_else(|| (k.span() == *span).then_some(here))
+        })
+    }
+    in_table(table, FieldPath::default(), span)
+}
+
+/// The one entry of `t` holding the scalar a serde "invalid type: X, expected Y" or "invalid
+/// value: X, expected Y" message names as X, if exactly one does.
+fn culprit<'t, 'i>(t: &'t DeTable<'i>, message: &str) -> Option<&'t Spanned<DeString<'i>>> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (unexpected, _) = rest.split_once(", expected ")?;
+    let literal = |kind: &str| {
+        unexpected
+            .strip_prefix(kind)
+            .and_then(|r| r.strip_prefix(" `"))
+            .and_then(|r| r.strip_suffix('`'))
+    };
+    let shows = |v: &DeValue<'_>| match v {
+        DeValue::String(s) => unexpected == format!("string {s:?}"),
+        DeValue::Integer(i) => literal("integer").is_some_and(|n| {
+            n.parse::<i128>().ok() == i128::from_str_radix(i.as_str(), i.radix()).ok()
+        }),
+        DeValue::Float(f) => literal("floating point").is_some_and(|x| {
+            match (x.parse::<f64>(), f.as_str().parse::<f64>()) {
+                (Ok(a), Ok(b)) => a == b || (a.is_nan() && b.is_nan()),
+                _ => false,
+            }
+        }),
+        DeValue::Boolean(b) => unexpected == format!("boolean `{b}`"),
+        _ => false,
+    };
+    let mut hits = t.iter().filter(|(_, v)| shows(v.get_ref()));
+    match (hits.next(), hits.next()) {
+        (Some((k, _)), None) => Some(k),
+        _ => None,
+    }
+}
+
+/// The value at `path`, if there is one.
+fn value_at<'t, 'i>(table: &'t DeTable<'i>, path: &[Seg]) -> Option<&'t DeValue<'i>> {
+    let mut value: Option<&DeValue<'_>> = None;
+    for seg in path {
+        value = Some(match (seg, value) {
+            (Seg::Key(k), None) => table.get(k.as_str())?.get_ref(),
+            (Seg::Key(k), Some(DeValue::Table(t))) => t.get(k.as_str())?.get_ref(),
+            (Seg::Index(i), Some(DeValue::Array(a))) => a.get(*i)?.get_ref(),
+            _ => return None,
+        });
+    }
+    value
 }
 
 /// The span of the key at `path`, or of the nearest enclosing entry that exists.
@@ -1432,6 +1536,75 @@ at_s = 0
             BASE,
             &["uploads.0.images.kind=\"pareto\""],
             "x.toml: --set uploads.0.images.kind=\"pareto\": `uploads[0].images` is not a table",
+        );
+    }
+
+    #[test]
+    fn a_set_of_the_wrong_type_names_its_own_field() {
+        // A table the file lacks was named instead (`sim`, `upstream`), and a key the file has
+        // was located by the nearest key before the end of the file: `uploads[0].at_s`.
+        check(
+            BASE,
+            &["sim.max_duration_s=\"1y\""],
+            "x.toml: --set sim.max_duration_s=\"1y\": sim.max_duration_s: invalid type: string \"1y\", expected f64",
+        );
+        check(
+            BASE,
+            &["upstream.server_error_rate=\"x\""],
+            "x.toml: --set upstream.server_error_rate=\"x\": upstream.server_error_rate: invalid type: string \"x\", expected f64",
+        );
+        check(
+            BASE,
+            &["account.tier=300"],
+            "x.toml: --set account.tier=300: account.tier: invalid value: integer `300`, expected u8",
+        );
+        check(
+            BASE,
+            &["upstream.latency.kind=\"fixed\""],
+            "x.toml: --set upstream.latency.kind=\"fixed\": upstream.latency.ms: missing field `ms`",
+        );
+        check(
+            BASE,
+            &["a.b.c=1"],
+            "x.toml: --set a.b.c=1: a: unknown field `a`, expected one of `name`, `seed`, `description`, `account`, `upstream`, `images`, `uploads`, `policy`, `prices`, `sim`",
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_of_a_kind_table_names_the_entry_and_its_line() {
+        // Tables with `kind = ...` lose their entries' spans: the error named the whole table,
+        // or, for a `[table]` section, the last key of the file before it (`uploads[0].at_s`).
+        check(
+            &edit(
+                "images = 15",
+                "images = { kind = \"uniform\", min = \"one\", max = 3 }",
+            ),
+            &[],
+            "x.toml:16: uploads[0].images.min: invalid type: string \"one\", expected u32",
+        );
+        check(
+            &edit(
+                "images = 15",
+                "images = { kind = \"uniform\", min = 1, max = 3, mean = 2 }",
+            ),
+            &[],
+            "x.toml:16: uploads[0].images.mean: unknown field `mean`, expected `min` or `max`",
+        );
+        let latency = "\n[upstream.latency]\nkind = \"lognormal\"\nmedian_ms = 3000\n";
+        check(
+            &format!("{BASE}{latency}p99_ms = \"x\"\n"),
+            &[],
+            "x.toml:22: upstream.latency.p99_ms: invalid type: string \"x\", expected f64",
+        );
+        check(
+            &format!("{BASE}{latency}p99_ms = 9000\ncolour = 1\n"),
+            &[],
+            "x.toml:23: upstream.latency.colour: unknown field `colour`, expected one of `median_ms`, `p99_ms`, `min_ms`, `max_ms`",
+        );
+        check(
+            BASE,
+            &["uploads.0.images={ kind = \"pareto\", min = 1, max = 3, alpha = true }"],
+            "x.toml: --set uploads.0.images={ kind = \"pareto\", min = 1, max = 3, alpha = true }: uploads[0].images.alpha: invalid type: boolean `true`, expected f64",
         );
     }
 
