@@ -17,7 +17,7 @@ use std::time::Duration;
 use mock_openai::config::{AccountConfig, ConfigError, UpstreamConfig};
 use serde::de;
 use serde::{Deserialize, Serialize};
-use tagstorm_core::cost::PriceTable;
+use tagstorm_core::cost::{PriceError, PriceTable};
 use tagstorm_core::engine::MAX_IMAGES_PER_UPLOAD;
 use tagstorm_core::tokens::Detail;
 use tagstorm_core::{Policy, PolicyError};
@@ -573,9 +573,15 @@ impl Scenario {
                 "must be at least 1 when set".into(),
             ));
         }
-        s.prices
-            .validate()
-            .map_err(|e| (root().key("prices"), e.to_string()))?;
+        s.prices.validate().map_err(|e| {
+            let at = match &e {
+                PriceError::BadPrice { model, field, .. } => {
+                    root().key("prices").key(&model.to_string()).key(field)
+                }
+                PriceError::BadDiscount { .. } => root().key("prices").key("batch_discount"),
+            };
+            (at, e.to_string())
+        })?;
         let img = root().key("images");
         if s.images.width_px == 0 {
             return Err((img.key("width_px"), "must be at least 1".into()));
@@ -604,7 +610,19 @@ impl Scenario {
             ("api_call_ms", s.sim.api_call_ms),
             ("rate_limited_ms", s.sim.rate_limited_ms),
         ] {
-            check_time(sim.clone().key(k), v / 1000.0, false)?;
+            // In milliseconds: the message shows the value as written, with its unit.
+            if !v.is_finite() || v < 0.0 {
+                return Err((
+                    sim.clone().key(k),
+                    format!("must be a finite number ≥ 0, got {v}"),
+                ));
+            }
+            if v > MAX_TIME_S * 1e3 {
+                return Err((
+                    sim.clone().key(k),
+                    format!("must be at most {} milliseconds, got {v}", MAX_TIME_S * 1e3),
+                ));
+            }
         }
         if s.uploads.is_empty() {
             return Err((
@@ -1479,6 +1497,38 @@ at_s = 0
             &format!("{BASE}\n[[uploads]]\nusers = 1\nimages = 2\nat_s = 3\nat_s = 4\n"),
             &[],
             "x.toml:23: uploads[1].at_s: duplicate key",
+        );
+    }
+
+    #[test]
+    fn a_bad_sim_time_shows_the_value_as_written() {
+        // `api_call_ms = -5` said "got -0.005", and a huge one was measured in seconds.
+        check(
+            BASE,
+            &["sim.api_call_ms=-5"],
+            "x.toml: --set sim.api_call_ms=-5: sim.api_call_ms: must be a finite number ≥ 0, got -5",
+        );
+        check(
+            &format!("{BASE}\n[sim]\nfile_upload_ms = 1e12\n"),
+            &[],
+            "x.toml:20: sim.file_upload_ms: must be at most 31536000000 milliseconds, got 1000000000000",
+        );
+    }
+
+    #[test]
+    fn a_bad_price_names_its_field() {
+        // The field was `prices`, whatever the price.
+        check(
+            &format!("{BASE}\n[prices]\nbatch_discount = 5\n"),
+            &[],
+            "x.toml:20: prices.batch_discount: batch_discount must be between 0 and 1, got 5",
+        );
+        check(
+            &format!(
+                "{BASE}\n[prices.gpt-4o]\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 10\n"
+            ),
+            &[],
+            "x.toml:20: prices.gpt-4o.input_usd_per_mtok: gpt-4o input_usd_per_mtok must be a finite non-negative number, got -1",
         );
     }
 
