@@ -418,7 +418,8 @@ pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
                 e.to_string().to_lowercase()
             ))
         })?;
-        return Policy::from_toml_str(&text).map_err(|e| CliError::Policy(format!("{spec}: {e}")));
+        return crate::scenario::policy_file(spec, &text)
+            .map_err(|e| CliError::Policy(e.to_string()));
     }
     Err(CliError::Policy(format!(
         "--policy {spec}: not a preset ({}) or a .toml file",

@@ -655,6 +655,40 @@ impl Scenario {
     }
 }
 
+/// A policy file (`--policy FILE.toml`) read by core's [`Policy::from_toml_str`], its errors
+/// located as a scenario's are: one line, `file:line: field: message`.
+pub fn policy_file(file: &str, text: &str) -> Result<Policy, ScenarioError> {
+    let loc = Locator {
+        file,
+        text,
+        sets: &[],
+    };
+    // Syntax errors and duplicate keys, with their line.
+    loc.document()?;
+    Policy::from_toml_str(text).map_err(|e| match e {
+        PolicyError::Invalid { field, message } => loc.at(&FieldPath::parse(&field), message),
+        PolicyError::Toml(m) => {
+            // Core reads the file into a plain table first, so toml's message has no line; it
+            // names the key as "in `key`" on a line of its own, or in the message itself.
+            let message = clean_message(&m);
+            let quoted = |prefix: &str| {
+                message
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_owned)
+            };
+            let key = m
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("in `")?.strip_suffix('`'))
+                .map(str::to_owned)
+                .or_else(|| quoted("unknown field `"))
+                .or_else(|| quoted("missing field `"))
+                .unwrap_or_default();
+            loc.at(&FieldPath::parse(&key), message)
+        }
+    })
+}
+
 fn optional_policy_key(key: &str) -> bool {
     // `Option` fields that a preset leaves unset do not appear in its serialized table.
     matches!(
@@ -1530,6 +1564,29 @@ at_s = 0
             &[],
             "x.toml:20: prices.gpt-4o.input_usd_per_mtok: gpt-4o input_usd_per_mtok must be a finite non-negative number, got -1",
         );
+    }
+
+    #[test]
+    fn a_policy_file_error_names_its_line_and_field() {
+        // Core's message was printed as is: no line, and over two or five lines.
+        let got = |text: &str| policy_file("p.toml", text).unwrap_err().to_string();
+        assert_eq!(
+            got("extends = \"tagstorm\"\nchunk_size = \"x\"\n"),
+            "p.toml:2: chunk_size: invalid type: string \"x\", expected u32"
+        );
+        assert_eq!(
+            got("extends = \"tagstorm\"\n\nchunk_size = 0\n"),
+            "p.toml:3: chunk_size: must be at least 1"
+        );
+        assert!(
+            got("extends = \"tagstorm\"\nchunk_sise = 3\n")
+                .starts_with("p.toml:2: chunk_sise: unknown field `chunk_sise`, expected one of")
+        );
+        assert_eq!(
+            got("extends = \"tagstorm\"\nchunk_size = [\n"),
+            "p.toml:2: chunk_size: unclosed array, expected `]`"
+        );
+        assert!(policy_file("p.toml", "extends = \"tagstorm\"\nchunk_size = 3\n").is_ok());
     }
 
     #[test]
