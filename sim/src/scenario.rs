@@ -818,10 +818,18 @@ fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)
                 ));
             }
         }
-        if d.hourly_weights.iter().sum::<f64>() <= 0.0 {
+        let sum = d.hourly_weights.iter().sum::<f64>();
+        if sum <= 0.0 {
             return Err((
                 q.key("hourly_weights"),
                 "at least one weight must be greater than 0".into(),
+            ));
+        }
+        if !sum.is_finite() {
+            // The weights are relative: an infinite sum made every hour's rate 0, no uploads.
+            return Err((
+                q.key("hourly_weights"),
+                format!("the weights must add up to a finite number, got {sum}"),
             ));
         }
         if d.days == 0 || f64::from(d.days) * 86_400.0 > MAX_TIME_S {
@@ -1587,6 +1595,25 @@ at_s = 0
             "p.toml:2: chunk_size: unclosed array, expected `]`"
         );
         assert!(policy_file("p.toml", "extends = \"tagstorm\"\nchunk_size = 3\n").is_ok());
+    }
+
+    #[test]
+    fn daily_weights_whose_sum_overflows_are_refused() {
+        // Two weights of 1e308 passed; their sum was infinite, so the day generated 0 uploads.
+        let mut weights = vec!["0"; 24];
+        weights[0] = "1e308";
+        weights[1] = "1e308";
+        check(
+            BASE,
+            &[&format!(
+                "uploads.0={{ images = 1, daily = {{ uploads_per_day = 1000, hourly_weights = [{}] }} }}",
+                weights.join(", ")
+            )],
+            &format!(
+                "x.toml: --set uploads.0={{ images = 1, daily = {{ uploads_per_day = 1000, hourly_weights = [{}] }} }}: uploads[0].daily.hourly_weights: the weights must add up to a finite number, got inf",
+                weights.join(", ")
+            ),
+        );
     }
 
     #[test]
