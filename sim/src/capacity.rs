@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tagstorm_core::Policy;
@@ -860,6 +860,9 @@ pub fn cmd_report(
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let plan = plan(a)?;
+    if let Some(path) = &a.out {
+        cli::check_out(path, !is_html(path))?;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let passes = |r: &Results| {
         let l = a.metric.of(r);
@@ -948,10 +951,7 @@ pub fn cmd_report(
     }
     if let Some(path) = &a.out {
         let html = doc.html();
-        let files: Vec<(PathBuf, String)> = if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("html"))
-        {
+        let files: Vec<(PathBuf, String)> = if is_html(path) {
             vec![(path.clone(), html)]
         } else {
             vec![
@@ -965,6 +965,12 @@ pub fn cmd_report(
     let mut all: Vec<&Results> = points.iter().map(|p| &p.results).collect();
     all.extend([&realtime, &batch]);
     Ok(cli::check_invariants(&all, err))
+}
+
+/// Whether `--out` names one HTML page rather than a folder.
+fn is_html(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("html"))
 }
 
 /// Everything the report says, before it is rendered.

@@ -632,6 +632,9 @@ fn cmd_run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outc
     for s in &scenarios {
         s.policy(&base)?;
     }
+    if let Some(dir) = &a.out {
+        check_out(dir, true)?;
+    }
     let mut runs = Vec::new();
     for s in &scenarios {
         runs.push(run_one(s, &base, err)?);
@@ -671,6 +674,9 @@ fn cmd_compare(
     let s = Scenario::load(&display_path(&a.scenario), &sets)?;
     for b in &bases {
         s.policy(b)?;
+    }
+    if let Some(dir) = &a.out {
+        check_out(dir, true)?;
     }
     let runs = run_policies(&s, &bases, err)?;
     let all: Vec<&Results> = runs.iter().map(|r| &r.results).collect();
@@ -848,7 +854,36 @@ fn plot_files(dir: &Path, runs: &[&RunOutput]) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// Writes every file or none: each goes to a temporary file first, and only when all of them
+/// Checks, before anything runs, that `path` can take what a command writes there: a folder
+/// (`folder`) or a file, where nothing of the other kind is in the way (a file at `--out DIR`,
+/// or a file among the folders above it). A long run then never ends with "cannot write".
+pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
+    let fail = |p: &Path, message: &str| {
+        Err(CliError::Output {
+            path: display_path(p),
+            message: message.to_owned(),
+        })
+    };
+    if let Ok(m) = std::fs::metadata(path) {
+        return match (folder, m.is_dir()) {
+            (true, false) => fail(path, "it is a file, not a folder"),
+            (false, true) => fail(path, "it is a folder, not a file"),
+            _ => Ok(()),
+        };
+    }
+    // The folders that do not exist yet are created inside the nearest one that does.
+    let nearest = path
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::metadata(a).is_ok());
+    match nearest {
+        Some(a) if !a.is_dir() => fail(a, "it is a file, not a folder"),
+        _ => Ok(()),
+    }
+}
+
+/// Writes every file or none:/// Writes every file or none: each goes to a temporary file first, and only when all of them
 /// are written are they renamed into place. On failure the temporary files and any folder this
 /// call created are removed, so a failed `--out` leaves no partial results behind.
 pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {

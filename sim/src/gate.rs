@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 use serde_path_to_error::{Path, Segment};
 
 use crate::cli::{
-    CliError, GateArgs, Outcome, check_invariants, display_path, load_policies, run_policies,
-    set_args, write_all, write_line,
+    CliError, GateArgs, Outcome, check_invariants, check_out, display_path, load_policies,
+    run_policies, set_args, write_all, write_line,
 };
 use crate::report::thousands;
 use crate::results::Results;
@@ -875,6 +875,12 @@ pub fn cmd_gate(
         Some(b)
     };
 
+    if a.update {
+        check_out(&a.baseline, false)?;
+    }
+    if let Some(path) = &a.summary {
+        check_out(path, false)?;
+    }
     let mut runs: Vec<Results> = Vec::new();
     for s in &scenarios {
         runs.extend(run_policies(s, &bases, err)?.into_iter().map(|r| r.results));

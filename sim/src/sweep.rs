@@ -242,6 +242,9 @@ pub fn cmd_sweep(
         .zip(&vary.values)
         .map(|((s, p), v)| (s, p.clone(), format!("{short}={v}")))
         .collect();
+    if let Some(dir) = &a.out {
+        cli::check_out(dir, true)?;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runs = cli::run_jobs(&jobs, threads, err)?;
     let rows: Vec<(&str, &Results)> = vary

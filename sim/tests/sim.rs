@@ -1894,3 +1894,47 @@ fn report_help_says_what_is_varied_with_examples() {
     let top = text(&bin(&["--help"]).stdout);
     assert!(top.contains("tagstorm-sim report"), "{top}");
 }
+
+#[test]
+fn an_out_path_blocked_by_a_file_is_refused_before_anything_runs() {
+    // Every run finished and printed its table, and only then did writing fail.
+    let tmp = std::env::temp_dir().join(format!("tagstorm-sim-blocked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = tmp.join("a-file");
+    std::fs::write(&file, "keep").unwrap();
+    let f = file.to_string_lossy().into_owned();
+    let inside = file.join("out").to_string_lossy().into_owned();
+    let baseline = tmp.join("baseline.json").to_string_lossy().into_owned();
+    for args in [
+        vec!["run", TEN, "--out", &f],
+        vec!["compare", TEN, "--out", &inside],
+        vec!["sweep", TEN, "--vary", "account.tier=1,2", "--out", &f],
+        vec!["report", TEN, "--max-users", "2", "--out", &inside],
+        vec![
+            "gate",
+            "--update",
+            "--baseline",
+            &baseline,
+            TEN,
+            "--summary",
+            &inside,
+        ],
+    ] {
+        let o = bin(&args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o.stderr));
+        assert_eq!(
+            text(&o.stdout),
+            "",
+            "{args:?} ran before refusing its output"
+        );
+        assert_eq!(
+            text(&o.stderr),
+            format!("{f}: cannot write: it is a file, not a folder\n"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    assert!(!tmp.join("baseline.json").exists());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
