@@ -1198,6 +1198,54 @@ fn workers_flag_is_bounded() {
     }
 }
 
+/// A config file the server refuses at startup: the error (printed to stderr) names the file,
+/// line and field but never echoes an API key, whether the TOML does not parse on the key's
+/// line or the key is written in the wrong shape.
+#[test]
+fn config_errors_never_echo_an_api_key() {
+    use clap::Parser as _;
+    use mock_openai::server::config::Args;
+    const SECRET: &str = "sk-live-do-not-print-0123456789";
+    let dir = std::env::temp_dir();
+    for (i, text) in [
+        format!("[mock_server]\nkeys = [{{ key = \"{SECRET}\", tier = }}]\n"),
+        format!("[mock_server]\nkeys = [\"{SECRET}\"]\n"),
+        format!("[mock_server]\nkeys = [{{ key = \"{SECRET}\", tier = \"{SECRET}\" }}]\n"),
+        format!(
+            "[mock_server]\nkeys = [{{ key = \"{SECRET}\" }}]\nretry_after_ms = \"{SECRET}\"\n"
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.join(format!(
+            "mock-openai-key-echo-{}-{i}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let args =
+            Args::try_parse_from(["mock-openai", "--config", path.to_str().unwrap()]).unwrap();
+        let err = args.load().expect_err(text).to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(!err.contains(SECRET), "case {i} echoes the key: {err}");
+        assert!(err.contains(".toml"), "case {i} names the file: {err}");
+    }
+    // The syntax error still says where it is.
+    let path = dir.join(format!(
+        "mock-openai-key-echo-{}-line.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        format!("seed = 1\n[mock_server]\nkeys = [{{ key = \"{SECRET}\", tier = }}]\n"),
+    )
+    .unwrap();
+    let args = Args::try_parse_from(["mock-openai", "--config", path.to_str().unwrap()]).unwrap();
+    let err = args.load().unwrap_err().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(err.contains("line 3"), "{err}");
+}
+
 #[tokio::test]
 async fn no_limits_mode_answers_everything() {
     let mut c = config(&format!(

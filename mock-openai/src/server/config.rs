@@ -242,8 +242,56 @@ fn section<T: serde::de::DeserializeOwned>(
             .map(Some)
             .map_err(|e: toml::de::Error| LoadError::Parse {
                 path: path.to_owned(),
-                message: format!("[{name}]: {}", e.message()),
+                message: format!("[{name}]: {}", redact_keys(table, e.message())),
             }),
+    }
+}
+
+/// `message` with every string written under `[mock_server] keys` masked: a key in the wrong
+/// shape (`keys = ["sk-…"]`) or a value in the wrong place must not reach stderr through the
+/// parser's `invalid type: string "…"`.
+fn redact_keys(table: &toml::Table, message: &str) -> String {
+    fn strings<'a>(v: &'a toml::Value, out: &mut Vec<&'a str>) {
+        match v {
+            toml::Value::String(s) if !s.is_empty() => out.push(s),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut secrets = Vec::new();
+    if let Some(keys) = table
+        .get("mock_server")
+        .and_then(toml::Value::as_table)
+        .and_then(|m| m.get("keys"))
+    {
+        strings(keys, &mut secrets);
+    }
+    // Longest first, so a key that contains another is masked whole.
+    secrets.sort_unstable_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = message.to_owned();
+    for s in secrets {
+        if out.contains(s) {
+            out = out.replace(s, &crate::server::mask_key(s));
+        }
+    }
+    out
+}
+
+/// A TOML syntax error as `line L, column C: message`, without the parser's snippet of the
+/// offending line: that line may hold an API key.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .map_or(1, |l| l.chars().count() + 1);
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_owned(),
     }
 }
 
@@ -269,7 +317,7 @@ impl ServerConfig {
             .parse()
             .map_err(|e: toml::de::Error| LoadError::Parse {
                 path: path.to_owned(),
-                message: e.to_string(),
+                message: syntax_error(text, &e),
             })?;
         if let Some(account) = section::<AccountConfig>(&table, "account", path)? {
             self.account = account;
