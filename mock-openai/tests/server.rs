@@ -969,6 +969,67 @@ async fn bad_requests_get_openai_errors() {
     m.shutdown().await;
 }
 
+/// The optional sampling parameters are checked like the required ones: a wrong type or an
+/// out-of-range value is a 400 naming the parameter, not a 200 that ignores it; `n` above 1
+/// (which would need several choices) is refused like `stream`. Valid values still answer 200.
+#[tokio::test]
+async fn optional_parameters_of_the_wrong_type_or_range_are_400s() {
+    let m = start_manual(BASE).await;
+    let with = |key: &str, value: Value| {
+        let mut b: Value = serde_json::from_str(&chat_body("https://img.example/p.jpg")).unwrap();
+        b[key] = value;
+        b
+    };
+    for (key, value, code) in [
+        ("n", json!(-1), "invalid_value"),
+        ("n", json!(0), "invalid_value"),
+        ("n", json!(1.5), "invalid_type"),
+        ("n", json!("2"), "invalid_type"),
+        ("n", json!(129), "invalid_value"),
+        ("n", json!(3), "invalid_value"),
+        ("temperature", json!("hot"), "invalid_type"),
+        ("temperature", json!(2.5), "invalid_value"),
+        ("temperature", json!(-0.1), "invalid_value"),
+        ("top_p", json!(1.01), "invalid_value"),
+        ("top_p", json!([1]), "invalid_type"),
+        ("presence_penalty", json!(-3), "invalid_value"),
+        ("frequency_penalty", json!(true), "invalid_type"),
+        ("seed", json!(1.5), "invalid_type"),
+        ("seed", json!("7"), "invalid_type"),
+        ("logprobs", json!("yes"), "invalid_type"),
+        ("top_logprobs", json!(21), "invalid_value"),
+        ("store", json!(1), "invalid_type"),
+        ("user", json!(5), "invalid_type"),
+    ] {
+        let r = post_json(&m, "/v1/chat/completions", with(key, value.clone())).await;
+        let e = r.error(400);
+        assert_eq!(
+            (e["param"].as_str(), e["code"].as_str()),
+            (Some(key), Some(code)),
+            "{key} = {value}: {e}"
+        );
+    }
+    for (key, value) in [
+        ("n", json!(1)),
+        ("n", Value::Null),
+        ("temperature", json!(0)),
+        ("temperature", json!(2)),
+        ("temperature", json!(0.7)),
+        ("top_p", json!(1)),
+        ("presence_penalty", json!(-2.0)),
+        ("frequency_penalty", json!(2)),
+        ("seed", json!(-42)),
+        ("logprobs", json!(false)),
+        ("top_logprobs", json!(0)),
+        ("store", json!(true)),
+        ("user", json!("u-1")),
+    ] {
+        let r = post_json(&m, "/v1/chat/completions", with(key, value.clone())).await;
+        assert_eq!(r.status, 200, "{key} = {value}: {:?}", r.body);
+    }
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn declared_oversize_upload_is_refused_without_reading_it() {
     let m = start_manual(&format!("{BASE}\n[mock_server]\nmax_upload_bytes = 1000")).await;

@@ -196,6 +196,115 @@ fn check_max_tokens(body: &serde_json::Map<String, Value>, key: &str) -> Result<
     }
 }
 
+/// An optional number within `min..=max`: anything but a number (or `null`) is an
+/// `invalid_type`, a number outside the range an `invalid_value`.
+fn check_number(
+    body: &serde_json::Map<String, Value>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<(), ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) => {
+            let v = n.as_f64().unwrap_or(f64::NAN);
+            if v < min {
+                Err(ApiError::invalid_value(
+                    key,
+                    &format!(
+                        "number below minimum value. Expected a value >= {min}, but got {n} instead."
+                    ),
+                ))
+            } else if v > max || v.is_nan() {
+                Err(ApiError::invalid_value(
+                    key,
+                    &format!(
+                        "number above maximum value. Expected a value <= {max}, but got {n} instead."
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Some(other) => Err(invalid_type(key, "a number", other)),
+    }
+}
+
+/// An optional integer within `min..=max` (either bound optional).
+fn check_integer(
+    body: &serde_json::Map<String, Value>,
+    key: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<Option<i64>, ApiError> {
+    let n = match body.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n,
+        Some(other) => return Err(invalid_type(key, "an integer", other)),
+    };
+    // A `u64` above `i64::MAX` is above every bound here.
+    let v = n.as_i64().unwrap_or(i64::MAX);
+    if let Some(min) = min.filter(|&m| v < m) {
+        return Err(ApiError::invalid_value(
+            key,
+            &format!(
+                "integer below minimum value. Expected a value >= {min}, but got {n} instead."
+            ),
+        ));
+    }
+    if let Some(max) = max.filter(|&m| v > m) {
+        return Err(ApiError::invalid_value(
+            key,
+            &format!(
+                "integer above maximum value. Expected a value <= {max}, but got {n} instead."
+            ),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// An optional value of one JSON type (`null` allowed).
+fn check_kind(
+    body: &serde_json::Map<String, Value>,
+    key: &str,
+    expected: &str,
+    fits: fn(&Value) -> bool,
+) -> Result<(), ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if fits(v) => Ok(()),
+        Some(other) => Err(invalid_type(key, expected, other)),
+    }
+}
+
+/// The optional parameters the mock reads nothing from but OpenAI checks (ranges per the
+/// `CreateChatCompletionRequest` schema): a wrong type or range is the same 400 it would be
+/// upstream. `n` above 1 asks for several choices, which the mock does not produce, so it is
+/// refused like `stream`.
+fn check_optional(body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(n) = check_integer(body, "n", Some(1), Some(128))? {
+        if n > 1 {
+            return Err(ApiError::invalid_value(
+                "n",
+                "this mock serves one choice per request; set n to 1.",
+            ));
+        }
+    }
+    check_number(body, "temperature", 0.0, 2.0)?;
+    check_number(body, "top_p", 0.0, 1.0)?;
+    check_number(body, "frequency_penalty", -2.0, 2.0)?;
+    check_number(body, "presence_penalty", -2.0, 2.0)?;
+    check_integer(body, "seed", None, None)?;
+    check_integer(body, "top_logprobs", Some(0), Some(20))?;
+    for key in ["logprobs", "store", "parallel_tool_calls"] {
+        check_kind(body, key, "a boolean", Value::is_boolean)?;
+    }
+    for key in ["user", "safety_identifier", "prompt_cache_key"] {
+        check_kind(body, key, "a string", Value::is_string)?;
+    }
+    check_kind(body, "metadata", "an object", Value::is_object)
+}
+
 /// Parses and validates a chat-completions request body. Every failure is an OpenAI error
 /// (400 naming the parameter; 404 `model_not_found`); never panics, whatever the bytes.
 pub fn parse_request(bytes: &[u8]) -> Result<ChatBody, ApiError> {
@@ -244,6 +353,7 @@ pub fn parse_request_checked(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     }
     check_max_tokens(obj, "max_tokens")?;
     check_max_tokens(obj, "max_completion_tokens")?;
+    check_optional(obj)?;
     match obj.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {
