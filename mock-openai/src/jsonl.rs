@@ -249,15 +249,40 @@ pub fn parse_batch_input(
                 continue;
             }
         };
-        let Some(custom_id) = value.get("custom_id").and_then(Value::as_str) else {
-            fail(
-                "missing_required_parameter",
-                "Missing required parameter: 'custom_id'.".to_owned(),
-                Some("custom_id"),
-            );
+        // `custom_id`, `method` and `url`: absent is missing, present but not a string is a
+        // wrong type, each named on its line.
+        let mut text = |key: &str| match value.get(key) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            None | Some(Value::Null) => {
+                fail(
+                    "missing_required_parameter",
+                    format!("Missing required parameter: '{key}'."),
+                    Some(key),
+                );
+                None
+            }
+            Some(other) => {
+                fail(
+                    "invalid_type",
+                    format!(
+                        "Invalid type for '{key}': expected a string, but got {} instead.",
+                        crate::server::http::json_type(other)
+                    ),
+                    Some(key),
+                );
+                None
+            }
+        };
+        let Some(custom_id) = text("custom_id") else {
             continue;
         };
-        if value.get("method").and_then(Value::as_str) != Some("POST") {
+        let Some(method) = text("method") else {
+            continue;
+        };
+        let Some(url) = text("url") else {
+            continue;
+        };
+        if method != "POST" {
             fail(
                 "invalid_value",
                 "Invalid value for 'method': only POST is supported.".to_owned(),
@@ -265,7 +290,6 @@ pub fn parse_batch_input(
             );
             continue;
         }
-        let url = value.get("url").and_then(Value::as_str).unwrap_or("");
         if url != endpoint {
             fail(
                 "url_mismatch",

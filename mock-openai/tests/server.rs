@@ -654,6 +654,71 @@ async fn bad_batch_input_fails_validation_with_the_line() {
     m.shutdown().await;
 }
 
+/// A line's `custom_id`, `method` or `url` that is there but of the wrong type is reported as
+/// a wrong type on its line, not as missing; one that is absent is reported as missing.
+#[tokio::test]
+async fn batch_lines_with_wrong_types_name_the_type() {
+    let m = start_manual(BASE).await;
+    let ok = jsonl_line("a", "/v1/chat/completions");
+    let with = |key: &str, value: Value| {
+        let mut v: Value = serde_json::from_str(&ok).unwrap();
+        match value {
+            Value::Null => {
+                v.as_object_mut().unwrap().remove(key);
+            }
+            value => v[key] = value,
+        }
+        format!("{ok}\n{v}\n")
+    };
+    for (key, value, code, message) in [
+        (
+            "custom_id",
+            json!(5),
+            "invalid_type",
+            "Invalid type for 'custom_id': expected a string, but got an integer instead.",
+        ),
+        (
+            "custom_id",
+            Value::Null,
+            "missing_required_parameter",
+            "Missing required parameter: 'custom_id'.",
+        ),
+        (
+            "method",
+            json!(["POST"]),
+            "invalid_type",
+            "Invalid type for 'method': expected a string, but got an array instead.",
+        ),
+        (
+            "method",
+            Value::Null,
+            "missing_required_parameter",
+            "Missing required parameter: 'method'.",
+        ),
+        (
+            "url",
+            json!(1),
+            "invalid_type",
+            "Invalid type for 'url': expected a string, but got an integer instead.",
+        ),
+        (
+            "url",
+            Value::Null,
+            "missing_required_parameter",
+            "Missing required parameter: 'url'.",
+        ),
+    ] {
+        let e = failed_with(&m, &with(key, value)).await;
+        assert_eq!(
+            (e["code"].as_str(), e["param"].as_str(), e["line"].as_u64()),
+            (Some(code), Some(key), Some(2)),
+            "{e}"
+        );
+        assert_eq!(e["message"], message);
+    }
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn more_than_50000_lines_is_too_many_tasks() {
     let m = start_manual(BASE).await;
