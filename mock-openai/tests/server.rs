@@ -1034,6 +1034,23 @@ async fn bad_requests_get_openai_errors() {
     m.shutdown().await;
 }
 
+/// A `max_tokens` above `i64::MAX` is quoted back as sent, not as `i64::MAX`.
+#[tokio::test]
+async fn huge_max_tokens_is_quoted_as_sent() {
+    let m = start_manual(BASE).await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":18446744073709551615}"#;
+    let r = send(m.addr, "POST", "/v1/chat/completions", Some(KEY), &[], body)
+        .await
+        .unwrap();
+    let e = r.error(400);
+    assert_eq!(e["param"], "max_tokens");
+    assert_eq!(
+        e["message"],
+        "max_tokens is too large: 18446744073709551615. This model supports at most 16384 completion tokens, whereas you provided 18446744073709551615."
+    );
+    m.shutdown().await;
+}
+
 /// The optional sampling parameters are checked like the required ones: a wrong type or an
 /// out-of-range value is a 400 naming the parameter, not a 200 that ignores it; `n` above 1
 /// (which would need several choices) is refused like `stream`. Valid values still answer 200.

@@ -183,7 +183,7 @@ fn check_max_tokens(body: &serde_json::Map<String, Value>, key: &str) -> Result<
             } else if v > i64::from(MAX_OUTPUT_TOKENS) {
                 Err(bad_request(
                     format!(
-                        "{key} is too large: {v}. This model supports at most {MAX_OUTPUT_TOKENS} completion tokens, whereas you provided {v}."
+                        "{key} is too large: {n}. This model supports at most {MAX_OUTPUT_TOKENS} completion tokens, whereas you provided {n}."
                     ),
                     Some(key),
                     Some("invalid_value"),
