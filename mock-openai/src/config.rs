@@ -211,6 +211,14 @@ pub(crate) fn check_rate(field: &str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// The most `latency_ms_per_output_token` may be: a minute a token. More is no model of any
+/// API, and would hold a live request for days.
+const MAX_MS_PER_OUTPUT_TOKEN: f64 = 60_000.0;
+
+/// The latest `epoch_unix_s`: the last second of year 9999, so every `created_at` stays a
+/// four-digit-year date that clients' 64-bit timestamps can hold.
+const MAX_EPOCH_UNIX_S: u64 = 253_402_300_799;
+
 fn check_nonneg(field: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
@@ -238,6 +246,24 @@ impl UpstreamConfig {
             "upstream.latency_ms_per_output_token",
             self.latency_ms_per_output_token,
         )?;
+        if self.latency_ms_per_output_token > MAX_MS_PER_OUTPUT_TOKEN {
+            return Err(ConfigError::invalid(
+                "upstream.latency_ms_per_output_token",
+                format!(
+                    "must be at most {MAX_MS_PER_OUTPUT_TOKEN} (a minute a token), got {}",
+                    self.latency_ms_per_output_token
+                ),
+            ));
+        }
+        if self.epoch_unix_s > MAX_EPOCH_UNIX_S {
+            return Err(ConfigError::invalid(
+                "upstream.epoch_unix_s",
+                format!(
+                    "must be at most {MAX_EPOCH_UNIX_S} (9999-12-31T23:59:59Z), got {}",
+                    self.epoch_unix_s
+                ),
+            ));
+        }
         check_rate("upstream.server_error_rate", self.server_error_rate)?;
         check_rate("upstream.overloaded_rate", self.overloaded_rate)?;
         check_rate("upstream.timeout_rate", self.timeout_rate)?;
@@ -420,6 +446,29 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert_eq!(got, expect, "{toml_src}");
+    }
+
+    #[test]
+    fn upstream_bounds_name_their_field() {
+        let ok = UpstreamConfig {
+            latency_ms_per_output_token: 60_000.0,
+            epoch_unix_s: 253_402_300_799,
+            ..UpstreamConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let slow = UpstreamConfig {
+            latency_ms_per_output_token: 1e308,
+            ..UpstreamConfig::default()
+        };
+        let e = slow.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.latency_ms_per_output_token"), "{e}");
+        assert!(e.contains("at most 60000"), "{e}");
+        let late = UpstreamConfig {
+            epoch_unix_s: u64::MAX,
+            ..UpstreamConfig::default()
+        };
+        let e = late.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.epoch_unix_s"), "{e}");
     }
 
     #[test]
