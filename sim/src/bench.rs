@@ -117,10 +117,6 @@ pub fn cmd_bench(
         path: "stdout".into(),
         message: e.to_string(),
     })?;
-    let _ = err;
-    Ok(if r.invariants_ok() {
-        Outcome::Ok
-    } else {
-        Outcome::InvariantFailed
-    })
+    // Exit 1 says why on stderr, as every other command's does.
+    Ok(crate::cli::check_invariants(&[r], err))
 }

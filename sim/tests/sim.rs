@@ -1938,3 +1938,22 @@ fn an_out_path_blocked_by_a_file_is_refused_before_anything_runs() {
     assert!(!tmp.join("baseline.json").exists());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn bench_says_why_it_exits_1() {
+    // It exited 1 with nothing on stderr when images were left pending.
+    let o = bin(&[
+        "bench",
+        TEN,
+        "--images",
+        "150",
+        "--set",
+        "sim.max_duration_s=10",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("invariant failed: ten-users-fifteen-images under tagstorm: "),
+        "{}",
+        text(&o.stderr)
+    );
+}
