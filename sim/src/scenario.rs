@@ -1215,7 +1215,17 @@ fn descend<'i>(
             }
             descend(item.get_mut(), at.index(*i), &rest[1..], value, span)
         }
-        (DeValue::Array(_), Seg::Key(k)) => {
+        (DeValue::Array(a), Seg::Key(k)) => {
+            if k.trim_start_matches('-')
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                // `uploads.-1` or an index past usize: no entry, not a key.
+                return Err(format!(
+                    "`{at}` has {} entries; there is no index {k}",
+                    a.len()
+                ));
+            }
             Err(format!("`{at}` is a list; use an index, e.g. {at}.0.{k}"))
         }
         (DeValue::Table(_), Seg::Index(_)) => Err(format!("`{at}` is a table, not a list")),
@@ -1660,6 +1670,17 @@ at_s = 0
             BASE,
             &["uploads.0.0=1"],
             "x.toml: --set uploads.0.0=1: `uploads[0]` is a table, not a list",
+        );
+        // A negative or oversized index was taken for a key: "use an index, e.g. uploads.0.-1".
+        check(
+            BASE,
+            &["uploads.-1.images=3"],
+            "x.toml: --set uploads.-1.images=3: `uploads` has 1 entries; there is no index -1",
+        );
+        check(
+            BASE,
+            &["uploads.99999999999999999999.images=3"],
+            "x.toml: --set uploads.99999999999999999999.images=3: `uploads` has 1 entries; there is no index 99999999999999999999",
         );
         check(
             BASE,
