@@ -703,9 +703,20 @@ fn tiers(specs: &[String], model: Model) -> Result<Vec<u8>, CliError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let specs: Vec<&str> = specs.iter().map(|s| s.trim()).collect();
     if specs.is_empty() {
         return Ok(published.iter().take(2).copied().collect());
+    }
+    // A stray comma (`1,,2`, `1,`) is no tier; `--tiers ,` names none.
+    let specs: Vec<&str> = specs
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if specs.is_empty() {
+        return Err(CliError::Invalid(format!(
+            "--tiers: name at least one tier (known: {}; or all)",
+            known()
+        )));
     }
     if specs == ["all"] {
         return Ok(published);
@@ -1746,6 +1757,21 @@ impl Doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiers_skip_stray_commas_and_refuse_none() {
+        // `--tiers ,` said "no published limits for gpt-4o-mini tier  (known: …)".
+        let specs = |s: &[&str]| s.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let got = tiers(&specs(&["", ""]), Model::Gpt4oMini).unwrap_err();
+        assert_eq!(
+            got.to_string(),
+            "--tiers: name at least one tier (known: 1, 2, 3, 4, 5; or all)"
+        );
+        assert_eq!(
+            tiers(&specs(&["2", "", "1"]), Model::Gpt4oMini).unwrap(),
+            [1, 2]
+        );
+    }
 
     /// Runs a search against `passes` and returns its answer and the counts it ran, in order.
     fn check(cap: u64, passes: impl Fn(u64) -> bool) -> (Capacity, Vec<u64>) {
