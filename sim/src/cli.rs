@@ -40,6 +40,48 @@ Exit codes (stable):
   3  the output could not be written
   4  gate: a metric regressed against the baseline";
 
+const RUN_HELP: &str = "\
+Examples:
+  tagstorm-sim run scenarios/ten-users-fifteen-images.toml
+  tagstorm-sim run scenarios/single-300-upload.toml --policy seed-proposed --seed 7
+  tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set uploads.0.workspaces=80
+  tagstorm-sim run scenarios/*.toml --json > results.ndjson
+  tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
+
+Every scenario and the policy are checked before anything runs; with several scenarios, --out
+DIR gets one folder per scenario and a summary.md.
+
+Exit codes: 0 ok; 1 a run finished with an invariant failed (images pending, tag mismatches;
+each is named on stderr); 2 bad input (nothing runs); 3 an output could not be written.";
+
+const COMPARE_HELP: &str = "\
+Examples:
+  tagstorm-sim compare scenarios/ten-users-fifteen-images.toml
+  tagstorm-sim compare scenarios/workday.toml --policies seed-current,tagstorm --json
+  tagstorm-sim compare scenarios/tier2-burst.toml --policies tagstorm,my-policy.toml --out cmp
+
+Exit codes: 0 ok; 1 a run finished with an invariant failed (named on stderr); 2 bad input
+(nothing runs); 3 an output could not be written.";
+
+const VALIDATE_HELP: &str = "\
+Examples:
+  tagstorm-sim validate scenarios/*.toml
+  tagstorm-sim validate scenarios/workday.toml --set account.tier=1
+
+Prints `FILE: ok (name, uploads, images)` per valid file on stdout and one
+`FILE:LINE: FIELD: message` line per invalid one on stderr.
+
+Exit codes: 0 every file is valid; 2 at least one is not (or bad usage); 3 stdout could not be
+written.";
+
+const BENCH_HELP: &str = "\
+Examples:
+  tagstorm-sim bench
+  tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
+
+Exit codes: 0 ok; 1 the scaled run finished with an invariant failed (named on stderr); 2 bad
+input; 3 stdout could not be written.";
+
 const GATE_HELP: &str = "\
 Runs every scenario under every policy and compares these metrics with the baseline's entry for
 the same scenario and policy: images.tagged (higher is better), images.failed, images.pending,
@@ -80,9 +122,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run scenarios under one policy and print their results.
+    #[command(after_help = RUN_HELP)]
     Run(RunArgs),
     /// Run one scenario under several policies (at once, one thread each) and print them side
     /// by side.
+    #[command(after_help = COMPARE_HELP)]
     Compare(CompareArgs),
     /// Run one scenario under one policy once per value of one field (several at a time) and
     /// print one row per value.
@@ -96,8 +140,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Check scenario files without running them; every file is checked and every problem
     /// reported.
+    #[command(after_help = VALIDATE_HELP)]
     Validate(ValidateArgs),
     /// Measure the simulator's speed on a scenario scaled to a number of images.
+    #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
     /// The CI performance gate: run scenarios and fail (exit 4) when a metric regressed
     /// against a committed baseline; `--update` writes the baseline.

@@ -439,6 +439,18 @@ fn help_documents_examples_and_exit_codes() {
     }
     let o = bin(&["run"]);
     assert_eq!(o.status.code(), Some(2));
+    // Each command's own help has examples and its exit codes (run, compare, validate and bench
+    // had neither).
+    for cmd in [
+        "run", "compare", "sweep", "report", "validate", "bench", "gate",
+    ] {
+        let o = bin(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let out = text(&o.stdout);
+        for s in [&format!("tagstorm-sim {cmd} "), "Exit codes: 0 "] {
+            assert!(out.contains(s), "{cmd} --help lacks {s:?}: {out}");
+        }
+    }
 }
 
 #[test]
