@@ -1,5 +1,6 @@
 //! The `tagstorm-sim` binary: parses flags, calls the library, maps the outcome to an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +13,8 @@ fn main() -> ExitCode {
     match execute(&cli, &mut stdout, &mut stderr) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
-            eprintln!("{e}");
+            // Not `eprintln!`: with stderr a closed pipe it panics, and exit 3 becomes 101.
+            let _ = writeln!(stderr, "{e}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -1969,3 +1969,19 @@ fn bench_says_why_it_exits_1() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn closed_output_pipes_exit_3_not_a_panic() {
+    // `run ... 2>&1 | head -1`: writing the error about stdout to a closed stderr panicked
+    // (exit 101).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tagstorm-sim"))
+        .args(["run", TEN])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+}
