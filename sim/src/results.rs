@@ -233,9 +233,18 @@ impl Results {
     /// What failed, one phrase per invariant, for the exit message.
     pub fn invariant_failures(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.images.pending > 0 {
+        if self.images.pending > 0 && self.sim.hit_max_duration {
+            // The clock stands at the last event handled; the next one lay past the bound.
             out.push(format!(
-                "{} images still pending at {}",
+                "{} images still pending when the run stopped at its bound of {} \
+                 (sim.max_duration_s; the last event handled was at {})",
+                self.images.pending,
+                crate::report::fmt_ms(self.sim.max_duration_ms),
+                crate::report::fmt_ms(self.sim.end_ms)
+            ));
+        } else if self.images.pending > 0 {
+            out.push(format!(
+                "{} images still pending after the last event, at {}",
                 self.images.pending,
                 crate::report::fmt_ms(self.sim.end_ms)
             ));

@@ -466,7 +466,11 @@ fn pending_at_the_bound_is_reported_and_exits_1() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["images"]["pending"].as_u64().unwrap() > 0);
     assert_eq!(v["sim"]["hit_max_duration"], true);
-    assert!(text(&o.stderr).contains("images still pending"));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("images still pending when the run stopped at its bound of 30.0 s"),
+        "{err}"
+    );
 }
 
 /// Every file under `dir`, relative to it, sorted.
