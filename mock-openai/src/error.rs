@@ -238,6 +238,64 @@ impl ApiError {
     }
 }
 
+/// A 400 `invalid_request_error` with the given message and param.
+pub fn bad_request(
+    message: impl Into<String>,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> ApiError {
+    ApiError {
+        status: 400,
+        message: message.into(),
+        kind: "invalid_request_error".into(),
+        param: param.map(str::to_owned),
+        code: code.map(str::to_owned),
+    }
+}
+
+/// The 400 for a body that is not JSON (OpenAI's wording, **`[obs]`** in common client logs).
+pub fn invalid_json() -> ApiError {
+    bad_request(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
+        None,
+        None,
+    )
+}
+
+/// The JSON type name used in "Invalid type" messages.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        serde_json::Value::Number(_) => "a decimal",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// 400: `Invalid type for 'param': expected X, but got Y instead.` (facts §1 wording).
+pub fn invalid_type(param: &str, expected: &str, got: &serde_json::Value) -> ApiError {
+    bad_request(
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            json_type(got)
+        ),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+/// 400: an unknown top-level body key (OpenAI's wording).
+pub fn unrecognized_argument(key: &str) -> ApiError {
+    bad_request(
+        format!("Unrecognized request argument supplied: {key}"),
+        None,
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

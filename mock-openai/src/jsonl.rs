@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
 
+use crate::error::json_type;
+
 /// Width and height, in pixels, assumed for an image whose URL carries no `w`/`h` (or
 /// `width`/`height`) query parameters: the 1024×1024 example of facts §6.
 pub const DEFAULT_IMAGE_PX: (u32, u32) = (1024, 1024);
@@ -266,7 +268,7 @@ pub fn parse_batch_input(
                     "invalid_type",
                     format!(
                         "Invalid type for '{key}': expected a string, but got {} instead.",
-                        crate::server::http::json_type(other)
+                        json_type(other)
                     ),
                     Some(key),
                 );

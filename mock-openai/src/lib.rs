@@ -15,6 +15,8 @@
 //! - [`chat::ChatOutcome`] and [`batch::Batch`]: what a call does, as values; error bodies
 //!   come from [`error::ApiError`], headers from [`headers::RateLimitHeaders`] and
 //!   [`headers::format_duration`].
+//! - [`request::parse_request_checked`]: a chat-completions body checked as OpenAI checks
+//!   it, each failure the error the realtime endpoint answers.
 //! - [`tags::Tags::of`]: the tags of an image, a pure function of its URL.
 //!
 //! All randomness comes from the seed given to [`Upstream::new`]; the same seed and the same
@@ -59,6 +61,7 @@ pub mod ids;
 pub mod jsonl;
 pub mod latency;
 pub mod org;
+pub mod request;
 pub mod server;
 pub mod tags;
 pub mod upstream;

@@ -14,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+pub use crate::error::{bad_request, invalid_json, invalid_type, json_type, unrecognized_argument};
 
 /// Longest time a client may take to send its request body, in real time.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -175,21 +176,6 @@ impl Reply {
     }
 }
 
-/// A 400 `invalid_request_error` with the given message and param.
-pub fn bad_request(
-    message: impl Into<String>,
-    param: Option<&str>,
-    code: Option<&str>,
-) -> ApiError {
-    ApiError {
-        status: 400,
-        message: message.into(),
-        kind: "invalid_request_error".into(),
-        param: param.map(str::to_owned),
-        code: code.map(str::to_owned),
-    }
-}
-
 /// The 413 for a body over `limit` bytes (wording **`[inferred]`**).
 pub fn too_large(limit: usize) -> ApiError {
     ApiError {
@@ -199,15 +185,6 @@ pub fn too_large(limit: usize) -> ApiError {
         param: None,
         code: Some("request_too_large".into()),
     }
-}
-
-/// The 400 for a body that is not JSON (OpenAI's wording, **`[obs]`** in common client logs).
-pub fn invalid_json() -> ApiError {
-    bad_request(
-        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
-        None,
-        None,
-    )
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes (413 without reading a
@@ -239,38 +216,4 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
             code: Some("request_timeout".into()),
         }),
     }
-}
-
-/// The JSON type name used in "Invalid type" messages.
-pub fn json_type(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-        serde_json::Value::Number(_) => "a decimal",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-/// 400: `Invalid type for 'param': expected X, but got Y instead.` (facts §1 wording).
-pub fn invalid_type(param: &str, expected: &str, got: &serde_json::Value) -> ApiError {
-    bad_request(
-        format!(
-            "Invalid type for '{param}': expected {expected}, but got {} instead.",
-            json_type(got)
-        ),
-        Some(param),
-        Some("invalid_type"),
-    )
-}
-
-/// 400: an unknown top-level body key (OpenAI's wording).
-pub fn unrecognized_argument(key: &str) -> ApiError {
-    bad_request(
-        format!("Unrecognized request argument supplied: {key}"),
-        None,
-        None,
-    )
 }
