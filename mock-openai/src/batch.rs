@@ -252,9 +252,10 @@ pub enum LineOutcome {
     },
     /// It failed or never ran.
     Err {
-        /// HTTP status for a request that ran and failed (500); `None` if it never ran.
+        /// HTTP status for a request that ran and failed (500, or 400 for an invalid body on
+        /// the file path); `None` if it never ran.
         status: Option<u16>,
-        /// `server_error`, `batch_expired` or `batch_cancelled`.
+        /// `server_error`, `invalid_request_error`, `batch_expired` or `batch_cancelled`.
         code: &'static str,
         /// The message.
         message: &'static str,
@@ -282,6 +283,10 @@ pub struct BatchResults {
 /// Message of a request that failed while running (facts §2, 500 body).
 pub(crate) const LINE_FAILED_MESSAGE: &str =
     "The server had an error while processing your request. Sorry about that!";
+/// Message of a request whose body was invalid, in [`BatchResults`] (the error file carries
+/// the endpoint's own error for the body).
+pub(crate) const REJECTED_MESSAGE: &str =
+    "The request body is invalid; the batch's error file holds the error for it.";
 /// Message of an expired request (facts §5, verbatim).
 pub(crate) const EXPIRED_MESSAGE: &str =
     "This request could not be executed before the completion window expired.";
@@ -313,8 +318,12 @@ pub(crate) struct BatchState {
     pub input_file_id: String,
     pub model: Model,
     pub lines: Vec<BatchLine>,
-    /// Sorted indices of requests that fail while running.
+    /// Sorted indices of requests that fail while running (those of `rejected` included).
     pub failed_lines: Vec<u32>,
+    /// Requests whose body the realtime endpoint would refuse (file path only), sorted by
+    /// index, with that endpoint's error: they run and fail with it, unbilled. Empty on the
+    /// structured path, which never looks here but for a line of `failed_lines`.
+    pub rejected: Vec<(u32, ApiError)>,
     /// Sorted indices of requests whose answer `max_tokens` cuts short (file path only):
     /// their output line carries the truncated content and `finish_reason: "length"`, as the
     /// realtime answer does.
@@ -452,6 +461,29 @@ impl BatchState {
         }
     }
 
+    /// The error of request `i` if its body was invalid (see `rejected`).
+    pub fn rejected_error(&self, i: usize) -> Option<&ApiError> {
+        if self.rejected.is_empty() {
+            return None;
+        }
+        let i = u32::try_from(i).ok()?;
+        let at = self.rejected.binary_search_by_key(&i, |(k, _)| *k).ok()?;
+        Some(&self.rejected[at].1)
+    }
+
+    /// Marks the requests of `rejected` (index and error, any order) as failing with their
+    /// error when they run.
+    pub fn reject_lines(&mut self, mut rejected: Vec<(u32, ApiError)>) {
+        if rejected.is_empty() {
+            return;
+        }
+        rejected.sort_by_key(|(i, _)| *i);
+        self.failed_lines.extend(rejected.iter().map(|(i, _)| *i));
+        self.failed_lines.sort_unstable();
+        self.failed_lines.dedup();
+        self.rejected = rejected;
+    }
+
     pub fn line_outcome(
         &self,
         i: usize,
@@ -461,10 +493,17 @@ impl BatchState {
     ) -> LineOutcome {
         if (i as u64) < done {
             if self.failed_lines.binary_search(&(i as u32)).is_ok() {
-                LineOutcome::Err {
-                    status: Some(500),
-                    code: "server_error",
-                    message: LINE_FAILED_MESSAGE,
+                match self.rejected_error(i) {
+                    Some(e) => LineOutcome::Err {
+                        status: Some(e.status),
+                        code: "invalid_request_error",
+                        message: REJECTED_MESSAGE,
+                    },
+                    None => LineOutcome::Err {
+                        status: Some(500),
+                        code: "server_error",
+                        message: LINE_FAILED_MESSAGE,
+                    },
                 }
             } else {
                 LineOutcome::Ok {
@@ -705,6 +744,7 @@ impl Upstream {
             model,
             lines,
             failed_lines,
+            rejected: Vec::new(),
             cut_lines: Vec::new(),
             errors,
             created,

@@ -439,13 +439,18 @@ impl Upstream {
                 }
                 LineOutcome::Err {
                     status: Some(code), ..
-                } => jsonl::http_error_line(
-                    &req_id,
-                    &line.custom_id,
-                    &request_id,
-                    code,
-                    &ApiError::server_error(),
-                ),
+                } => match b.rejected_error(i) {
+                    Some(e) => {
+                        jsonl::http_error_line(&req_id, &line.custom_id, &request_id, e.status, e)
+                    }
+                    None => jsonl::http_error_line(
+                        &req_id,
+                        &line.custom_id,
+                        &request_id,
+                        code,
+                        &ApiError::server_error(),
+                    ),
+                },
                 LineOutcome::Err {
                     status: None,
                     code,
@@ -508,6 +513,7 @@ impl Upstream {
             _ => Err(vec![]),
         };
         let mut cut_lines = Vec::new();
+        let mut rejected = Vec::new();
         let (model, lines, doom) = match parsed {
             Ok(reqs) => {
                 let model = reqs.first().map_or(org_model, |r| r.model);
@@ -518,8 +524,14 @@ impl Upstream {
                         let tags = Tags::of(&r.image_url);
                         let (usage, finish) =
                             self.answer(r.model, r.max_tokens, r.text_chars, &r.images, tags);
+                        let i = u32::try_from(i).unwrap_or(u32::MAX);
                         if finish == FinishReason::Length {
-                            cut_lines.push(u32::try_from(i).unwrap_or(u32::MAX));
+                            cut_lines.push(i);
+                        }
+                        // An invalid body still queues its input tokens (the batch was sized
+                        // from the file) but fails when it runs, billing nothing.
+                        if let Some(e) = r.rejected {
+                            rejected.push((i, *e));
                         }
                         BatchLine {
                             charge_tokens: self.input_estimate(r.model, r.text_chars, &r.images),
@@ -536,6 +548,7 @@ impl Upstream {
         let idx =
             self.create_batch_state(now, org, model, input_file_id.to_owned(), lines, doom)?;
         self.batches[idx].cut_lines = cut_lines;
+        self.batches[idx].reject_lines(rejected);
         Ok(self.batch_view(now, idx))
     }
 }
@@ -565,6 +578,62 @@ mod tests {
 
     fn ids(list: &FileList) -> Vec<&str> {
         list.data.iter().map(|f| f.id.as_str()).collect()
+    }
+
+    /// A line whose body the realtime endpoint refuses runs and fails with that 400, in the
+    /// structured results too, counted as failed and not billed.
+    #[test]
+    fn an_invalid_body_fails_its_line_with_a_400() {
+        let mut up = Upstream::new(UpstreamConfig::default(), 7).unwrap();
+        let org = up
+            .add_org(&AccountConfig::tier(Model::Gpt4oMini, 1))
+            .unwrap();
+        let bad = line("b").replace(r#""max_tokens":60"#, r#""max_tokens":60,"stream":true"#);
+        let text = format!("{}\n{bad}\n{}\n", line("a"), line("c"));
+        let input = up
+            .upload_file(Time::ZERO, org, "in.jsonl", "batch", text.into_bytes())
+            .unwrap()
+            .id;
+        let batch = up
+            .create_batch(Time::ZERO, org, &input, CHAT_ENDPOINT, "24h")
+            .unwrap();
+        let done = up.retrieve_batch(DAY, org, &batch.id).unwrap();
+        assert_eq!(done.status, BatchStatus::Completed);
+        assert_eq!(
+            done.request_counts,
+            RequestCounts {
+                total: 3,
+                completed: 2,
+                failed: 1
+            }
+        );
+        let results = up.batch_results(DAY, org, &batch.id).unwrap();
+        let outcomes: Vec<_> = results.lines.iter().map(|l| &l.outcome).collect();
+        assert!(matches!(outcomes[0], LineOutcome::Ok { .. }));
+        assert!(matches!(
+            outcomes[1],
+            LineOutcome::Err {
+                status: Some(400),
+                code: "invalid_request_error",
+                ..
+            }
+        ));
+        assert!(matches!(outcomes[2], LineOutcome::Ok { .. }));
+        let billed: u64 = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                LineOutcome::Ok { usage, .. } => Some(usage.total()),
+                LineOutcome::Err { .. } => None,
+            })
+            .sum();
+        assert_eq!(done.usage.total_tokens, billed);
+        let errors = up
+            .file_content(DAY, org, done.error_file_id.as_deref().unwrap())
+            .unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&errors).unwrap();
+        assert_eq!(line["custom_id"], "b");
+        assert_eq!(line["response"]["status_code"], 400);
+        assert_eq!(line["response"]["body"]["error"]["param"], "stream");
     }
 
     /// A batch's output file is listed once the batch has ended, without the batch being

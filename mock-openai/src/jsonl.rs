@@ -4,7 +4,13 @@
 //! Facts §5: input line `{"custom_id","method":"POST","url","body"}`; output line
 //! `{"id":"batch_req_…","custom_id","response":{"status_code","request_id","body"},"error":null}`;
 //! expired/cancelled lines `{"id","custom_id","response":null,"error":{"code","message"}}`.
-//! Content errors are validation failures of the created batch, not 400s.
+//! File-level content errors (a line that is not JSON, lacks `custom_id`, `method`, `url`,
+//! `body`, a known `model` or `messages`, names another url or model, or repeats a
+//! `custom_id`) are validation failures of the created batch, not 400s. A line that passes
+//! those but whose body the realtime endpoint would refuse (an unknown key, a wrong type or
+//! range, `stream: true`, …) runs and fails alone: its 400 goes to the error file as
+//! `{"response":{"status_code":400,"request_id","body":{"error":{…}}},"error":null}` and it
+//! counts as failed, unbilled (facts §5).
 
 use std::collections::HashSet;
 
@@ -13,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tagstorm_core::tokens::{Detail, ImageSpec, Model, Usage};
 
-use crate::error::json_type;
+use crate::error::{ApiError, json_type};
 
 /// Width and height, in pixels, assumed for an image whose URL carries no `w`/`h` (or
 /// `width`/`height`) query parameters: the 1024×1024 example of facts §6.
@@ -64,6 +70,10 @@ pub struct ParsedRequest {
     pub images: Vec<ImageSpec>,
     /// The first image's URL (the one tags are derived from); empty if none.
     pub image_url: String,
+    /// The 400 the realtime endpoint answers for this body, if the body is invalid in a way
+    /// that is the line's own failure (facts §5: the line runs, fails with this error in the
+    /// error file, and the batch goes on), not the batch's.
+    pub rejected: Option<Box<ApiError>>,
 }
 
 /// The caps validation enforces.
@@ -113,7 +123,9 @@ pub struct ChatBody {
 }
 
 /// Reads a chat-completions body (realtime or a batch line); `Err((param, message))` when it
-/// lacks what the model needs. An unknown model's message is the 404 `model_not_found` text.
+/// lacks what the model needs: a known `model` and a non-empty `messages` array. An unknown
+/// model's message is the 404 `model_not_found` text. It checks nothing else: the full
+/// validator, [`crate::request::check_body`], does.
 pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
     let model_name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
         (
@@ -165,12 +177,12 @@ pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
                             text_chars = text_chars.saturating_add(n as u64);
                         }
                         Some("image_url") => {
+                            // Not an object: no image here; [`crate::request::check_body`]
+                            // refuses the body (before this on the realtime path; on a batch
+                            // line, as that line's own 400).
                             let Some(image) = part.get("image_url").and_then(Value::as_object)
                             else {
-                                return Err((
-                                    "messages".to_owned(),
-                                    "Invalid type for 'image_url': expected an object.".to_owned(),
-                                ));
+                                continue;
                             };
                             let url = image.get("url").and_then(Value::as_str).unwrap_or("");
                             let detail = match image.get("detail").and_then(Value::as_str) {
@@ -352,6 +364,9 @@ pub fn parse_batch_input(
             );
             continue;
         }
+        // The line passes the batch's validation; a body the realtime endpoint would refuse
+        // fails on its own, with that endpoint's error.
+        let rejected = crate::request::check_body(body).err().map(Box::new);
         requests.push(ParsedRequest {
             custom_id: CompactString::from(custom_id),
             model,
@@ -359,6 +374,7 @@ pub fn parse_batch_input(
             text_chars,
             images,
             image_url,
+            rejected,
         });
     }
     if count > u64::from(limits.max_requests) {
@@ -689,7 +705,7 @@ pub fn http_error_line(
     custom_id: &str,
     request_id: &str,
     status: u16,
-    error: &crate::error::ApiError,
+    error: &ApiError,
 ) -> String {
     json!({
         "id": batch_req_id,
@@ -786,6 +802,24 @@ mod tests {
             10,
             "invalid_value@1",
         );
+    }
+
+    /// A line whose body passes the batch's validation but not the full validator is kept,
+    /// carrying the realtime 400; one that fails the batch's validation still fails it.
+    #[test]
+    fn invalid_bodies_are_the_lines_own_failures() {
+        let a = line("a", "gpt-4o-mini", EP);
+        let foo = line("b", "gpt-4o-mini", EP).replace(r#""max_tokens":60"#, r#""foo":1"#);
+        let reqs = parse_batch_input(format!("{a}\n{foo}\n").as_bytes(), EP, LIMITS).unwrap();
+        assert_eq!(reqs[0].rejected, None);
+        let e = reqs[1].rejected.as_deref().unwrap();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "Unrecognized request argument supplied: foo")
+        );
+        let no_model = foo.replace(r#""model":"gpt-4o-mini","#, "");
+        check(&format!("{a}\n{no_model}"), 10, "invalid_request@2");
+        check(&format!("{foo}\n{foo}"), 10, "duplicate_custom_id@2");
     }
 
     #[test]

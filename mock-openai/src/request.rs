@@ -1,7 +1,8 @@
 //! Chat-completions request bodies checked the way OpenAI checks them: unknown keys, the
 //! shape of every message and content part, `max_tokens` and the optional parameters, each
-//! failure the 400 (or 404 `model_not_found`) that names its parameter, as the realtime
-//! endpoint answers it.
+//! failure the 400 (or 404 `model_not_found`) that names its parameter. The realtime endpoint
+//! answers with it; a batch line whose body fails it runs as a failed request carrying the
+//! same error.
 
 use serde_json::Value;
 
@@ -293,7 +294,8 @@ fn check_optional(body: &serde_json::Map<String, Value>) -> Result<(), ApiError>
 
 /// Every check OpenAI makes of a chat-completions body, in its order, short of the model
 /// being one it serves: `Err` is the first failure, the same 400 the realtime endpoint
-/// answers.
+/// answers. A batch line whose body fails here still runs, as a failed request with this
+/// error in the batch's error file ([`crate::jsonl::parse_batch_input`]).
 pub fn check_body(value: &Value) -> Result<(), ApiError> {
     let Some(obj) = value.as_object() else {
         return Err(bad_request(

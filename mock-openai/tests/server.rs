@@ -719,6 +719,216 @@ async fn batch_lines_with_wrong_types_name_the_type() {
     m.shutdown().await;
 }
 
+/// The good request body of [`chat_body`] with `change` applied to it.
+fn body_with(id: &str, change: impl FnOnce(&mut Value)) -> Value {
+    let mut body: Value =
+        serde_json::from_str(&chat_body(&format!("https://img.example/{id}.jpg"))).unwrap();
+    change(&mut body);
+    body
+}
+
+/// A batch input line for `body`.
+fn line_with_body(id: &str, body: &Value) -> String {
+    json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        .to_string()
+}
+
+/// Advances the manual clock until batch `id` has ended; returns the batch object.
+async fn run_to_end(m: &Mock, id: &str) -> Value {
+    for _ in 0..400 {
+        m.advance(Duration::from_secs(30));
+        let b = batch(m, id).await;
+        if matches!(
+            b["status"].as_str(),
+            Some("completed" | "failed" | "expired" | "cancelled")
+        ) {
+            return b;
+        }
+    }
+    panic!("batch {id} did not end");
+}
+
+/// Bodies with a model and messages but otherwise invalid, each named by what is wrong.
+fn invalid_bodies() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "max_tokens_string",
+            body_with("x", |b| b["max_tokens"] = json!("x")),
+        ),
+        ("stream", body_with("x", |b| b["stream"] = json!(true))),
+        ("unknown_key", body_with("x", |b| b["foo"] = json!(1))),
+        (
+            "temperature",
+            body_with("x", |b| b["temperature"] = json!(5)),
+        ),
+        (
+            "image_url_number",
+            body_with("x", |b| {
+                b["messages"][0]["content"][1]["image_url"] = json!(7)
+            }),
+        ),
+        ("n", body_with("x", |b| b["n"] = json!(3))),
+        (
+            "role",
+            body_with("x", |b| b["messages"][0]["role"] = json!("robot")),
+        ),
+    ]
+}
+
+/// A batch line whose body is present, names the batch's model and has messages but is
+/// otherwise invalid runs and fails alone, as OpenAI's do (facts §5): its error-file line
+/// carries status 400 and exactly the error `POST /v1/chat/completions` answers for that body,
+/// it counts as failed, it is not billed, and the batch and its other lines go on as before.
+#[tokio::test]
+async fn batch_lines_with_invalid_bodies_fail_alone_with_the_realtime_400() {
+    let m = start_manual(BASE).await;
+    let bad = invalid_bodies();
+    // The realtime endpoint's answer for each bad body.
+    let mut realtime = std::collections::HashMap::new();
+    for (name, body) in &bad {
+        let r = post_json(&m, "/v1/chat/completions", body.clone()).await;
+        realtime.insert(format!("bad-{name}"), r.error(400));
+    }
+    // Good lines interleaved with the bad ones.
+    let good: Vec<String> = (0..4).map(|i| format!("good-{i}")).collect();
+    let mut lines = vec![jsonl_line(&good[0], "/v1/chat/completions")];
+    for (i, (name, body)) in bad.iter().enumerate() {
+        lines.push(line_with_body(&format!("bad-{name}"), body));
+        if i % 2 == 1 {
+            lines.push(jsonl_line(&good[1 + i / 2], "/v1/chat/completions"));
+        }
+    }
+    let data = lines.join("\n") + "\n";
+    let b = create_batch(&m, &data).await;
+    let done = run_to_end(&m, b["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["errors"], Value::Null, "{done}");
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": good.len() + bad.len(), "completed": good.len(), "failed": bad.len()})
+    );
+
+    // The output file holds exactly the good lines, answered as before.
+    let output = content(&m, done["output_file_id"].as_str().unwrap()).await;
+    let ids: Vec<&str> = output
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, good.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut prompt, mut completion) = (0, 0);
+    for l in &output {
+        assert_eq!(l["response"]["status_code"], 200, "{l}");
+        let cid = l["custom_id"].as_str().unwrap();
+        let c = l["response"]["body"]["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap();
+        assert!(
+            tags::content_matches(&format!("https://img.example/{cid}.jpg"), c),
+            "{cid}: {c}"
+        );
+        prompt += l["response"]["body"]["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap();
+        completion += l["response"]["body"]["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap();
+    }
+
+    // The error file holds each bad line, in input order, with the realtime 400.
+    let errors = content(&m, done["error_file_id"].as_str().unwrap()).await;
+    let ids: Vec<&str> = errors
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = bad.iter().map(|(n, _)| format!("bad-{n}")).collect();
+    assert_eq!(ids, want.iter().map(String::as_str).collect::<Vec<_>>());
+    for l in &errors {
+        let cid = l["custom_id"].as_str().unwrap();
+        let mut keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["custom_id", "error", "id", "response"], "{l}");
+        assert!(l["id"].as_str().unwrap().starts_with("batch_req_"), "{l}");
+        assert_eq!(l["error"], Value::Null, "{l}");
+        let r = &l["response"];
+        assert_eq!(r["status_code"], 400, "{l}");
+        assert!(r["request_id"].as_str().unwrap().starts_with("req_"), "{l}");
+        assert_eq!(r["body"], json!({"error": realtime[cid]}), "{cid}");
+    }
+
+    // Billing counts only the good lines: the batch's usage is the sum of the output file's.
+    let usage = &done["usage"];
+    assert_eq!(
+        (
+            usage["input_tokens"].as_u64(),
+            usage["output_tokens"].as_u64()
+        ),
+        (Some(prompt), Some(completion)),
+        "{usage}"
+    );
+    assert_eq!(usage["total_tokens"].as_u64(), Some(prompt + completion));
+    assert!(prompt > 0 && completion > 0);
+    m.shutdown().await;
+}
+
+/// A line that fails the batch's own validation still fails the whole batch, as before, also
+/// when its body, or another line's, is invalid in a way that is a line's own failure.
+#[tokio::test]
+async fn batch_level_errors_still_fail_the_batch_beside_invalid_bodies() {
+    let m = start_manual(BASE).await;
+    let stream = body_with("x", |b| b["stream"] = json!(true));
+    let with_stream = line_with_body("s", &stream);
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        (
+            // Missing model beside an unknown key.
+            line_with_body(
+                "a",
+                &body_with("a", |b| {
+                    b.as_object_mut().unwrap().remove("model");
+                    b["foo"] = json!(1);
+                }),
+            ),
+            "invalid_request",
+            Some("body.model"),
+        ),
+        (
+            line_with_body("a", &body_with("a", |b| b["model"] = json!("gpt-9"))),
+            "model_not_found",
+            Some("body.model"),
+        ),
+        (
+            line_with_body("a", &body_with("a", |b| b["messages"] = json!([]))),
+            "invalid_request",
+            Some("body.messages"),
+        ),
+        (
+            line_with_body(
+                "a",
+                &body_with("a", |b| {
+                    b["model"] = json!("gpt-4o");
+                    b["temperature"] = json!(5);
+                }),
+            ),
+            "model_mismatch",
+            Some("body.model"),
+        ),
+        (
+            line_with_body("s", &stream),
+            "duplicate_custom_id",
+            Some("custom_id"),
+        ),
+        ("{not json".to_owned(), "invalid_json_line", None),
+    ];
+    for (second, code, param) in cases {
+        let e = failed_with(&m, &format!("{with_stream}\n{second}\n")).await;
+        assert_eq!(
+            (e["code"].as_str(), e["param"].as_str(), e["line"].as_u64()),
+            (Some(code), param, Some(2)),
+            "{e}"
+        );
+    }
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn more_than_50000_lines_is_too_many_tasks() {
     let m = start_manual(BASE).await;
