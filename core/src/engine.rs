@@ -1573,14 +1573,20 @@ impl Engine {
         };
         self.set_stage(image, Stage::Preparing);
         self.stats.realtime_sent += 1;
-        self.actions.push_back(Action::SendRealtime {
-            request,
-            image,
-            workspace: self.workspaces[ws].id,
-            spec,
-            charge,
-            max_tokens: self.cfg.request.max_tokens,
-        });
+        let workspace = self.workspaces[ws].id;
+        let max_tokens = self.cfg.request.max_tokens;
+        // `extend` with `once_with` makes room first and builds the action in its slot; a
+        // `push_back` builds it on the stack before its capacity check, then copies it, and
+        // the copy's 16-byte loads stall on the narrower stores just made.
+        self.actions
+            .extend(std::iter::once_with(|| Action::SendRealtime {
+                request,
+                image,
+                workspace,
+                spec,
+                charge,
+                max_tokens,
+            }));
     }
 
     fn arm_pacing(&mut self, at: Time) {
@@ -1946,26 +1952,27 @@ impl Engine {
         if self.rec(image).is_none_or(|r| r.stage.is_terminal()) {
             return;
         }
-        let event = match outcome {
+        // Built in its slot (see `send_realtime`), not on the stack and copied.
+        match outcome {
             Ok((channel, usage)) => {
                 self.set_stage(image, Stage::Completed);
-                Event::ImageTagged {
-                    image,
-                    at: now,
-                    channel,
-                    usage,
-                }
+                self.events
+                    .extend(std::iter::once_with(|| Event::ImageTagged {
+                        image,
+                        at: now,
+                        channel,
+                        usage,
+                    }));
             }
             Err(reason) => {
                 self.set_stage(image, Stage::Failed);
-                Event::ImageFailed {
+                self.events.push_back(Event::ImageFailed {
                     image,
                     at: now,
                     reason,
-                }
+                });
             }
-        };
-        self.events.push_back(event);
+        }
         let u = &mut self.uploads[image.upload.0 as usize];
         let terminal = u.by_stage[Stage::Completed as usize] + u.by_stage[Stage::Failed as usize];
         if !u.done && terminal as usize == u.images.len() {
