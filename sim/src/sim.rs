@@ -98,7 +98,11 @@ struct ImageRec {
     state: u8,
 }
 
+/// `repr(u64)` puts the tag in a word of its own, so every field sits at a multiple of 8 and a
+/// move out of the slab copies in chunks that start on those multiples; the default layout put
+/// a two-byte tag first, and the 8-byte reads after a move straddled two 16-byte stores.
 #[derive(Debug)]
+#[repr(u64)]
 enum Ev {
     Realtime {
         request: RequestId,
