@@ -639,6 +639,10 @@ impl RateLimits {
                 }
                 Ok(())
             }
+            // One denial is the answer as it stands: returned directly, it is written once
+            // into the caller's slot, where folding it through an `Option` on the stack left
+            // a copy whose wide loads waited on the byte stores just made.
+            (Err(e), Ok(_), None) | (Ok(_), Err(e), None) => Err(e),
             (r, t, d) => {
                 let mut denied = merge(None, r.map(drop));
                 denied = merge(denied, t.map(drop));
