@@ -122,22 +122,47 @@ pub struct ChatBody {
     pub image_url: String,
 }
 
-/// Reads a chat-completions body (realtime or a batch line); `Err((param, message))` when it
-/// lacks what the model needs: a known `model` and a non-empty `messages` array. An unknown
-/// model's message is the 404 `model_not_found` text. It checks nothing else: the full
+/// Why [`read_chat_body`] could not read a body: the parameter, an error code, the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyError {
+    /// `model` or `messages`.
+    pub param: &'static str,
+    /// `missing_required_parameter`, `invalid_type`, `empty_array` or `model_not_found`.
+    pub code: &'static str,
+    /// OpenAI's wording.
+    pub message: String,
+}
+
+/// Reads a chat-completions body (realtime or a batch line); an error when it lacks what the
+/// model needs: a known `model` and a non-empty `messages` array. An absent parameter, one of
+/// the wrong type, an empty `messages` and an unknown model each have their own code and
+/// message (the 404 `model_not_found` text for the last). It checks nothing else: the full
 /// validator, [`crate::request::check_body`], does.
-pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
-    let model_name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
-        (
-            "model".to_owned(),
-            "Missing required parameter: 'model'.".to_owned(),
-        )
-    })?;
-    let model = Model::from_name(model_name).ok_or_else(|| {
-        (
-            "model".to_owned(),
-            format!("The model `{model_name}` does not exist or you do not have access to it."),
-        )
+pub fn read_chat_body(body: &Value) -> Result<ChatBody, BodyError> {
+    let wrong_type = |param: &'static str, expected: &str, got: &Value| BodyError {
+        param,
+        code: "invalid_type",
+        message: format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            crate::error::json_type(got)
+        ),
+    };
+    let missing = |param: &'static str| BodyError {
+        param,
+        code: "missing_required_parameter",
+        message: format!("Missing required parameter: '{param}'."),
+    };
+    let model_name = match body.get("model") {
+        None | Some(Value::Null) => return Err(missing("model")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(wrong_type("model", "a string", other)),
+    };
+    let model = Model::from_name(model_name).ok_or_else(|| BodyError {
+        param: "model",
+        code: "model_not_found",
+        message: format!(
+            "The model `{model_name}` does not exist or you do not have access to it."
+        ),
     })?;
     // A `null` is an absent key: `max_tokens: null` beside `max_completion_tokens: N` is N.
     let max_tokens = body
@@ -148,16 +173,18 @@ pub fn read_chat_body(body: &Value) -> Result<ChatBody, (String, String)> {
         .map_or(0, |v| {
             u32::try_from(v).unwrap_or(u32::MAX).min(MAX_OUTPUT_TOKENS)
         });
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            (
-                "messages".to_owned(),
-                "Missing required parameter: 'messages'.".to_owned(),
-            )
-        })?;
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => return Err(missing("messages")),
+        Some(Value::Array(m)) if m.is_empty() => {
+            return Err(BodyError {
+                param: "messages",
+                code: "empty_array",
+                message: "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.".to_owned(),
+            });
+        }
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(wrong_type("messages", "an array", other)),
+    };
     let mut text_chars = 0u64;
     let mut images = Vec::new();
     let mut first_url = String::new();
@@ -330,13 +357,8 @@ pub fn parse_batch_input(
             image_url,
         } = match read_chat_body(body) {
             Ok(parts) => parts,
-            Err((param, message)) => {
-                let code = if param == "model" && message.contains("does not exist") {
-                    "model_not_found"
-                } else {
-                    "invalid_request"
-                };
-                fail(code, message, Some(&format!("body.{param}")));
+            Err(e) => {
+                fail(e.code, e.message, Some(&format!("body.{}", e.param)));
                 continue;
             }
         };
@@ -818,7 +840,20 @@ mod tests {
             (400, "Unrecognized request argument supplied: foo")
         );
         let no_model = foo.replace(r#""model":"gpt-4o-mini","#, "");
-        check(&format!("{a}\n{no_model}"), 10, "invalid_request@2");
+        check(
+            &format!("{a}\n{no_model}"),
+            10,
+            "missing_required_parameter@2",
+        );
+        // Present but of the wrong type, or empty: said as such, not as missing.
+        let model_int = a.replace(r#""model":"gpt-4o-mini""#, r#""model":5"#);
+        check(&model_int, 10, "invalid_type@1");
+        let messages_str = a.replace(r#""messages":["#, r#""messages":"x","unused":["#);
+        check(&messages_str, 10, "invalid_type@1");
+        let messages_empty = format!(
+            r#"{{"custom_id":"e","method":"POST","url":"{EP}","body":{{"model":"gpt-4o-mini","messages":[]}}}}"#
+        );
+        check(&messages_empty, 10, "empty_array@1");
         check(&format!("{foo}\n{foo}"), 10, "duplicate_custom_id@2");
     }
 

@@ -350,12 +350,12 @@ pub fn check_body(value: &Value) -> Result<(), ApiError> {
 pub fn parse_request_checked(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|_| invalid_json())?;
     check_body(&value)?;
-    read_chat_body(&value).map_err(|(param, message)| {
-        if param == "model" && message.contains("does not exist") {
+    read_chat_body(&value).map_err(|e| {
+        if e.code == "model_not_found" {
             let model = value.get("model").and_then(Value::as_str).unwrap_or("");
             ApiError::model_not_found(model)
         } else {
-            bad_request(message, Some(&param), None)
+            bad_request(e.message, Some(e.param), Some(e.code))
         }
     })
 }

@@ -887,7 +887,7 @@ async fn batch_level_errors_still_fail_the_batch_beside_invalid_bodies() {
                     b["foo"] = json!(1);
                 }),
             ),
-            "invalid_request",
+            "missing_required_parameter",
             Some("body.model"),
         ),
         (
@@ -897,7 +897,7 @@ async fn batch_level_errors_still_fail_the_batch_beside_invalid_bodies() {
         ),
         (
             line_with_body("a", &body_with("a", |b| b["messages"] = json!([]))),
-            "invalid_request",
+            "empty_array",
             Some("body.messages"),
         ),
         (
