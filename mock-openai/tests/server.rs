@@ -2259,3 +2259,141 @@ async fn model_time_keeps_moving_after_a_week_at_the_top_speedup() {
     assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
     m.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary's signal handling.
+
+/// The binary started with `args`, and the address of its `listening on` line.
+#[cfg(unix)]
+fn spawn_binary(args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mock-openai"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[cfg(unix)]
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// The child's exit status once it has exited within `limit`; else it is killed and `None`.
+#[cfg(unix)]
+async fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Once the `listening on` line is out, SIGINT and SIGTERM already mean a graceful stop and
+/// exit 0: a harness that reads the line and stops the server at once must not find it killed
+/// by the signal (the handlers used to be installed only when the runtime first polled them).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_signal_right_after_the_listening_line_exits_0() {
+    use std::io::{BufRead as _, Write as _};
+    for (i, sig) in ["TERM", "INT"].iter().cycle().take(12).enumerate() {
+        let workers = if i % 4 < 2 { "1" } else { "3" };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mock-openai"))
+            .args(["--port", "0", "--workers", workers])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // A shell already waiting to send the signal: its `kill` builtin runs microseconds
+        // after the line is read, where spawning `kill` would give the server milliseconds.
+        let mut killer = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "read go && kill -$1 $2",
+                "sh",
+                sig,
+                &child.id().to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on http://"), "{line:?}");
+        let mut go = killer.stdin.take().unwrap();
+        go.write_all(b"go\n").unwrap();
+        drop(go);
+        assert!(killer.wait().unwrap().success());
+        let status = wait_exit(&mut child, Duration::from_secs(10))
+            .await
+            .expect("exits after the signal");
+        assert_eq!(status.code(), Some(0), "SIG{sig} #{i}: {status:?}");
+    }
+}
+
+/// A second SIGINT or SIGTERM while the first waits for in-flight requests stops the server at
+/// once (status 130 or 143), instead of being ignored until a minute-long request is answered.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_second_signal_stops_without_waiting() {
+    let path = std::env::temp_dir().join(format!(
+        "mock-openai-second-signal-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "[upstream]\nlatency = { kind = \"fixed\", ms = 60000 }\n",
+    )
+    .unwrap();
+    for (first, second, code) in [
+        ("INT", "INT", 130),
+        ("TERM", "TERM", 143),
+        ("INT", "TERM", 143),
+    ] {
+        let (mut child, addr) = spawn_binary(&["--port", "0", "--config", path.to_str().unwrap()]);
+        let in_flight = tokio::spawn(async move { chat_on(addr, "https://img/long.jpg").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(&child, first);
+        // The first signal waits for the request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(child.try_wait().unwrap().is_none(), "SIGINT did not wait");
+        signal(&child, second);
+        let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(code),
+            "SIG{first} then SIG{second}: {status:?}"
+        );
+        assert!(in_flight.await.unwrap().is_err(), "the request was cut");
+    }
+    let _ = std::fs::remove_file(&path);
+}

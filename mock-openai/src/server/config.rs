@@ -423,7 +423,8 @@ Examples:
 
 The first line on stdout is `listening on http://HOST:PORT`. Logs go to stderr (RUST_LOG, default
 info); API keys are never logged, only their organization's name. SIGINT or SIGTERM stops
-accepting, lets in-flight requests finish, and exits 0.
+accepting, lets in-flight requests finish, and exits 0; a second one stops at once, with status
+130 (SIGINT) or 143 (SIGTERM).
 
 Config file sections: [account] (model, tier or rpm/tpm/rpd/batch_queue_tokens), [upstream]
 (latency, faults, batch timeline), [mock_server] (keys = [{ key, tier, rpm, ... }], transport =

@@ -467,22 +467,46 @@ pub fn serve_threads<F>(
 where
     F: Future<Output = ()>,
 {
-    fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    }
+    serve_threads_on(thread_runtime()?, listener, state, workers, shutdown)
+}
+
+/// The runtime each serving thread runs: current-thread, with IO, timers and signals.
+pub fn thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// [`serve_threads`] with the calling thread's runtime built by the caller, who can set things
+/// up on it first: the binary registers its signal handlers there before it announces the
+/// port. Tasks that `shutdown` spawns on it keep running until every thread has finished its
+/// connections (the binary's forced stop on a second signal is one).
+pub fn serve_threads_on<F>(
+    rt: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    workers: std::num::NonZeroUsize,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()>,
+{
     listener.set_nonblocking(true)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Each worker thread holds a sender; `recv` returns `None` once all have finished, so the
+    // calling thread waits for them on its runtime, still driving its tasks.
+    let (finished_tx, mut finished_rx) = mpsc::channel::<()>(1);
     let mut threads = Vec::with_capacity(workers.get() - 1);
     for i in 1..workers.get() {
         let listener = listener.try_clone()?;
         let state = state.clone();
         let mut stop = stop_rx.clone();
+        let finished = finished_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("mock-openai-{i}"))
             .spawn(move || -> std::io::Result<()> {
-                runtime()?.block_on(async move {
+                let _finished = finished;
+                thread_runtime()?.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     run(
                         listener,
@@ -496,8 +520,8 @@ where
         threads.push(thread);
     }
     let stop_all = &stop_tx;
-    let served = runtime().and_then(|rt| {
-        rt.block_on(async move {
+    let served = rt.block_on(async move {
+        let result = async {
             let listener = TcpListener::from_std(listener)?;
             let shutdown = async move {
                 shutdown.await;
@@ -505,10 +529,14 @@ where
             };
             run(listener, state, shutdown).await;
             Ok(())
-        })
+        }
+        .await;
+        // Also when this thread could not start serving: the others must not serve forever.
+        let _ = stop_all.send(true);
+        drop(finished_tx);
+        let _ = finished_rx.recv().await;
+        result
     });
-    // Also when this thread could not start serving: the others must not serve forever.
-    let _ = stop_tx.send(true);
     for t in threads {
         match t.join() {
             Ok(r) => r?,
