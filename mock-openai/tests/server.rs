@@ -2397,3 +2397,63 @@ async fn a_second_signal_stops_without_waiting() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// An API key no request can present is refused at startup instead of configuring an
+/// organization every request to which is a 401: an empty key (`--api-key "$KEY:2"` with
+/// `KEY` unset used to serve the key `:2`), or one with surrounding spaces or characters an
+/// `Authorization` header cannot carry. A malformed tier is refused without echoing the text
+/// after the colon, which may be part of a secret.
+#[test]
+fn unusable_api_keys_are_refused_at_startup() {
+    use clap::Parser as _;
+    use mock_openai::server::config::Args;
+    let load = |args: &[&str]| {
+        Args::try_parse_from(["mock-openai"].iter().chain(args))
+            .unwrap()
+            .load()
+            .map(|(_, c, _)| c.keys.len())
+    };
+    for flag in [
+        ":2",
+        ":",
+        " sk-padded",
+        "sk-padded\n",
+        "sk-tab\tkey:2",
+        "sk-é-key",
+    ] {
+        let err = load(&["--api-key", flag]).expect_err(flag).to_string();
+        assert!(
+            err.contains("--api-key") || err.contains("keys[0]"),
+            "{flag:?}: {err}"
+        );
+    }
+    let err = load(&["--api-key", "user:hunter2-secret"])
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert_eq!(
+        load(&["--api-key", "sk-fine:2", "--api-key", "sk-also fine"]).unwrap(),
+        2
+    );
+    let dir = std::env::temp_dir();
+    for (i, key) in ["", " sk-padded", "sk-newline\n"].iter().enumerate() {
+        let path = dir.join(format!(
+            "mock-openai-bad-key-{}-{i}.toml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            format!("[mock_server]\nkeys = [{{ key = {} }}]\n", toml_quote(key)),
+        )
+        .unwrap();
+        let err = load(&["--config", path.to_str().unwrap()])
+            .expect_err(key)
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("mock_server.keys[0].key"), "{key:?}: {err}");
+    }
+}
+
+fn toml_quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}

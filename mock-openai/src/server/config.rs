@@ -295,6 +295,23 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// Why no request could present `key` as its bearer token, if so: the server compares the
+/// `Authorization` header's text, trimmed, and a header carries only printable ASCII. The
+/// reason never quotes the key.
+fn unusable_key(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("the key is empty")
+    } else if key.trim() != key {
+        Some("the key starts or ends with a space, which no Authorization header keeps")
+    } else if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Some(
+            "the key holds a character other than printable ASCII, which no Authorization header carries",
+        )
+    } else {
+        None
+    }
+}
+
 impl KeySection {
     fn account(&self, base: &AccountConfig) -> AccountConfig {
         AccountConfig {
@@ -357,16 +374,19 @@ impl ServerConfig {
     /// plain published tier of `[account]`'s model when `:tier` is given.
     pub fn add_key_flag(&mut self, flag: &str) -> Result<(), LoadError> {
         let (key, tier) = match flag.rsplit_once(':') {
-            Some((k, t)) if !k.is_empty() => match t.parse::<u8>() {
+            Some((k, t)) => match t.parse::<u8>() {
                 Ok(t) => (k, Some(t)),
+                // Not echoed: the text after a colon may be part of a secret.
                 Err(_) => {
                     return Err(LoadError::Parse {
                         path: "--api-key".to_owned(),
-                        message: format!("tier after ':' must be a number 1-5, got {t:?}"),
+                        message: "the text after the last ':' must be a tier, 1-5 (a key cannot \
+                                  contain ':')"
+                            .to_owned(),
                     });
                 }
             },
-            _ => (flag, None),
+            None => (flag, None),
         };
         if key.is_empty() {
             return Err(LoadError::Parse {
@@ -391,6 +411,12 @@ impl ServerConfig {
         self.upstream.validate()?;
         self.transport.validate()?;
         for (i, k) in self.keys.iter().enumerate() {
+            if let Some(reason) = unusable_key(&k.key) {
+                return Err(ConfigError::Invalid {
+                    field: format!("mock_server.keys[{i}].key"),
+                    reason: reason.to_owned(),
+                });
+            }
             k.account.validate().map_err(|e| match e {
                 ConfigError::Invalid { field, reason } => ConfigError::Invalid {
                     field: format!(
