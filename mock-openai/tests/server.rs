@@ -2457,3 +2457,23 @@ fn unusable_api_keys_are_refused_at_startup() {
 fn toml_quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
+
+/// A negative value is refused by the flag it was given to, naming it, not as a stray
+/// argument (`--speedup -1` used to say "unexpected argument '-1' found").
+#[test]
+fn negative_flag_values_name_their_flag() {
+    use clap::Parser as _;
+    use mock_openai::server::config::Args;
+    for flag in ["--port", "--seed", "--workers"] {
+        let err = Args::try_parse_from(["mock-openai", flag, "-1"])
+            .expect_err(flag)
+            .to_string();
+        assert!(err.contains(&format!("'{flag} ")), "{flag}: {err}");
+    }
+    let err = Args::try_parse_from(["mock-openai", "--speedup", "-1"])
+        .unwrap()
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--speedup: must be within"), "{err}");
+}

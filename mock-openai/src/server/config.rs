@@ -463,7 +463,9 @@ max_chat_body_bytes) and a top-level seed.";
     name = "mock-openai",
     version,
     about = "An OpenAI-compatible mock server with real rate limits, the Batch API and faults.",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    // `--speedup -1` is refused by `--speedup`, not as a stray argument `-1`.
+    allow_negative_numbers = true
 )]
 pub struct Args {
     /// Port to listen on; 0 picks a free one.
