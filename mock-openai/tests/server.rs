@@ -2476,4 +2476,10 @@ fn negative_flag_values_name_their_flag() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--speedup: must be within"), "{err}");
+    let err = Args::try_parse_from(["mock-openai", "--speedup", "1e300"])
+        .unwrap()
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(err.ends_with("got 1e300"), "{err}");
 }

@@ -540,7 +540,12 @@ impl Args {
                     field: "--speedup".to_owned(),
                     reason: format!(
                         "must be within {MIN_SPEEDUP}..={MAX_SPEEDUP}, got {}",
-                        self.speedup
+                        // `1e300` would print as 301 digits.
+                        if self.speedup.abs() >= 1e9 {
+                            format!("{:e}", self.speedup)
+                        } else {
+                            self.speedup.to_string()
+                        }
                     ),
                 },
             });
