@@ -1090,6 +1090,39 @@ async fn live_config_validates_and_applies() {
     .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
+    // The startup file's spelling of the transport section, pasted as it is.
+    let r = send(
+        m.addr,
+        "POST",
+        "/_mock/config",
+        None,
+        &[],
+        "[mock_server.transport]\nreset_rate = 0.25\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["transport"]["reset_rate"], 0.25);
+    let twice = post_json(
+        &m,
+        "/_mock/config",
+        json!({"transport": {"reset_rate": 0.0}, "mock_server": {"transport": {"reset_rate": 0.5}}}),
+    )
+    .await;
+    assert_eq!(twice.error(400)["param"], "mock_server.transport");
+    let keys = post_json(&m, "/_mock/config", json!({"mock_server": {"keys": []}})).await;
+    assert!(
+        keys.error(400)["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock_server.keys"),
+        "keys are not live settings"
+    );
+    assert_eq!(
+        get(&m, "/_mock/config").await.json()["transport"]["reset_rate"],
+        0.25,
+        "refused patches change nothing"
+    );
     m.shutdown().await;
 }
 

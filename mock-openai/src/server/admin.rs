@@ -317,7 +317,8 @@ fn patched<T: serde::Serialize + serde::de::DeserializeOwned>(
 }
 
 /// `GET /_mock/config` shows the sections in force; `POST` merges a JSON (or TOML) body
-/// `{"upstream": {...}, "transport": {...}}` into them. Top-level keys of each section replace
+/// `{"upstream": {...}, "transport": {...}}` into them (`transport` may also be spelled
+/// `mock_server.transport`, as in the startup file). Top-level keys of each section replace
 /// the current value, except `upstream.batch`, whose keys merge. Nothing changes unless the
 /// whole result validates; a bad value is a 400 naming the field.
 pub(crate) async fn config(state: &State, req: Request<Incoming>) -> Delivery {
@@ -337,13 +338,37 @@ pub(crate) async fn config(state: &State, req: Request<Incoming>) -> Delivery {
                 None => return invalid_json().into(),
             },
         };
-        let Value::Object(patch) = patch else {
+        let Value::Object(mut patch) = patch else {
             return config_error(ConfigError::Invalid {
                 field: "body".into(),
                 reason: "must be an object with `upstream` and/or `transport`".into(),
             })
             .into();
         };
+        // The startup file's own spelling, `[mock_server.transport]`, is taken as `transport`,
+        // so a section can be pasted from the file as it is.
+        if let Some(ms) = patch.remove("mock_server") {
+            let Value::Object(mut ms) = ms else {
+                return config_error(ConfigError::Invalid {
+                    field: "mock_server".into(),
+                    reason: "must be an object with `transport`".into(),
+                })
+                .into();
+            };
+            if let Some(k) = ms.keys().find(|k| *k != "transport") {
+                return unrecognized_argument(&format!("mock_server.{k}")).into();
+            }
+            if let Some(t) = ms.remove("transport") {
+                if patch.contains_key("transport") {
+                    return config_error(ConfigError::Invalid {
+                        field: "mock_server.transport".into(),
+                        reason: "given twice, as `transport` and as `mock_server.transport`".into(),
+                    })
+                    .into();
+                }
+                patch.insert("transport".to_owned(), t);
+            }
+        }
         if let Some(k) = patch.keys().find(|k| *k != "upstream" && *k != "transport") {
             return unrecognized_argument(k).into();
         }
