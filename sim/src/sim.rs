@@ -372,6 +372,14 @@ impl<'a> Sim<'a> {
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
+        self.push_with(at, move || ev);
+    }
+
+    /// [`Sim::push`] with the event built by `make` once its slot is known, so it is written
+    /// straight into the slot instead of being built on the stack and copied in (a copy whose
+    /// wide loads waited on the stores just made).
+    #[inline]
+    fn push_with(&mut self, at: Time, make: impl FnOnce() -> Ev) {
         let slot = match self.free.pop() {
             Some(i) => i as usize,
             None if self.slab.len() < 1 << SLOT_BITS => {
@@ -385,7 +393,8 @@ impl<'a> Sim<'a> {
                 return;
             }
         };
-        self.slab[slot] = Some(ev);
+        // A free slot is always empty (`take` left it so), so this only ever inserts.
+        self.slab[slot].get_or_insert_with(make);
         self.seq += 1;
         self.queue.push(Entry {
             at,
@@ -596,15 +605,12 @@ impl<'a> Sim<'a> {
                     ),
                 };
                 self.url = url;
-                self.push(
-                    now + delay,
-                    Ev::Realtime {
-                        request,
-                        image,
-                        outcome,
-                        content,
-                    },
-                );
+                self.push_with(now + delay, move || Ev::Realtime {
+                    request,
+                    image,
+                    outcome,
+                    content,
+                });
             }
             Action::UploadBatchFile {
                 batch,
