@@ -139,9 +139,11 @@ struct Entry {
     seq_slot: u64,
 }
 
-/// Bits of [`Entry::seq_slot`] that hold the slot: at most 2^24 answers in flight at once.
-/// The sequence gets the other 40 bits, far above [`MAX_EVENTS`] plus any slab.
-const SLOT_BITS: u32 = 24;
+/// Bits of [`Entry::seq_slot`] that hold the slot: at most 2^26 (67 M) answers in flight at
+/// once, above what a scenario can have (an image has at most one request in flight, a batch a
+/// few calls, and a scenario at most `MAX_IMAGES`, 20 M, images). The sequence gets the other
+/// 38 bits (2.7 × 10^11), far above [`MAX_EVENTS`] plus any slab.
+const SLOT_BITS: u32 = 26;
 
 impl Entry {
     fn slot(self) -> usize {
@@ -219,7 +221,7 @@ struct Sim<'a> {
     last_terminal: Time,
     events: u64,
     hit_bound: bool,
-    /// Set when an answer found no slab slot (2^24 in flight): the run stops, as at a bound.
+    /// Set when an answer found no slab slot (2^26 in flight): the run stops, as at a bound.
     slab_full: bool,
     h_tagged: Histogram<u64>,
     /// A run of equal `image_tagged` values not yet in `h_tagged`: the images of one batch
