@@ -1504,6 +1504,49 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
+/// A client that closes its connection during the modelled latency is counted as abandoned,
+/// in `/_mock/stats` and `/metrics`, instead of vanishing from the counters.
+#[tokio::test]
+async fn a_request_its_client_abandons_is_counted() {
+    use tokio::io::AsyncWriteExt as _;
+    let m = start_real("[upstream]\nlatency = { kind = \"fixed\", ms = 3000 }", 1.0).await;
+    let body = chat_body("https://img/gone.jpg");
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let stats = loop {
+        let stats = get(&m, "/_mock/stats").await.json();
+        if stats["requests"]["chat_completions"]["abandoned"] == 1 || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        stats["requests"]["chat_completions"]["abandoned"], 1,
+        "{stats}"
+    );
+    assert!(
+        stats["requests"]["chat_completions"].get("200").is_none(),
+        "{stats}"
+    );
+    let metrics = get(&m, "/metrics").await;
+    assert!(
+        String::from_utf8_lossy(&metrics.body).contains(
+            r#"mock_openai_requests_total{endpoint="chat_completions",status="abandoned"} 1"#
+        ),
+        "{}",
+        String::from_utf8_lossy(&metrics.body)
+    );
+    m.shutdown().await;
+}
+
 /// `serve_threads`: several current-thread runtimes accept from one listener; shutdown waits
 /// for the in-flight requests of every thread, then nothing listens.
 #[tokio::test]

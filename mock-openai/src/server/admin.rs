@@ -102,11 +102,28 @@ pub enum Outcome {
     Timeout,
     /// The connection was reset.
     Reset,
+    /// The client went away before its answer was ready (it closed the connection during the
+    /// modelled latency); the model had already counted the request.
+    Abandoned,
 }
 
-const STATUSES: [&str; 15] = [
-    "200", "400", "401", "404", "405", "408", "409", "413", "429", "500", "503", "timeout",
-    "reset", "other", "2xx",
+const STATUSES: [&str; 16] = [
+    "200",
+    "400",
+    "401",
+    "404",
+    "405",
+    "408",
+    "409",
+    "413",
+    "429",
+    "500",
+    "503",
+    "timeout",
+    "reset",
+    "other",
+    "2xx",
+    "abandoned",
 ];
 
 fn slot(o: Outcome) -> usize {
@@ -124,6 +141,7 @@ fn slot(o: Outcome) -> usize {
         Outcome::Status(503) => 10,
         Outcome::Timeout => 11,
         Outcome::Reset => 12,
+        Outcome::Abandoned => 15,
         Outcome::Status(s) if (200..300).contains(&s) => 14,
         Outcome::Status(_) => 13,
     }
@@ -222,7 +240,7 @@ pub(crate) fn stats(state: &State) -> Reply {
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 pub(crate) fn metrics(state: &State) -> Reply {
     let mut out = String::new();
-    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults).\n# TYPE mock_openai_requests_total counter\n");
+    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults, abandoned when the client left before its answer).\n# TYPE mock_openai_requests_total counter\n");
     for (e, s, v) in state.stats.nonzero() {
         let _ = writeln!(
             out,

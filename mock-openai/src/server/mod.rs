@@ -593,7 +593,16 @@ async fn handle(
     // A cheap clone (the path shares the request head's buffer), kept for logs and the 404.
     let uri = req.uri().clone();
     let path = uri.path();
-    let (endpoint, delivery, org) = dispatch(&state, req, &method, path, rid).await;
+    // Counts the request as abandoned if this future is dropped while `dispatch` waits (the
+    // client closed the connection during the modelled latency); disarmed once it returns.
+    let mut pending = Pending {
+        stats: &state.stats,
+        endpoint: Endpoint::Unknown,
+        armed: true,
+    };
+    let (endpoint, delivery, org) =
+        dispatch(&state, req, &method, path, rid, &mut pending.endpoint).await;
+    pending.armed = false;
     let org_label = org.map_or("-", |o| &*o.name);
     match delivery {
         Delivery::Now(reply) => {
@@ -695,12 +704,30 @@ fn unknown_url(method: &Method, path: &str) -> ApiError {
     }
 }
 
+/// See `handle`: records [`Outcome::Abandoned`] for `endpoint` when dropped armed.
+struct Pending<'a> {
+    stats: &'a Stats,
+    endpoint: Endpoint,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stats.record(self.endpoint, Outcome::Abandoned);
+        }
+    }
+}
+
+/// Routes and answers one request; `routed` is set to its endpoint as soon as that is known,
+/// before anything waits.
 async fn dispatch<'s>(
     state: &'s State,
     req: Request<Incoming>,
     method: &Method,
     path: &str,
     rid: &str,
+    routed: &mut Endpoint,
 ) -> (Endpoint, Delivery, Option<&'s OrgEntry>) {
     // Up to five segments without allocating; a sixth makes the path unknown.
     let mut seg_buf = [""; 5];
@@ -748,6 +775,7 @@ async fn dispatch<'s>(
         ["metrics"] => (Endpoint::Metrics, &[Method::GET]),
         _ => return (Endpoint::Unknown, unknown_url(method, path).into(), None),
     };
+    *routed = endpoint;
     if !allowed.contains(method) {
         let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
         let err = ApiError {
