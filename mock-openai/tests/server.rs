@@ -321,6 +321,30 @@ async fn success_carries_openai_headers_and_the_urls_tags() {
     }
     // One request of 500 RPM: 120 ms until the bucket is full again.
     assert_eq!(r.header("x-ratelimit-reset-requests"), "120ms");
+    assert_eq!(r.header("openai-version"), "2020-10-01");
+    assert!(r.header("openai-processing-ms").parse::<u64>().is_ok());
+    // Each header once, and nothing but these (hyper adds `content-length` and `date`).
+    let mut names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "content-length",
+            "content-type",
+            "date",
+            "openai-organization",
+            "openai-processing-ms",
+            "openai-version",
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-reset-tokens",
+            "x-request-id",
+        ]
+    );
+    assert!(r.headers.iter().count() == names.len(), "{:?}", r.headers);
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -361,7 +385,9 @@ async fn rpm_429_has_the_exact_body_and_retry_headers() {
     assert_eq!(r.header("retry-after-ms"), "20000");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), "0");
     assert_eq!(r.header("x-ratelimit-reset-requests"), "1m0s");
+    assert_eq!(r.header("x-ratelimit-limit-requests"), "3");
     assert_eq!(r.header("content-type"), "application/json; charset=utf-8");
+    assert_eq!(r.header("openai-organization"), org);
     // Waiting what the header says is enough.
     m.advance(Duration::from_secs(20));
     assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
@@ -1198,11 +1224,20 @@ async fn bad_requests_get_openai_errors() {
         .unwrap()
         .error(413);
     // Authentication, routing, methods.
-    let e = send(m.addr, "GET", "/v1/models", None, &[], Bytes::new())
+    let r = send(m.addr, "GET", "/v1/models", None, &[], Bytes::new())
         .await
-        .unwrap()
-        .error(401);
+        .unwrap();
+    let e = r.error(401);
     assert_eq!(e["code"], "invalid_api_key");
+    // No organization answered, so none is named; the rest of what every answer carries is.
+    assert!(
+        r.headers.get("openai-organization").is_none(),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.header("x-request-id").starts_with("req_"));
+    assert_eq!(r.header("openai-version"), "2020-10-01");
+    assert_eq!(r.header("content-type"), "application/json; charset=utf-8");
     let e = send(
         m.addr,
         "GET",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use tagstorm_core::tokens::{Model, Usage};
 
 use crate::chat::{ChatOutcome, ChatRequest, FinishReason};
@@ -336,24 +336,9 @@ pub mod fast {
     }
 }
 
-const X_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-const X_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const X_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-
-/// The six `x-ratelimit-*` names, in the order OpenAI sends them.
-static LIMIT_NAMES: [HeaderName; 6] = [
-    X_LIMIT_REQUESTS,
-    X_LIMIT_TOKENS,
-    X_REMAINING_REQUESTS,
-    X_REMAINING_TOKENS,
-    X_RESET_REQUESTS,
-    X_RESET_TOKENS,
-];
-
-fn limit_headers(state: &State, h: RateLimitHeaders, mut reply: Reply) -> Reply {
+/// The six `x-ratelimit-*` values of `h`, in the order of [`super::http::LIMIT_NAMES`], with the resets
+/// converted to real time.
+fn limit_values(state: &State, h: RateLimitHeaders) -> [HeaderValue; 6] {
     let reset_requests = state.clock.to_real(h.reset_requests);
     let reset_tokens = state.clock.to_real(h.reset_tokens);
     // All six values are written into one buffer and each header holds a slice of it: one
@@ -379,15 +364,12 @@ fn limit_headers(state: &State, h: RateLimitHeaders, mut reply: Reply) -> Reply 
     ends[5] = buf.len();
     let values = buf.freeze();
     let mut start = 0;
-    for (name, end) in LIMIT_NAMES.iter().zip(ends) {
-        // Digits and `h`/`m`/`s`/`.` are always valid header text; a value that were not
-        // would be skipped, as `Reply::header_text` does.
-        if let Ok(v) = HeaderValue::from_maybe_shared(values.slice(start..end)) {
-            reply.push_header(name, v);
-        }
+    ends.map(|end| {
+        let slice = values.slice(start..end);
         start = end;
-    }
-    reply
+        // Digits and `h`/`m`/`s`/`.` are always header text.
+        HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| HeaderValue::from_static(""))
+    })
 }
 
 /// Appends the assistant message of an answer to `out` as plain text: the tags' JSON, cut to
@@ -513,7 +495,12 @@ pub(crate) async fn create(
                 ok.usage,
                 ok.finish_reason,
             );
-            let reply = limit_headers(state, ok.headers, Reply::json(200, json));
+            let reply = Reply::with_limits(
+                200,
+                "application/json",
+                json,
+                limit_values(state, ok.headers),
+            );
             sleep(state.clock.to_real(ok.latency)).await;
             match transport {
                 TransportFault::Ok => reply.into(),
@@ -536,7 +523,7 @@ pub(crate) async fn create(
                 retry,
             );
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
-            let mut reply = limit_headers(state, r.headers, Reply::error(&err))
+            let mut reply = Reply::error_with_limits(&err, limit_values(state, r.headers))
                 .header("retry-after", secs.max(1).to_string());
             if state.retry_after_ms {
                 let ms = retry.as_millis() + u128::from(retry.subsec_nanos() % 1_000_000 > 0);

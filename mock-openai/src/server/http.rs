@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -68,31 +69,177 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Headers a reply usually carries (content type, request id, version, timing, organization
-/// and the six `x-ratelimit-*`), so that adding them does not grow the map (which rehashes).
+/// The content type of OpenAI's error envelope (facts §1).
+const ERROR_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// The headers every reply carries, in the order they open its map: the content type, then
+/// what [`Reply::decorate`] fills in for every answer.
+const CONTENT_TYPE_SLOT: usize = 0;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const VERSION: HeaderName = HeaderName::from_static("openai-version");
+const PROCESSING_MS: HeaderName = HeaderName::from_static("openai-processing-ms");
+const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+
+/// The `x-ratelimit-*` names, in the order OpenAI sends them: limit, remaining and reset, of
+/// requests then tokens.
+pub static LIMIT_NAMES: [HeaderName; 6] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
+/// The headers of the largest common reply: the five every reply has and the six limits.
 const REPLY_HEADERS: usize = 11;
+
+/// Where the `x-ratelimit-*` headers start in a map made from [`LIMITED`].
+const LIMITS_SLOT: usize = 5;
+
+/// The header maps replies start from: the fixed names with placeholder values, which the
+/// reply overwrites in place.
+///
+/// Why: inserting a header hashes its name and probes the map, about 300 instructions for each
+/// of these names, so building the eleven headers of a rate-limited answer one by one cost
+/// about 3,400 instructions a request. Cloning a built map copies its two arrays and bumps
+/// no counts (every name and placeholder is static), and overwriting a value by position
+/// hashes nothing (`benches/mock_callgrind.sh`, BENCHMARKS.md). [`Reply::set`] checks each
+/// position's name, so if `http` ever changed its iteration order, a value would still land
+/// under its own name, only more slowly.
+static PLAIN: LazyLock<HeaderMap> = LazyLock::new(|| template(&[]));
+/// [`PLAIN`] followed by the six `x-ratelimit-*` headers.
+static LIMITED: LazyLock<HeaderMap> = LazyLock::new(|| template(&LIMIT_NAMES));
+
+/// Whether two names are equal, comparing the pointers first: a template's names are clones of
+/// the same static text, so the bytes are compared only when the pointers differ.
+fn same_name(a: &HeaderName, b: &HeaderName) -> bool {
+    std::ptr::eq(a.as_str(), b.as_str()) || a == b
+}
+
+fn template(extra: &[HeaderName]) -> HeaderMap {
+    let placeholder = HeaderValue::from_static("");
+    // Room for eleven: hyper reuses a response's map for the next request's headers on the
+    // connection, and a clone's table is as large as its template's (entries aside), so a
+    // five-header table would be regrown for a request with seven headers.
+    let mut headers = HeaderMap::with_capacity(REPLY_HEADERS.max(LIMITS_SLOT + extra.len()));
+    for name in [
+        CONTENT_TYPE,
+        REQUEST_ID,
+        VERSION,
+        PROCESSING_MS,
+        ORGANIZATION,
+    ]
+    .iter()
+    .chain(extra)
+    {
+        headers.append(name.clone(), placeholder.clone());
+    }
+    headers.insert(VERSION, HeaderValue::from_static("2020-10-01"));
+    headers
+}
 
 /// A reply under construction: status, headers and body.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
-    /// The headers, `content-type` first, then in the order they were added. They become the
-    /// response's own map, so nothing is copied when it is sent.
-    pub headers: HeaderMap,
+    /// The headers: those of [`PLAIN`] or [`LIMITED`] first, then any added, in order. They
+    /// become the response's own map, so nothing is copied when it is sent.
+    headers: HeaderMap,
     /// The body.
     pub body: Bytes,
 }
 
 impl Reply {
     fn new(status: u16, content_type: &'static str, body: Bytes) -> Reply {
-        let mut headers = HeaderMap::with_capacity(REPLY_HEADERS);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        Reply {
+        Reply::from_template(&PLAIN, status, content_type, body)
+    }
+
+    fn from_template(
+        template: &HeaderMap,
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Reply {
+        let mut reply = Reply {
             status,
-            headers,
+            headers: template.clone(),
             body,
+        };
+        reply.set(
+            CONTENT_TYPE_SLOT,
+            &CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
+        reply
+    }
+
+    /// Sets header `name`, found at position `slot` of a fresh template map, to `value`
+    /// without hashing; anywhere else (never, with `http` 1), it is inserted by name.
+    fn set(&mut self, slot: usize, name: &HeaderName, value: HeaderValue) {
+        match self.headers.iter_mut().nth(slot) {
+            Some((n, v)) if same_name(n, name) => *v = value,
+            _ => {
+                self.headers.insert(name.clone(), value);
+            }
         }
+    }
+
+    /// Fills in what every answer carries: its request id, the API version, the processing
+    /// time, and the organization (removed when the request had none).
+    pub fn decorate(&mut self, request_id: &str, org: Option<&HeaderValue>, processing_ms: u128) {
+        // Answers almost always take under 10 ms: those values are static text, not a new
+        // buffer.
+        const SMALL_MS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        let ms = match usize::try_from(processing_ms)
+            .ok()
+            .and_then(|ms| SMALL_MS.get(ms))
+        {
+            Some(ms) => HeaderValue::from_static(ms),
+            None => HeaderValue::from(u64::try_from(processing_ms).unwrap_or(u64::MAX)),
+        };
+        // Request ids are `req_` and hex digits, always header text.
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            self.set(1, &REQUEST_ID, v);
+        }
+        self.set(3, &PROCESSING_MS, ms);
+        match org {
+            Some(o) => self.set(4, &ORGANIZATION, o.clone()),
+            None => {
+                self.headers.remove(ORGANIZATION);
+            }
+        }
+    }
+
+    /// A reply that carries the six `x-ratelimit-*` headers, with `values` in the order of
+    /// [`LIMIT_NAMES`].
+    pub fn with_limits(
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+        values: [HeaderValue; 6],
+    ) -> Reply {
+        let mut reply = Reply::from_template(&LIMITED, status, content_type, body);
+        // One pass over the six places; a value whose place did not hold its name (never, with
+        // `http` 1) is inserted by name afterwards.
+        let mut places = reply.headers.iter_mut().skip(LIMITS_SLOT);
+        let mut misplaced = Vec::new();
+        for (name, value) in LIMIT_NAMES.iter().zip(values) {
+            match places.next() {
+                Some((n, v)) if same_name(n, name) => *v = value,
+                _ => misplaced.push((name, value)),
+            }
+        }
+        for (name, value) in misplaced {
+            reply.headers.insert(name.clone(), value);
+        }
+        reply
+    }
+
+    /// The headers so far.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 
     /// A JSON success (`application/json`).
@@ -117,17 +264,26 @@ impl Reply {
 
     /// An OpenAI error envelope (`application/json; charset=utf-8`, facts §1).
     pub fn error(err: &ApiError) -> Reply {
-        Reply::new(
+        Reply::new(err.status, ERROR_CONTENT_TYPE, Bytes::from(err.to_json()))
+    }
+
+    /// [`Reply::error`] with the six `x-ratelimit-*` headers (a 429).
+    pub fn error_with_limits(err: &ApiError, values: [HeaderValue; 6]) -> Reply {
+        Reply::with_limits(
             err.status,
-            "application/json; charset=utf-8",
+            ERROR_CONTENT_TYPE,
             Bytes::from(err.to_json()),
+            values,
         )
     }
 
     /// Replaces the `content-type` (it keeps its place, first).
     pub fn set_content_type(&mut self, content_type: &'static str) {
-        self.headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self.set(
+            CONTENT_TYPE_SLOT,
+            &CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
     }
 
     /// Adds a header whose name and value are already built.
@@ -215,5 +371,84 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
             param: None,
             code: Some("request_timeout".into()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The places `Reply::set` writes without hashing hold their names in `http`'s iteration
+    /// order; if this failed, replies would still be right, through the slow path.
+    #[test]
+    fn template_places_hold_their_names() {
+        let names: Vec<&str> = LIMITED.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            &names[..LIMITS_SLOT],
+            [
+                "content-type",
+                "x-request-id",
+                "openai-version",
+                "openai-processing-ms",
+                "openai-organization"
+            ]
+        );
+        let limits: Vec<&str> = LIMIT_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(&names[LIMITS_SLOT..], limits);
+        assert_eq!(PLAIN.keys().count(), LIMITS_SLOT);
+        // A clone of the template shares the static names' text, so `same_name` compares
+        // pointers, not bytes.
+        let copy = LIMITED.clone();
+        for (name, expected) in copy.keys().skip(LIMITS_SLOT).zip(&LIMIT_NAMES) {
+            assert!(std::ptr::eq(name.as_str(), expected.as_str()), "{name}");
+        }
+    }
+
+    #[test]
+    fn replies_fill_every_place_once() {
+        let values =
+            ["500", "200000", "499", "199000", "120ms", "300ms"].map(HeaderValue::from_static);
+        let mut reply = Reply::with_limits(200, "application/json", Bytes::new(), values.clone());
+        let org = HeaderValue::from_static("org-test");
+        reply.decorate("req_0123", Some(&org), 3);
+        let got: Vec<(&str, &str)> = reply
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("content-type", "application/json"),
+                ("x-request-id", "req_0123"),
+                ("openai-version", "2020-10-01"),
+                ("openai-processing-ms", "3"),
+                ("openai-organization", "org-test"),
+                ("x-ratelimit-limit-requests", "500"),
+                ("x-ratelimit-limit-tokens", "200000"),
+                ("x-ratelimit-remaining-requests", "499"),
+                ("x-ratelimit-remaining-tokens", "199000"),
+                ("x-ratelimit-reset-requests", "120ms"),
+                ("x-ratelimit-reset-tokens", "300ms"),
+            ]
+        );
+        // Without an organization, its header goes; a slow answer's time is written out.
+        let mut reply = Reply::json(200, "{}");
+        reply.set_content_type("text/plain");
+        reply.decorate("req_1", None, 1234);
+        let got: Vec<(&str, &str)> = reply
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("content-type", "text/plain"),
+                ("x-request-id", "req_1"),
+                ("openai-version", "2020-10-01"),
+                ("openai-processing-ms", "1234"),
+            ]
+        );
     }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -609,13 +609,16 @@ async fn handle(
             state.stats.record(endpoint, Outcome::Status(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, request_id = %rid, "answered");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
-            Ok(decorate(reply, rid, org, processing_ms).into_response())
+            let mut reply = reply;
+            reply.decorate(rid, org.map(|o| &o.header), processing_ms);
+            Ok(reply.into_response())
         }
         Delivery::Slow(reply, over) => {
             state.stats.record(endpoint, Outcome::Status(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, ?over, "answering slowly");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
-            let reply = decorate(reply, rid, org, processing_ms);
+            let mut reply = reply;
+            reply.decorate(rid, org.map(|o| &o.header), processing_ms);
             let body = reply.body.clone();
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(dribble(body.clone(), over, tx, ctx.shutdown.clone()));
@@ -638,31 +641,6 @@ async fn handle(
             Err(Abort)
         }
     }
-}
-
-fn decorate(mut reply: Reply, rid: &str, org: Option<&OrgEntry>, processing_ms: u128) -> Reply {
-    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    const VERSION: HeaderName = HeaderName::from_static("openai-version");
-    const PROCESSING_MS: HeaderName = HeaderName::from_static("openai-processing-ms");
-    const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
-    // Answers almost always take under 10 ms: those values are static text, not a new buffer.
-    const SMALL_MS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    let processing_ms = match usize::try_from(processing_ms)
-        .ok()
-        .and_then(|ms| SMALL_MS.get(ms))
-    {
-        Some(ms) => HeaderValue::from_static(ms),
-        None => HeaderValue::from(u64::try_from(processing_ms).unwrap_or(u64::MAX)),
-    };
-    if let Ok(v) = HeaderValue::from_str(rid) {
-        reply.push_header(&REQUEST_ID, v);
-    }
-    reply.push_header(&VERSION, HeaderValue::from_static("2020-10-01"));
-    reply.push_header(&PROCESSING_MS, processing_ms);
-    if let Some(o) = org {
-        reply.push_header(&ORGANIZATION, o.header.clone());
-    }
-    reply
 }
 
 /// Sends `body` in up to 20 pieces spread evenly over `over`; once shutdown begins, the rest
