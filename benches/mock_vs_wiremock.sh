@@ -25,6 +25,12 @@
 # it (the load generator's own scheduling is part of it), so compare servers at one count.
 # OPEN_ONLY=1 skips the closed loop.
 #
+# GAP_ONLY=1 measures only what limits cost: the closed loop with limits off and on, in an
+# order that alternates each round (off, on; then on, off), and the median of the rounds'
+# ratios, for the "limits on within 10% of off" target. Use many short rounds:
+#
+#   GAP_ONLY=1 ROUNDS=12 DURATION=5s benches/mock_vs_wiremock.sh
+#
 # Needs wrk (Debian: apt-get install -y wrk); oha is optional (cargo install oha --locked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +39,7 @@ CONNS="${CONNS:-64}"
 RATE="${RATE:-5000}"
 OPEN_CONNS="${OPEN_CONNS:-50}"
 OPEN_ONLY="${OPEN_ONLY:-0}"
+GAP_ONLY="${GAP_ONLY:-0}"
 ROUNDS="${ROUNDS:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OHA="${OHA:-$(command -v oha || true)}"
@@ -150,6 +157,11 @@ open_loop() { # key round
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $pinning"
 for round in $(seq 1 "$ROUNDS"); do
+  if [ "$GAP_ONLY" = 1 ]; then
+    if [ $((round % 2)) = 1 ]; then order=(nolimits limits); else order=(limits nolimits); fi
+    for key in "${order[@]}"; do closed_loop "$key" "$round"; done
+    continue
+  fi
   if [ "$OPEN_ONLY" != 1 ]; then
     for key in wiremock nolimits limits; do closed_loop "$key" "$round"; done
     # Two workers only help when the server is not confined to one CPU.
@@ -159,6 +171,24 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+if [ "$GAP_ONLY" = 1 ]; then
+  echo
+  echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."
+  echo
+  echo "| round | off, req/s | on, req/s | on / off, req/s | off, CPU µs/request | on, CPU µs/request | on / off, CPU per request |"
+  echo "|---|---|---|---|---|---|---|"
+  for round in $(seq 1 "$ROUNDS"); do
+    awk -v m="${rps[nolimits,$round]}" -v l="${rps[limits,$round]}" -v cm="${cpu[nolimits,$round]}" \
+      -v cl="${cpu[limits,$round]}" -v r="$round" \
+      'BEGIN { printf "| %s | %s | %s | %+.1f%% | %s | %s | %+.1f%% |\n", r, m, l, (l / m - 1) * 100, cm, cl, (cl / cm - 1) * 100 }'
+  done | tee "$work/gap"
+  # Medians of the per-round ratios (columns 5 and 8 of the rows above).
+  med() { awk -F'|' -v c="$1" '{ gsub(/[ %+]/, "", $c); print $c }' "$work/gap" | sort -g |
+    awk '{ v[NR] = $1 } END { printf "%+.1f%%", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo
+  echo "Median over $ROUNDS rounds: limits on / off $(med 5) in requests/s, $(med 8) in server CPU per request."
+  exit 0
+fi
 if [ "$OPEN_ONLY" != 1 ]; then
   echo
   echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."

@@ -6,15 +6,14 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
 use tagstorm_core::tokens::{Model, Usage};
 
 use crate::chat::{ChatOutcome, ChatRequest, FinishReason};
 use crate::error::{ApiError, LimitDimension};
-use crate::headers::{RateLimitHeaders, write_duration};
+use crate::headers::RateLimitHeaders;
 use crate::jsonl::{self, ChatBody};
 use crate::latency::ms_to_duration;
 pub use crate::request::parse_request_checked;
@@ -336,40 +335,21 @@ pub mod fast {
     }
 }
 
-/// The six `x-ratelimit-*` values of `h`, in the order of [`super::http::LIMIT_NAMES`], with the resets
-/// converted to real time.
-fn limit_values(state: &State, h: RateLimitHeaders) -> [HeaderValue; 6] {
-    let reset_requests = state.clock.to_real(h.reset_requests);
-    let reset_tokens = state.clock.to_real(h.reset_tokens);
-    // All six values are written into one buffer and each header holds a slice of it: one
-    // allocation for the six instead of one per value and per duration string. Counts take at
-    // most 20 digits each; a duration's text is short unless it runs for years.
-    let mut buf = BytesMut::with_capacity(4 * 20 + 2 * 16);
-    let mut ends = [0usize; 6];
-    let mut digits = itoa::Buffer::new();
-    let counts = [
-        h.limit_requests,
-        h.limit_tokens,
-        h.remaining_requests,
-        h.remaining_tokens,
-    ];
-    for (end, count) in ends.iter_mut().zip(counts) {
-        buf.extend_from_slice(digits.format(count).as_bytes());
-        *end = buf.len();
-    }
-    // Writing to a `BytesMut` cannot fail (it grows as needed).
-    let _ = write_duration(reset_requests, &mut buf);
-    ends[4] = buf.len();
-    let _ = write_duration(reset_tokens, &mut buf);
-    ends[5] = buf.len();
-    let values = buf.freeze();
-    let mut start = 0;
-    ends.map(|end| {
-        let slice = values.slice(start..end);
-        start = end;
-        // Digits and `h`/`m`/`s`/`.` are always header text.
-        HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| HeaderValue::from_static(""))
-    })
+/// What the six `x-ratelimit-*` headers of `h` say ([`Reply::with_limits`]): the counts, and
+/// the resets converted to real time.
+fn limits_of(state: &State, h: &RateLimitHeaders) -> ([u64; 4], [Duration; 2]) {
+    (
+        [
+            h.limit_requests,
+            h.limit_tokens,
+            h.remaining_requests,
+            h.remaining_tokens,
+        ],
+        [
+            state.clock.to_real(h.reset_requests),
+            state.clock.to_real(h.reset_tokens),
+        ],
+    )
 }
 
 /// Appends the assistant message of an answer to `out` as plain text: the tags' JSON, cut to
@@ -495,12 +475,8 @@ pub(crate) async fn create(
                 ok.usage,
                 ok.finish_reason,
             );
-            let reply = Reply::with_limits(
-                200,
-                "application/json",
-                json,
-                limit_values(state, ok.headers),
-            );
+            let (counts, resets) = limits_of(state, &ok.headers);
+            let reply = Reply::with_limits(200, "application/json", json, counts, resets);
             sleep(state.clock.to_real(ok.latency)).await;
             match transport {
                 TransportFault::Ok => reply.into(),
@@ -523,7 +499,8 @@ pub(crate) async fn create(
                 retry,
             );
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
-            let mut reply = Reply::error_with_limits(&err, limit_values(state, r.headers))
+            let (counts, resets) = limits_of(state, &r.headers);
+            let mut reply = Reply::error_with_limits(&err, counts, resets)
                 .header("retry-after", secs.max(1).to_string());
             if state.retry_after_ms {
                 let ms = retry.as_millis() + u128::from(retry.subsec_nanos() % 1_000_000 > 0);

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 pub use crate::error::{bad_request, invalid_json, invalid_type, json_type, unrecognized_argument};
+use crate::headers::write_duration;
 
 /// Longest time a client may take to send its request body, in real time.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -212,20 +213,43 @@ impl Reply {
         }
     }
 
-    /// A reply that carries the six `x-ratelimit-*` headers, with `values` in the order of
-    /// [`LIMIT_NAMES`].
+    /// A reply that carries the six `x-ratelimit-*` headers: `counts` are the limits and what
+    /// remains (requests, tokens, requests, tokens) and `resets` the real times until the
+    /// requests and tokens buckets are full, in the order of [`LIMIT_NAMES`].
     pub fn with_limits(
         status: u16,
         content_type: &'static str,
         body: Bytes,
-        values: [HeaderValue; 6],
+        counts: [u64; 4],
+        resets: [Duration; 2],
     ) -> Reply {
+        // All six values are written into one buffer and each header holds a slice of it: one
+        // allocation for the six instead of one per value. Counts take at most 20 digits each;
+        // a duration's text is short unless it runs for years.
+        let mut buf = BytesMut::with_capacity(4 * 20 + 2 * 16);
+        let mut ends = [0usize; 6];
+        let mut digits = itoa::Buffer::new();
+        for (end, count) in ends.iter_mut().zip(counts) {
+            buf.extend_from_slice(digits.format(count).as_bytes());
+            *end = buf.len();
+        }
+        for (end, reset) in ends[4..].iter_mut().zip(resets) {
+            // Writing to a `BytesMut` cannot fail (it grows as needed).
+            let _ = write_duration(reset, &mut buf);
+            *end = buf.len();
+        }
+        let values = buf.freeze();
         let mut reply = Reply::from_template(&LIMITED, status, content_type, body);
         // One pass over the six places; a value whose place did not hold its name (never, with
         // `http` 1) is inserted by name afterwards.
         let mut places = reply.headers.iter_mut().skip(LIMITS_SLOT);
         let mut misplaced = Vec::new();
-        for (name, value) in LIMIT_NAMES.iter().zip(values) {
+        let mut start = 0;
+        for (name, end) in LIMIT_NAMES.iter().zip(ends) {
+            // Digits and `h`/`m`/`s`/`.` are always header text.
+            let value = HeaderValue::from_maybe_shared(values.slice(start..end))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            start = end;
             match places.next() {
                 Some((n, v)) if same_name(n, name) => *v = value,
                 _ => misplaced.push((name, value)),
@@ -268,12 +292,13 @@ impl Reply {
     }
 
     /// [`Reply::error`] with the six `x-ratelimit-*` headers (a 429).
-    pub fn error_with_limits(err: &ApiError, values: [HeaderValue; 6]) -> Reply {
+    pub fn error_with_limits(err: &ApiError, counts: [u64; 4], resets: [Duration; 2]) -> Reply {
         Reply::with_limits(
             err.status,
             ERROR_CONTENT_TYPE,
             Bytes::from(err.to_json()),
-            values,
+            counts,
+            resets,
         )
     }
 
@@ -406,9 +431,13 @@ mod tests {
 
     #[test]
     fn replies_fill_every_place_once() {
-        let values =
-            ["500", "200000", "499", "199000", "120ms", "300ms"].map(HeaderValue::from_static);
-        let mut reply = Reply::with_limits(200, "application/json", Bytes::new(), values.clone());
+        let mut reply = Reply::with_limits(
+            200,
+            "application/json",
+            Bytes::new(),
+            [500, 200_000, 499, 199_000],
+            [Duration::from_millis(120), Duration::from_millis(300)],
+        );
         let org = HeaderValue::from_static("org-test");
         reply.decorate("req_0123", Some(&org), 3);
         let got: Vec<(&str, &str)> = reply
