@@ -25,11 +25,15 @@
 # it (the load generator's own scheduling is part of it), so compare servers at one count.
 # OPEN_ONLY=1 skips the closed loop.
 #
-# GAP_ONLY=1 measures only what limits cost: the closed loop with limits off and on, in an
-# order that alternates each round (off, on; then on, off), and the median of the rounds'
-# ratios, for the "limits on within 10% of off" target. Use many short rounds:
+# PAIRED=1 runs servers two at a time instead, both on the same CPU (CPU 1 when pinned) and
+# each loaded by its own wrk, and compares them by CPU time per request and by requests
+# served. Whatever else the machine does then disturbs both sides of a pair alike, so the
+# ratios hold within about 1% from round to round while absolute figures move by half (see
+# BENCHMARKS.md). PAIRS lists the pairs as A:B (default: a control pair of one server against
+# itself, limits on against off, and mock-openai against wiremock-rs):
 #
-#   GAP_ONLY=1 ROUNDS=12 DURATION=5s benches/mock_vs_wiremock.sh
+#   PAIRED=1 ROUNDS=4 DURATION=5s benches/mock_vs_wiremock.sh
+#   PAIRED=1 PAIRS="nolimits:limits" ROUNDS=8 benches/mock_vs_wiremock.sh
 #
 # Needs wrk (Debian: apt-get install -y wrk); oha is optional (cargo install oha --locked).
 set -euo pipefail
@@ -39,7 +43,8 @@ CONNS="${CONNS:-64}"
 RATE="${RATE:-5000}"
 OPEN_CONNS="${OPEN_CONNS:-50}"
 OPEN_ONLY="${OPEN_ONLY:-0}"
-GAP_ONLY="${GAP_ONLY:-0}"
+PAIRED="${PAIRED:-0}"
+PAIRS="${PAIRS:-nolimits:nolimits nolimits:limits wiremock:nolimits}"
 ROUNDS="${ROUNDS:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OHA="${OHA:-$(command -v oha || true)}"
@@ -155,11 +160,57 @@ open_loop() { # key round
   echo "${open[-1]}"
 }
 
+pairs_out=()
+paired_round() { # keyA keyB round: both servers at once on one CPU, one wrk each
+  local a="$1" b="$2" round="$3" pa pb ua ub na nb ta tb
+  local srv1=()
+  [ "$PIN" = 1 ] && srv1=(taskset -c 1)
+  # shellcheck disable=SC2086 # the command lines are split on purpose
+  "${srv1[@]}" ${server[$a]} >"$work/out.a" 2>"$work/err.a" &
+  pa=$!
+  # shellcheck disable=SC2086
+  "${srv1[@]}" ${server[$b]} >"$work/out.b" 2>"$work/err.b" &
+  pb=$!
+  for _ in $(seq 1 100); do
+    ua="$(head -n 1 "$work/out.a" | sed -n 's/^listening on //p')"
+    ub="$(head -n 1 "$work/out.b" | sed -n 's/^listening on //p')"
+    [ -n "$ua" ] && [ -n "$ub" ] && break
+    sleep 0.05
+  done
+  [ -n "$ua" ] && [ -n "$ub" ] || { echo "servers did not start: $a, $b" >&2; cat "$work/err.a" "$work/err.b" >&2; exit 1; }
+  local w=("${gen[@]}" wrk -t1 -c"$CONNS" -s "$work/post.lua")
+  "${w[@]}" -d1s "$ua/v1/chat/completions" >/dev/null &
+  local warm=$!
+  "${w[@]}" -d1s "$ub/v1/chat/completions" >/dev/null
+  wait "$warm" || true
+  ta="$(awk '{print $14 + $15}' "/proc/$pa/stat")"
+  tb="$(awk '{print $14 + $15}' "/proc/$pb/stat")"
+  # The two load generators start in turn; which goes first alternates by round, since the
+  # second one measured about 4% more requests in control pairs (CPU per request: under 1%).
+  local first=a second=b
+  [ $((round % 2)) = 0 ] && first=b second=a
+  local -A u=([a]="$ua" [b]="$ub")
+  "${w[@]}" -d"$DURATION" "${u[$first]}/v1/chat/completions" >"$work/wrk.$first" &
+  local w1=$!
+  "${w[@]}" -d"$DURATION" "${u[$second]}/v1/chat/completions" >"$work/wrk.$second"
+  wait "$w1"
+  ta=$(( $(awk '{print $14 + $15}' "/proc/$pa/stat") - ta ))
+  tb=$(( $(awk '{print $14 + $15}' "/proc/$pb/stat") - tb ))
+  kill "$pa" "$pb"
+  wait "$pa" "$pb" 2>/dev/null || true
+  na="$(awk '/requests in/ {print $1}' "$work/wrk.a")"
+  nb="$(awk '/requests in/ {print $1}' "$work/wrk.b")"
+  pairs_out+=("$(awk -v la="${label[$a]}" -v lb="${label[$b]}" -v r="$round" -v na="$na" -v nb="$nb" \
+    -v ta="$ta" -v tb="$tb" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+      ca = ta * 1e6 / hz / na; cb = tb * 1e6 / hz / nb
+      printf "| %s | %s | %s | %d | %d | %+.1f%% | %.2f | %.2f | %+.1f%% |", la, lb, r, na, nb, (nb / na - 1) * 100, ca, cb, (cb / ca - 1) * 100 }')")
+  echo "${pairs_out[-1]}"
+}
+
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $pinning"
 for round in $(seq 1 "$ROUNDS"); do
-  if [ "$GAP_ONLY" = 1 ]; then
-    if [ $((round % 2)) = 1 ]; then order=(nolimits limits); else order=(limits nolimits); fi
-    for key in "${order[@]}"; do closed_loop "$key" "$round"; done
+  if [ "$PAIRED" = 1 ]; then
+    for pair in $PAIRS; do paired_round "${pair%:*}" "${pair#*:}" "$round"; done
     continue
   fi
   if [ "$OPEN_ONLY" != 1 ]; then
@@ -171,22 +222,22 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-if [ "$GAP_ONLY" = 1 ]; then
+if [ "$PAIRED" = 1 ]; then
   echo
-  echo "Closed loop: wrk -t1 -c$CONNS, $DURATION per row after a 2 s warm-up; $pinning."
+  echo "Pairs: both servers at once on the same CPU, wrk -t1 -c$CONNS each, $DURATION per round after a 1 s warm-up; $pinning."
   echo
-  echo "| round | off, req/s | on, req/s | on / off, req/s | off, CPU µs/request | on, CPU µs/request | on / off, CPU per request |"
-  echo "|---|---|---|---|---|---|---|"
-  for round in $(seq 1 "$ROUNDS"); do
-    awk -v m="${rps[nolimits,$round]}" -v l="${rps[limits,$round]}" -v cm="${cpu[nolimits,$round]}" \
-      -v cl="${cpu[limits,$round]}" -v r="$round" \
-      'BEGIN { printf "| %s | %s | %s | %+.1f%% | %s | %s | %+.1f%% |\n", r, m, l, (l / m - 1) * 100, cm, cl, (cl / cm - 1) * 100 }'
-  done | tee "$work/gap"
-  # Medians of the per-round ratios (columns 5 and 8 of the rows above).
-  med() { awk -F'|' -v c="$1" '{ gsub(/[ %+]/, "", $c); print $c }' "$work/gap" | sort -g |
-    awk '{ v[NR] = $1 } END { printf "%+.1f%%", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo "| A | B | round | A requests | B requests | B / A, requests | A CPU µs/request | B CPU µs/request | B / A, CPU per request |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${pairs_out[@]}"
   echo
-  echo "Median over $ROUNDS rounds: limits on / off $(med 5) in requests/s, $(med 8) in server CPU per request."
+  for pair in $PAIRS; do
+    # Medians over the rounds of the two ratio columns.
+    printf '%s\n' "${pairs_out[@]}" | awk -F'|' -v a="${label[${pair%:*}]}" -v b="${label[${pair#*:}]}" '
+      $2 == " " a " " && $3 == " " b " " { gsub(/[ %+]/, "", $7); gsub(/[ %+]/, "", $10); n++; r[n] = $7 + 0; c[n] = $10 + 0 }
+      function med(v, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+      END { if (n) printf "%s against %s, median of %d rounds: %+.1f%% requests, %+.1f%% CPU per request.\n", b, a, n, med(r, n), med(c, n) }'
+  done
   exit 0
 fi
 if [ "$OPEN_ONLY" != 1 ]; then

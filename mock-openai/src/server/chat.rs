@@ -368,25 +368,19 @@ fn write_content(out: &mut String, tags: Tags, usage: Usage, finish: FinishReaso
     }
 }
 
-/// The `chat.completion` body answering request `rid`, with the content written straight into
-/// the response buffer.
+/// The `chat.completion` body answering request `rid` at Unix second `created`, with the
+/// content written straight into the response buffer.
 fn completion_body(
     state: &State,
     rid: &str,
+    created: u64,
     model: Model,
     tags: Tags,
     usage: Usage,
     finish: FinishReason,
 ) -> Bytes {
     let id = state.completion_id(rid);
-    let json = jsonl::ChatCompletion::new(
-        id.as_str(),
-        state.clock.unix_now_s(),
-        model,
-        "",
-        finish.as_str(),
-        usage,
-    );
+    let json = jsonl::ChatCompletion::new(id.as_str(), created, model, "", finish.as_str(), usage);
     let mut out = String::with_capacity(json.capacity(tags.json_len()));
     json.write_with_content(&mut out, |out| write_content(out, tags, usage, finish));
     Bytes::from(out)
@@ -451,10 +445,13 @@ pub(crate) async fn create(
             request.images,
             tags,
         );
-        let json = completion_body(state, rid, request.model, tags, usage, finish);
+        let created = state.clock.unix_now_s();
+        let json = completion_body(state, rid, created, request.model, tags, usage, finish);
         return Reply::json(200, json).into();
     }
-    let now = state.clock.now();
+    // One reading of the clock for the model's time and the completion's `created`.
+    let real_now = state.clock.real_elapsed();
+    let now = state.clock.model_at(real_now);
     let (outcome, transport, slow_ms) = {
         let mut b = state.lock();
         let outcome = b.upstream.chat(now, org.org, &request);
@@ -470,6 +467,7 @@ pub(crate) async fn create(
             let json = completion_body(
                 state,
                 rid,
+                state.clock.unix_at_s(real_now),
                 request.model,
                 ok.tags,
                 ok.usage,

@@ -149,7 +149,13 @@ impl ServerClock {
 
     /// Model time now: real elapsed × speedup.
     pub fn now(&self) -> Time {
-        let real_ns = nanos(self.real_elapsed());
+        self.model_at(self.real_elapsed())
+    }
+
+    /// Model time at `real` elapsed since the start ([`ServerClock::real_elapsed`]): a handler
+    /// that needs several readings of one instant reads the clock once.
+    pub fn model_at(&self, real: Duration) -> Time {
+        let real_ns = nanos(real);
         if self.speedup == 1.0 {
             return Time::from_nanos(real_ns);
         }
@@ -167,7 +173,12 @@ impl ServerClock {
 
     /// Wall-clock Unix seconds now.
     pub fn unix_now_s(&self) -> u64 {
-        let ms = u64::try_from(self.real_elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.unix_at_s(self.real_elapsed())
+    }
+
+    /// Wall-clock Unix seconds at `real` elapsed since the start.
+    pub fn unix_at_s(&self, real: Duration) -> u64 {
+        let ms = u64::try_from(real.as_millis()).unwrap_or(u64::MAX);
         self.unix_start_ms.saturating_add(ms) / 1000
     }
 
