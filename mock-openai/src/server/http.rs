@@ -429,6 +429,15 @@ mod tests {
         }
     }
 
+    /// A reply's headers as (name, value) text, in order.
+    fn listed(reply: &Reply) -> Vec<(&str, &str)> {
+        reply
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn replies_fill_every_place_once() {
         let mut reply = Reply::with_limits(
@@ -440,11 +449,7 @@ mod tests {
         );
         let org = HeaderValue::from_static("org-test");
         reply.decorate("req_0123", Some(&org), 3);
-        let got: Vec<(&str, &str)> = reply
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
+        let got = listed(&reply);
         assert_eq!(
             got,
             [
@@ -465,11 +470,7 @@ mod tests {
         let mut reply = Reply::json(200, "{}");
         reply.set_content_type("text/plain");
         reply.decorate("req_1", None, 1234);
-        let got: Vec<(&str, &str)> = reply
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
+        let got = listed(&reply);
         assert_eq!(
             got,
             [
