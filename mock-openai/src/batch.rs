@@ -816,7 +816,9 @@ impl Upstream {
             status,
             output_file_id,
             error_file_id,
-            error_code: self.batches[idx].errors.first().map(|e| e.code.clone()),
+            error_code: (status == BatchStatus::Failed)
+                .then(|| self.batches[idx].errors.first().map(|e| e.code.clone()))
+                .flatten(),
         })
     }
 
@@ -1045,7 +1047,9 @@ impl Upstream {
             object: "batch",
             endpoint: b.endpoint.clone(),
             model: b.model.as_str().to_owned(),
-            errors: (!b.errors.is_empty()).then(|| BatchErrors {
+            // Validation errors appear when the batch fails, not while it validates (nor
+            // after a cancel that came first).
+            errors: (status == BatchStatus::Failed && !b.errors.is_empty()).then(|| BatchErrors {
                 object: "list",
                 data: b.errors.clone(),
             }),

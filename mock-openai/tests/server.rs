@@ -680,6 +680,35 @@ async fn bad_batch_input_fails_validation_with_the_line() {
     m.shutdown().await;
 }
 
+/// A batch whose input fails validation shows no `errors` while it is still `validating` (a
+/// client that reads a non-null `errors` as failure must not see it early), nor once a cancel
+/// made during validation has ended it `cancelled`; only the `failed` batch carries them.
+#[tokio::test]
+async fn batch_errors_appear_only_once_it_has_failed() {
+    let m = start_manual(BASE).await;
+    let bad = format!("{}\n{{not json\n", jsonl_line("a", "/v1/chat/completions"));
+    let failing = create_batch(&m, &bad).await;
+    let cancelled = create_batch(&m, &bad).await;
+    for b in [&failing, &cancelled] {
+        assert_eq!(b["status"], "validating", "{b}");
+        assert_eq!(b["errors"], Value::Null, "{b}");
+    }
+    let id = cancelled["id"].as_str().unwrap();
+    let c = post_json(&m, &format!("/v1/batches/{id}/cancel"), json!({})).await;
+    assert_eq!(c.status, 200, "{:?}", c.body);
+    assert_eq!(c.json()["errors"], Value::Null);
+    m.advance(Duration::from_secs(3_600));
+    let c = batch(&m, id).await;
+    assert_eq!(
+        (&c["status"], &c["errors"]),
+        (&json!("cancelled"), &Value::Null)
+    );
+    let f = batch(&m, failing["id"].as_str().unwrap()).await;
+    assert_eq!(f["status"], "failed");
+    assert_eq!(f["errors"]["data"][0]["code"], "invalid_json_line");
+    m.shutdown().await;
+}
+
 /// A line's `custom_id`, `method` or `url` that is there but of the wrong type is reported as
 /// a wrong type on its line, not as missing; one that is absent is reported as missing.
 #[tokio::test]
