@@ -444,11 +444,16 @@ impl BatchState {
         self.failed_lines.partition_point(|&i| u64::from(i) < done) as u64
     }
 
+    /// `request_counts` at `now`: all zero while `validating`, as OpenAI shows them (facts
+    /// §5, observed `validating (0/0)`), the requests counted from `in_progress` on.
     pub fn counts(&self, now: Time) -> RequestCounts {
+        let status = self.status(now);
+        if status == BatchStatus::Validating {
+            return RequestCounts::default();
+        }
         let total = self.lines.len() as u64;
         let done = self.done(now);
         let failed_run = self.failed_before(done);
-        let status = self.status(now);
         let never_run = if matches!(status, BatchStatus::Expired | BatchStatus::Cancelled) {
             total - done
         } else {

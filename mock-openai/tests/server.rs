@@ -515,6 +515,41 @@ async fn batch_completes_with_outputs_matched_by_custom_id() {
     m.shutdown().await;
 }
 
+/// While a batch validates its `request_counts` are all zero, as OpenAI's are (facts §5,
+/// observed `validating (0/0) → in_progress (0/2 → 1/2) → completed (2/2)`); the total
+/// appears once it is `in_progress`.
+#[tokio::test]
+async fn request_counts_are_zero_while_validating() {
+    let m = start_manual(BASE).await;
+    let b = create_batch(&m, &jsonl(3)).await;
+    let id = b["id"].as_str().unwrap();
+    let zero = json!({"total": 0, "completed": 0, "failed": 0});
+    assert_eq!(
+        (&b["status"], &b["request_counts"]),
+        (&json!("validating"), &zero)
+    );
+    let mut seen_in_progress = false;
+    for _ in 0..400 {
+        m.advance(Duration::from_secs(5));
+        let s = batch(&m, id).await;
+        let counts = &s["request_counts"];
+        match s["status"].as_str().unwrap() {
+            "validating" => assert_eq!(*counts, zero),
+            "completed" => break,
+            _ => {
+                seen_in_progress = true;
+                assert_eq!(counts["total"], 3, "{s}");
+            }
+        }
+    }
+    assert!(seen_in_progress);
+    assert_eq!(
+        batch(&m, id).await["request_counts"],
+        json!({"total": 3, "completed": 3, "failed": 0})
+    );
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn batch_status_paths_token_limit_expiry_cancel() {
     let m = start_manual(&format!(
