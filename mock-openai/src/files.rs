@@ -120,6 +120,8 @@ pub(crate) struct StoredFile {
     pub filename: String,
     pub purpose: String,
     pub created: Time,
+    /// How long the file lives after `created` (`expires_at`); `None`: until deleted.
+    pub ttl: Option<Duration>,
     pub content: Content,
     /// Rendered result files, cached after the first request.
     pub rendered: Option<Bytes>,
@@ -166,7 +168,7 @@ impl Upstream {
     }
 
     /// `POST /v1/files`. Malformed JSONL is accepted here and fails at batch validation
-    /// (facts §4).
+    /// (facts §4). A `batch` file expires 30 days after upload, any other is kept.
     pub fn upload_file(
         &mut self,
         now: Time,
@@ -174,6 +176,21 @@ impl Upstream {
         filename: &str,
         purpose: &str,
         bytes: impl Into<Bytes>,
+    ) -> Result<FileObject, ApiError> {
+        self.upload_file_expiring(now, org, filename, purpose, bytes, None)
+    }
+
+    /// `POST /v1/files` with `expires_after` (facts §4): the file's `expires_at` is
+    /// `expires_after` after its upload, whatever its purpose; `None` keeps the default of
+    /// [`Upstream::upload_file`].
+    pub fn upload_file_expiring(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        filename: &str,
+        purpose: &str,
+        bytes: impl Into<Bytes>,
+        expires_after: Option<Duration>,
     ) -> Result<FileObject, ApiError> {
         let bytes = bytes.into();
         let now = self.advance(now);
@@ -202,6 +219,7 @@ impl Upstream {
             filename: filename.to_owned(),
             purpose: purpose.to_owned(),
             created: now,
+            ttl: expires_after.or((purpose == "batch").then_some(BATCH_FILE_TTL)),
             content: Content::Uploaded(bytes),
             rendered: None,
             deleted: false,
@@ -336,10 +354,7 @@ impl Upstream {
             object: "file",
             bytes,
             created_at: unix(f.created),
-            expires_at: f
-                .purpose
-                .starts_with("batch")
-                .then(|| unix(f.created + BATCH_FILE_TTL)),
+            expires_at: f.ttl.map(|ttl| unix(f.created + ttl)),
             filename: f.filename.clone(),
             purpose: f.purpose.clone(),
             status: "processed",
@@ -360,6 +375,7 @@ impl Upstream {
                 filename: format!("{bid}_output.jsonl"),
                 purpose: "batch_output".to_owned(),
                 created: end,
+                ttl: Some(BATCH_FILE_TTL),
                 content: Content::Output(idx),
                 rendered: None,
                 deleted: false,
@@ -372,6 +388,7 @@ impl Upstream {
                 filename: format!("{bid}_error.jsonl"),
                 purpose: "batch_output".to_owned(),
                 created: end,
+                ttl: Some(BATCH_FILE_TTL),
                 content: Content::Errors(idx),
                 rendered: None,
                 deleted: false,

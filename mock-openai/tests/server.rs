@@ -2144,6 +2144,97 @@ async fn upload_raw(m: &Mock, ct: &str, body: Vec<u8>) -> Resp {
     .unwrap()
 }
 
+/// An upload with `expires_after` fields (as the SDK sends `expires_after={"anchor":
+/// "created_at","seconds":3600}`).
+fn multipart_expiring(filename: &str, purpose: &str, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let (ct, body) = multipart(filename, purpose, jsonl(1).as_bytes());
+    let b = "mockboundary7f3a";
+    let mut with = Vec::new();
+    for (name, value) in fields {
+        with.extend_from_slice(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    with.extend_from_slice(&body);
+    (ct, with)
+}
+
+/// `expires_after` on an upload sets the file's `expires_at` (facts §4: anchor `created_at`,
+/// seconds 3600..=2592000), for any purpose; out of range or half given is a 400 naming it.
+#[tokio::test]
+async fn upload_expires_after_sets_expires_at() {
+    let m = start_manual(BASE).await;
+    for (purpose, filename) in [("batch", "a.jsonl"), ("user_data", "u.txt")] {
+        let (ct, body) = multipart_expiring(
+            filename,
+            purpose,
+            &[
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "3600"),
+            ],
+        );
+        let r = upload_raw(&m, &ct, body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let f = r.json();
+        assert_eq!(f["expires_at"], START_UNIX + 3_600, "{f}");
+        let id = f["id"].as_str().unwrap();
+        assert_eq!(
+            get(&m, &format!("/v1/files/{id}")).await.json()["expires_at"],
+            START_UNIX + 3_600
+        );
+    }
+    // Without it: a batch file expires after 30 days, another is kept.
+    let (ct, body) = multipart_expiring("u.txt", "user_data", &[]);
+    assert_eq!(
+        upload_raw(&m, &ct, body).await.json()["expires_at"],
+        Value::Null
+    );
+    for (fields, param) in [
+        (
+            vec![
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "10"),
+            ],
+            "expires_after.seconds",
+        ),
+        (
+            vec![
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "2592001"),
+            ],
+            "expires_after.seconds",
+        ),
+        (
+            vec![
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "1h"),
+            ],
+            "expires_after.seconds",
+        ),
+        (
+            vec![("expires_after[anchor]", "created_at")],
+            "expires_after.seconds",
+        ),
+        (
+            vec![
+                ("expires_after[anchor]", "last_used"),
+                ("expires_after[seconds]", "3600"),
+            ],
+            "expires_after.anchor",
+        ),
+        (
+            vec![("expires_after[seconds]", "3600")],
+            "expires_after.anchor",
+        ),
+    ] {
+        let (ct, body) = multipart_expiring("a.jsonl", "batch", &fields);
+        let e = upload_raw(&m, &ct, body).await.error(400);
+        assert_eq!(e["param"], param, "{fields:?}");
+    }
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn multipart_edge_cases_get_openai_errors() {
     let m = start_manual(BASE).await;

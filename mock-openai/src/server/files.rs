@@ -1,6 +1,10 @@
 //! The Files API: `POST /v1/files` (multipart `file` + `purpose`),
 //! `GET /v1/files?purpose=&limit=&order=&after=`, `GET /v1/files/{id}`,
 //! `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`, with timestamps moved to real time.
+//! An upload's optional `expires_after` comes as the form fields `expires_after[anchor]` and
+//! `expires_after[seconds]`.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Request;
@@ -50,6 +54,10 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
     else {
         return ApiError::invalid_value("purpose", "must be text.").into();
     };
+    let expires_after = match expires_after(&parts, &body) {
+        Ok(e) => e,
+        Err(e) => return e.into(),
+    };
     let filename = file.filename.clone().unwrap_or_else(|| "file".to_owned());
     // A slice of the request body: stored as is, no copy.
     let data: Bytes = body.slice(file.data.clone());
@@ -59,10 +67,47 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
     let epoch = b.upstream.config().epoch_unix_s;
     match b
         .upstream
-        .upload_file(now, org.org, &filename, &purpose, data)
+        .upload_file_expiring(now, org.org, &filename, &purpose, data, expires_after)
     {
         Ok(f) => Reply::value(&real_file(state, epoch, f)).into(),
         Err(e) => e.into(),
+    }
+}
+
+/// The optional `expires_after` of an upload, sent as the form fields
+/// `expires_after[anchor]` (`created_at`) and `expires_after[seconds]` (3600..=2592000, facts
+/// §4), as the SDK sends it; `None` when neither is there.
+fn expires_after(parts: &[multipart::Part], body: &Bytes) -> Result<Option<Duration>, ApiError> {
+    const ANCHOR: &str = "expires_after.anchor";
+    const SECONDS: &str = "expires_after.seconds";
+    let field = |name: &str, param: &str| -> Result<Option<String>, ApiError> {
+        match parts.iter().find(|p| p.name == name) {
+            None => Ok(None),
+            Some(p) => std::str::from_utf8(&body[p.data.clone()])
+                .map(|v| Some(v.trim().to_owned()))
+                .map_err(|_| ApiError::invalid_value(param, "must be text.")),
+        }
+    };
+    let anchor = field("expires_after[anchor]", ANCHOR)?;
+    let seconds = field("expires_after[seconds]", SECONDS)?;
+    let (anchor, seconds) = match (anchor, seconds) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => return Err(ApiError::missing_parameter(ANCHOR)),
+        (Some(_), None) => return Err(ApiError::missing_parameter(SECONDS)),
+        (Some(a), Some(s)) => (a, s),
+    };
+    if anchor != "created_at" {
+        return Err(ApiError::invalid_value(
+            ANCHOR,
+            &format!("'{anchor}'. Supported values are: 'created_at'."),
+        ));
+    }
+    match seconds.parse::<u64>() {
+        Ok(n @ 3600..=2_592_000) => Ok(Some(Duration::from_secs(n))),
+        _ => Err(ApiError::invalid_value(
+            SECONDS,
+            &format!("expected an integer between 3600 and 2592000, got {seconds}."),
+        )),
     }
 }
 
