@@ -1886,6 +1886,46 @@ fn report_json_on_users_carries_the_schema_and_each_boundary() {
 }
 
 #[test]
+fn a_run_that_leaves_images_pending_is_no_capacity_however_low_its_p95() {
+    // Runs stopped at 100 s: from some user count on, uploads are still going when the run
+    // stops, and the p95 of the ones that completed stays under the 2-minute limit.
+    let args = [
+        "report",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--tiers",
+        "1",
+        "--max-users",
+        "64",
+        "--set",
+        "sim.max_duration_s=100",
+    ];
+    let o = bin(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert!(runs.iter().any(|r| r["pending"] != 0), "{v:#}");
+    for r in runs.iter().filter(|r| r["pending"] != 0) {
+        assert_eq!(r["passes"], false, "{r}");
+    }
+    let users = v["tiers"][0]["capacity"]["users"].as_u64().unwrap();
+    let at = runs.iter().find(|r| r["users"] == users).unwrap();
+    assert_eq!(
+        at["pending"], 0,
+        "capacity at a run with images pending: {v:#}"
+    );
+    let first_failing = v["tiers"][0]["first_failing"]["users"].as_u64();
+    assert_eq!(first_failing, Some(users + 1), "{v:#}");
+    // The table says why such a run does not pass.
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    assert!(
+        md.contains(" | no (") && md.contains(" pending) | "),
+        "{md}"
+    );
+}
+
+#[test]
 fn report_help_says_what_is_varied_with_examples() {
     let o = bin(&["report", "--help"]);
     assert_eq!(o.status.code(), Some(0));
