@@ -340,6 +340,9 @@ pub(crate) struct BatchState {
     pub error_file_id: String,
     /// Whether the result files have been registered in the file store.
     pub files_registered: bool,
+    /// How long its result files live after their creation (`output_expires_after`);
+    /// `None`: the 30 days of batch files.
+    pub output_ttl: Option<Duration>,
     /// Usage of succeeded requests, computed once the batch has ended.
     pub final_usage: Option<Usage>,
 }
@@ -761,6 +764,7 @@ impl Upstream {
             output_file_id,
             error_file_id,
             files_registered: false,
+            output_ttl: None,
             final_usage: None,
         };
         let end = state.end_time();

@@ -367,6 +367,7 @@ impl Upstream {
         let b = &mut self.batches[idx];
         b.files_registered = true;
         let (org, end, bid) = (b.org, b.end_time(), b.id.clone());
+        let ttl = Some(b.output_ttl.unwrap_or(BATCH_FILE_TTL));
         let (out_id, err_id) = (b.output_file_id.clone(), b.error_file_id.clone());
         if counts.completed > 0 {
             self.store_file(StoredFile {
@@ -375,7 +376,7 @@ impl Upstream {
                 filename: format!("{bid}_output.jsonl"),
                 purpose: "batch_output".to_owned(),
                 created: end,
-                ttl: Some(BATCH_FILE_TTL),
+                ttl,
                 content: Content::Output(idx),
                 rendered: None,
                 deleted: false,
@@ -388,7 +389,7 @@ impl Upstream {
                 filename: format!("{bid}_error.jsonl"),
                 purpose: "batch_output".to_owned(),
                 created: end,
-                ttl: Some(BATCH_FILE_TTL),
+                ttl,
                 content: Content::Errors(idx),
                 rendered: None,
                 deleted: false,
@@ -478,6 +479,30 @@ impl Upstream {
             out.push('\n');
         }
         out
+    }
+
+    /// `output_expires_after` of batch `id` (facts §5): its output and error files expire
+    /// `ttl` after they are created instead of after 30 days.
+    pub fn set_batch_output_ttl(
+        &mut self,
+        org: OrgId,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<(), ApiError> {
+        let idx = self.find_batch(org, id)?;
+        let b = &mut self.batches[idx];
+        b.output_ttl = Some(ttl);
+        // Files of a batch that ended at once (a zero-length timeline) are already stored.
+        for file in [&b.output_file_id, &b.error_file_id] {
+            if let Some(f) = self
+                .file_by_id
+                .get(file)
+                .and_then(|&i| self.files.get_mut(i))
+            {
+                f.ttl = Some(ttl);
+            }
+        }
+        Ok(())
     }
 
     /// `POST /v1/batches`: creates a batch from an uploaded `purpose=batch` JSONL file. Request

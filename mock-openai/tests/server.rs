@@ -2432,6 +2432,50 @@ async fn output_expires_after_is_validated() {
     m.shutdown().await;
 }
 
+/// `output_expires_after` sets the result files' `expires_at`: their creation plus its seconds
+/// (the SDK: "the anchor is the file creation time, not the time the batch is created");
+/// without it they expire 30 days after creation.
+#[tokio::test]
+async fn output_expires_after_sets_the_result_files_expiry() {
+    let m = start_manual(BASE).await;
+    let bad = body_with("bad", |b| b["stream"] = json!(true));
+    let data = format!(
+        "{}\n{}\n",
+        jsonl_line("ok", "/v1/chat/completions"),
+        line_with_body("bad", &bad)
+    );
+    let fid = upload(&m, "in.jsonl", data.as_bytes()).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (oea, ttl) in [
+        (json!({"anchor": "created_at", "seconds": 7_200}), 7_200),
+        (Value::Null, 30 * 86_400),
+    ] {
+        let r = post_json(
+            &m,
+            "/v1/batches",
+            json!({"input_file_id": fid, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h", "output_expires_after": oea}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let done = run_to_end(&m, r.json()["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        for key in ["output_file_id", "error_file_id"] {
+            let id = done[key].as_str().unwrap();
+            let f = get(&m, &format!("/v1/files/{id}")).await.json();
+            assert_eq!(f["created_at"], done["completed_at"], "{f}");
+            assert_eq!(
+                f["expires_at"].as_u64(),
+                Some(f["created_at"].as_u64().unwrap() + ttl),
+                "{oea}: {f}"
+            );
+        }
+    }
+    m.shutdown().await;
+}
+
 /// Shutdown does not wait out a slow-body fault: like a timeout hold it is cut short, and the
 /// rest of the body goes out at once, so the client still gets the whole response.
 #[tokio::test]

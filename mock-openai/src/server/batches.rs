@@ -2,6 +2,8 @@
 //! `GET /v1/batches?after=&limit=`. Request problems are 4xx; problems in the input file make
 //! the created batch go `failed` (facts §5). Timestamps are moved to real time.
 
+use std::time::Duration;
+
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -87,12 +89,13 @@ fn check_metadata(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     }
 }
 
-/// `output_expires_after`: `{"anchor": "created_at", "seconds": 3600..=2592000}` (facts §5).
-/// Checked only; the mock keeps result files for as long as it runs.
-fn check_output_expires_after(v: Option<&Value>) -> Result<(), ApiError> {
+/// `output_expires_after`: `{"anchor": "created_at", "seconds": 3600..=2592000}` (facts §5):
+/// how long the result files live after their creation, which their `expires_at` shows (the
+/// mock keeps them for as long as it runs).
+fn check_output_expires_after(v: Option<&Value>) -> Result<Option<Duration>, ApiError> {
     const KEY: &str = "output_expires_after";
     let o = match v {
-        None | Some(Value::Null) => return Ok(()),
+        None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(o)) => o,
         Some(other) => return Err(invalid_type(KEY, "an object", other)),
     };
@@ -111,8 +114,8 @@ fn check_output_expires_after(v: Option<&Value>) -> Result<(), ApiError> {
     let seconds = format!("{KEY}.seconds");
     match o.get("seconds") {
         None | Some(Value::Null) => Err(ApiError::missing_parameter(&seconds)),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => match n.as_i64() {
-            Some(3600..=2_592_000) => Ok(()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => match n.as_u64() {
+            Some(s @ 3600..=2_592_000) => Ok(Some(Duration::from_secs(s))),
             _ => Err(ApiError::invalid_value(
                 &seconds,
                 &format!("expected an integer between 3600 and 2592000, got {n}."),
@@ -157,9 +160,10 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
         Ok(m) => m,
         Err(e) => return e.into(),
     };
-    if let Err(e) = check_output_expires_after(obj.get("output_expires_after")) {
-        return e.into();
-    }
+    let output_ttl = match check_output_expires_after(obj.get("output_expires_after")) {
+        Ok(t) => t,
+        Err(e) => return e.into(),
+    };
     let now = state.clock.now();
     let mut b = state.lock();
     match b
@@ -169,6 +173,10 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
         Ok(batch) => {
             if let Some(m) = metadata {
                 b.metadata.insert(batch.id.clone(), m);
+            }
+            if let Some(ttl) = output_ttl {
+                // The batch was just created: it cannot have ended yet.
+                let _ = b.upstream.set_batch_output_ttl(org.org, &batch.id, ttl);
             }
             Reply::value(&real_batch(state, &b, batch)).into()
         }
