@@ -1299,9 +1299,16 @@ fn document(i: &Inputs) -> Doc {
     let mut prev: Option<Found> = None;
     let size = |l: Load| l.value();
     for (&t, c) in plan.tiers.iter().zip(i.found) {
-        let ratio = match (prev.and_then(Found::load), c.load()) {
-            (Some(p), Some(n)) if size(p) > 0.0 => {
-                let bound = if c.at_cap() { "≥ " } else { "" };
+        // A capacity at the cap is a lower bound: over an exact one, so is the ratio; under an
+        // exact one, the ratio is an upper bound; over another lower bound, it is unknown.
+        let capped = (prev.is_some_and(Found::at_cap), c.at_cap());
+        let ratio = match (prev.and_then(Found::load), c.load(), capped) {
+            (Some(p), Some(n), (false, _) | (_, false)) if size(p) > 0.0 => {
+                let bound = match capped {
+                    (false, true) => "≥ ",
+                    (true, false) => "≤ ",
+                    _ => "",
+                };
                 format!("{bound}× {:.1}", size(n) / size(p))
             }
             _ => "–".into(),

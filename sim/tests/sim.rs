@@ -1886,6 +1886,28 @@ fn report_json_on_users_carries_the_schema_and_each_boundary() {
 }
 
 #[test]
+fn what_the_next_tier_buys_claims_no_ratio_between_two_capped_capacities() {
+    let ratios = |max_users: &str| -> Vec<String> {
+        let o = bin(&[
+            "report",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--tiers",
+            "1,2",
+            "--max-users",
+            max_users,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let md = text(&o.stdout);
+        let rows = report_rows(&md, "## 2. What the next tier buys");
+        rows.iter().map(|r| format!("{} {}", r[1], r[2])).collect()
+    };
+    // Tier 1 carries 13 users. Both tiers pass 8, the cap: nothing is known of their ratio.
+    assert_eq!(ratios("8"), ["≥ 8 (cap) –", "≥ 8 (cap) –"]);
+    // Tier 2 passes 20, the cap, over tier 1's exact 13: at least × 1.5.
+    assert_eq!(ratios("20"), ["13 –", "≥ 20 (cap) ≥ × 1.5"]);
+}
+
+#[test]
 fn a_run_that_leaves_images_pending_is_no_capacity_however_low_its_p95() {
     // Runs stopped at 100 s: from some user count on, uploads are still going when the run
     // stops, and the p95 of the ones that completed stays under the 2-minute limit.
