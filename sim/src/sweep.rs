@@ -37,7 +37,8 @@ Examples:
   tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary seed=1..=10 --json
 
 Every value is one more --set KEY=VALUE after the others (a --set or --seed of the swept field
-is refused). A value that makes the scenario or the policy invalid is reported, naming it, and
+is refused). A comma inside a quoted string, an array or an inline table does not split the list:
+--vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values. A value that makes the scenario or the policy invalid is reported, naming it, and
 nothing runs. In the table, * marks the lowest figure of each column where lower is better.
 
 --json prints one line per value, {\"vary\": {\"key\": KEY, \"value\": VALUE}, \"results\": {...}},
@@ -108,10 +109,11 @@ impl Vary {
         if values.is_empty() {
             return Err(VaryError::Shape);
         }
-        let values = if values.contains("..") {
+        let (items, range_shaped) = top_level(values);
+        let values = if range_shaped {
             range(values)?
         } else {
-            let list: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
+            let list: Vec<String> = items.iter().map(|v| v.trim().to_owned()).collect();
             if list.iter().any(String::is_empty) {
                 return Err(VaryError::Empty);
             }
@@ -136,6 +138,37 @@ impl Vary {
     fn set(&self, value: &str) -> String {
         format!("{}={value}", self.key)
     }
+}
+
+/// The items of a comma list, split at the commas outside any TOML string, array or inline
+/// table (`{ kind = "fixed", n = 5 },[1, 2]` is two items), and whether `..` stands outside
+/// them too (the text is a range, not a list).
+fn top_level(text: &str) -> (Vec<&str>, bool) {
+    let mut items = Vec::new();
+    let (mut start, mut depth, mut dots) = (0, 0i32, false);
+    let (mut quote, mut escaped, mut prev) = (None::<char>, false, ' ');
+    for (i, c) in text.char_indices() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&text[start..i]);
+                    start = i + 1;
+                }
+                '.' if depth == 0 && prev == '.' => dots = true,
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    items.push(&text[start..]);
+    (items, dots)
 }
 
 /// `START..=END` or `START..=END:STEP`, every number an integer.
@@ -673,6 +706,25 @@ mod tests {
         let v = Vary::parse("uploads[0].users=1,2").unwrap();
         assert_eq!(v.key, "uploads[0].users");
         assert_eq!(v.path, FieldPath::parse("uploads.0.users"));
+    }
+
+    #[test]
+    fn commas_inside_strings_arrays_and_tables_do_not_split_the_list() {
+        ok(
+            "uploads.0.images={ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }",
+            &["{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }"],
+        );
+        ok(
+            "uploads.0.images=5, { kind = \"lognormal\", median = 8, p99 = 60 },10",
+            &["5", "{ kind = \"lognormal\", median = 8, p99 = 60 }", "10"],
+        );
+        ok("k=[1, 2],[3]", &["[1, 2]", "[3]"]);
+        ok(
+            "name=\"a,b\",'c,d',\"e\\\",f\"",
+            &["\"a,b\"", "'c,d'", "\"e\\\",f\""],
+        );
+        // `..` in a string is no range.
+        ok("name=\"a..b\",\"c\"", &["\"a..b\"", "\"c\""]);
     }
 
     #[test]
