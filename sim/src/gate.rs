@@ -125,7 +125,9 @@ pub enum Verdict {
 
 /// Judges `now` against `base`: worse by more than `tolerance_pct` percent of `base` regresses.
 /// The rule is relative, so from a baseline of 0 any worsening regresses (one 429 where there
-/// were none fails at any tolerance).
+/// were none fails at any tolerance). Decimal figures (a bound ratio of 1.05 against 1.00) are
+/// not exact in binary, so a change of exactly the tolerance can compute a hair above it: a
+/// relative slack of 1e-9 keeps it within.
 pub fn judge(base: f64, now: f64, better: Better, tolerance_pct: f64) -> Verdict {
     let worse_by = match better {
         Better::Lower => now - base,
@@ -135,7 +137,7 @@ pub fn judge(base: f64, now: f64, better: Better, tolerance_pct: f64) -> Verdict
         Verdict::Unchanged
     } else if worse_by < 0.0 {
         Verdict::Improved
-    } else if base == 0.0 || worse_by / base.abs() * 100.0 > tolerance_pct {
+    } else if base == 0.0 || worse_by / base.abs() * 100.0 > tolerance_pct * (1.0 + 1e-9) {
         Verdict::Regressed
     } else {
         Verdict::Worse
@@ -970,6 +972,19 @@ mod tests {
             "tolerance 0: any worsening"
         );
         assert_eq!(lower(0.07, 0.0700001, 5.0), Worse);
+    }
+
+    #[test]
+    fn exactly_the_tolerance_worse_is_within_it_for_decimal_figures_too() {
+        use Verdict::*;
+        let lower = |base, now, tol| judge(base, now, Better::Lower, tol);
+        // (1.05 - 1.0) / 1.0 * 100 computes to 5.000000000000004.
+        assert_eq!(lower(1.0, 1.05, 5.0), Worse);
+        assert_eq!(lower(0.01, 0.0105, 5.0), Worse);
+        assert_eq!(lower(0.050875, 0.06512, 28.0), Worse);
+        assert_eq!(lower(1.0, 1.0501, 5.0), Regressed);
+        assert_eq!(lower(1.0, 1.0000001, 0.0), Regressed);
+        assert_eq!(judge(2.0, 1.9, Better::Higher, 5.0), Worse);
     }
 
     #[test]
