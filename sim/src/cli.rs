@@ -104,6 +104,11 @@ Workflow:
   # In CI: fails with exit 4 when a metric regressed.
   tagstorm-sim gate --baseline scenarios/baseline.json --summary gate.md scenarios/*.toml
 
+--update replaces the whole file with this run's entries: give it the scenarios and --policies
+the CI job gates (this repository's .ci/run: --policies tagstorm,seed-proposed,seed-current).
+An entry it leaves out is dropped, and the CI job then reports that run as new, which passes
+whatever its numbers.
+
 Exit codes: 0 passed (or, with --update, the baseline was written); 1 an invariant failed
 (--update then writes nothing); 2 bad input, a malformed baseline included, reported with its
 file, line and field before anything runs; 3 an output could not be written; 4 a metric

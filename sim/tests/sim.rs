@@ -1262,6 +1262,9 @@ fn gate_help_shows_the_workflow_every_metric_and_exit_4() {
         "--tolerance <PCT>",
         "--summary <FILE.md>",
         "4 a metric",
+        // Refreshing the baseline with fewer policies than CI gates would drop entries.
+        "--update replaces the whole file",
+        "--policies tagstorm,seed-proposed,seed-current",
     ] {
         assert!(out.contains(s), "{s}: {out}");
     }
