@@ -609,7 +609,8 @@ pub fn markdown(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]
     }
     out.push('\n');
     for ((v, _), row) in rows.iter().zip(&cells) {
-        let _ = write!(out, "| {v} |");
+        // A `|` in a value (a string) would split its cell.
+        let _ = write!(out, "| {} |", v.replace('|', "\\|"));
         for (text, best) in row {
             if *best {
                 let _ = write!(out, " **{text}** |");

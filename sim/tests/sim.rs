@@ -1546,6 +1546,29 @@ fn sweep_out_writes_the_summary_the_plot_and_one_folder_per_value() {
 }
 
 #[test]
+fn a_swept_string_with_a_pipe_stays_in_its_summary_cell() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-sim-sweep-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = bin(&[
+        "sweep",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--vary",
+        "description=\"a|b\",\"c\"",
+        "--out",
+        &dir.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    // Every row of the table has as many cell separators (a `|` not escaped) as its header.
+    let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), 4, "{md}");
+    assert!(rows.iter().all(|l| cells(l) == cells(rows[0])), "{md}");
+    assert!(md.contains("\n| \"a\\|b\" | "), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn sweep_help_shows_examples_and_the_json_shape() {
     let o = bin(&["sweep", "--help"]);
     assert_eq!(o.status.code(), Some(0));
