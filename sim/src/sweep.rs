@@ -38,8 +38,9 @@ Examples:
 
 Every value is one more --set KEY=VALUE after the others (a --set or --seed of the swept field
 is refused). A comma inside a quoted string, an array or an inline table does not split the list:
---vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values. A value that makes the scenario or the policy invalid is reported, naming it, and
-nothing runs. In the table, * marks the lowest figure of each column where lower is better.
+--vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values.
+A value that makes the scenario or the policy invalid is reported, naming it, and nothing runs.
+In the table, * marks the lowest figure of each column where lower is better.
 
 --json prints one line per value, {\"vary\": {\"key\": KEY, \"value\": VALUE}, \"results\": {...}},
 with the results object exactly as `run --set KEY=VALUE --json` prints it. --out DIR writes
