@@ -1294,6 +1294,25 @@ fn document(i: &Inputs) -> Doc {
             sig3(*cap)
         ),
     }));
+    // An explicit account limit overrides every tier's: the tiers do not differ in it.
+    let acct = &spec.account;
+    let pinned: Vec<String> = [
+        ("rpm", acct.rpm),
+        ("tpm", acct.tpm),
+        ("rpd", acct.rpd),
+        ("batch_queue_tokens", acct.batch_queue_tokens),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(k, _)| format!("`account.{k}`"))
+    .collect();
+    if !pinned.is_empty() {
+        b.push(Block::Para(format!(
+            "The scenario sets {} itself, which overrides every tier's: the tiers differ only in \
+             the limits it leaves to them (the limits column shows what the runs had).",
+            pinned.join(", ")
+        )));
+    }
     b.push(Block::Heading(2, "2. What the next tier buys".into()));
     let mut rows = Vec::new();
     let mut prev: Option<Found> = None;

@@ -1912,6 +1912,41 @@ fn report_json_on_users_carries_the_schema_and_each_boundary() {
 }
 
 #[test]
+fn a_report_says_when_explicit_account_limits_hold_at_every_tier() {
+    // Tier 1's limits written out: --tiers 1,2 then runs both tiers at 500 RPM and 200,000 TPM,
+    // and tier 2 "buys × 1.0".
+    let dir = std::env::temp_dir().join(format!("tagstorm-report-pinned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pinned.toml");
+    let toml = std::fs::read_to_string(scenarios_dir().join("ten-users-fifteen-images.toml"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("tier = 1") {
+            true => "rpm = 500\ntpm = 200000\nbatch_queue_tokens = 2000000",
+            false => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&file, toml).unwrap();
+    let o = bin(&["report", &file.to_string_lossy(), "--tiers", "1,2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    let tiers = report_rows(&md, "## 1. Capacity per tier");
+    assert_eq!(tiers[0][1], tiers[1][1], "{md}");
+    assert!(
+        md.contains(
+            "The scenario sets `account.rpm`, `account.tpm`, `account.batch_queue_tokens` \
+             itself, which overrides every tier's"
+        ),
+        "{md}"
+    );
+    // A scenario on a tier alone has no such note.
+    let o = bin(&["report", TEN, "--tiers", "1,2"]);
+    assert!(!text(&o.stdout).contains("itself, which overrides"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn what_the_next_tier_buys_claims_no_ratio_between_two_capped_capacities() {
     let ratios = |max_users: &str| -> Vec<String> {
         let o = bin(&[
