@@ -297,15 +297,17 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         for v in h.iter_quantiles(5) {
             total += v.count_since_last_iteration();
             let q = v.quantile_iterated_to();
-            let value = v.value_iterated_to() as f64;
+            // Java's `%12.3f` leaves no blank before a value of 10,000,000 ms (2.8 hours) or
+            // more, and parsers that expect one (hdr-plot matches `\s+` at the line's start)
+            // then skip the row: such a value gets one blank in front.
+            let mut value = format!("{:12.3}", v.value_iterated_to() as f64);
+            if !value.starts_with(' ') {
+                value.insert(0, ' ');
+            }
             if q < 1.0 {
-                let _ = writeln!(
-                    out,
-                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                );
+                let _ = writeln!(out, "{value} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
             } else {
-                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
+                let _ = writeln!(out, "{value} {q:2.12} {total:10}");
             }
         }
     }
@@ -360,5 +362,38 @@ mod tests {
             "#[Max     =     1000.000, Total count    =         1000]"
         );
         assert_eq!(Summary::of(&h).p50, 500);
+    }
+
+    #[test]
+    fn hgrm_rows_of_hours_still_start_with_a_blank() {
+        // 3 hours and a day in ms: 8 digits and 3 decimals fill Java's 12 columns, and
+        // hdr-plot reads a row only if it starts with whitespace.
+        let mut h = new_histogram();
+        for v in [1_000u64, 10_800_000, 86_400_000] {
+            h.record(v).unwrap();
+        }
+        let text = hgrm(&h);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip(2)
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        assert!(rows.len() > 3, "{text}");
+        for row in &rows {
+            assert!(
+                row.starts_with(' '),
+                "a row without a leading blank: {row:?}"
+            );
+        }
+        let last = rows.last().unwrap();
+        let max: f64 = last.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(max >= 86_400_000.0, "{last}");
+        assert_eq!(last.split_whitespace().count(), 3, "{last}");
+        // Values that fit keep Java's layout exactly.
+        assert!(
+            rows[0].starts_with("    1000.000 0.000000000000"),
+            "{}",
+            rows[0]
+        );
     }
 }
