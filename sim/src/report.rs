@@ -264,7 +264,7 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
     );
     out.push_str("| metric |");
     for r in runs {
-        let _ = write!(out, " {} |", r.policy);
+        let _ = write!(out, " {} |", md_cell(&r.policy));
     }
     out.push_str("\n|---|");
     for _ in runs {
@@ -294,6 +294,14 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
         }
     }
     out
+}
+
+/// Text for a Markdown table cell: a `|` is escaped and a line break becomes a blank, so a
+/// policy named `fast|cheap` stays in one cell instead of adding a column to its row.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace("\r\n", " ")
+        .replace(['\r', '\n'], " ")
 }
 
 /// `n` and its noun, in the singular for one: `1 upload`, `3,000 images`.
@@ -348,5 +356,29 @@ mod tests {
         );
         assert_eq!(thousands(2_000_000), "2,000,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn a_policy_name_with_a_pipe_or_a_line_break_stays_in_its_header_cell() {
+        let text = "name = \"md\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 1\n\
+                    [images]\nwidth_px = 512\nheight_px = 512\noutput_tokens = 60\n\
+                    [[uploads]]\nusers = 1\nimages = 2\nat_s = 0\n";
+        let s = Scenario::from_text("md.toml", text, &[]).unwrap();
+        let policy = s.policy(&tagstorm_core::Policy::tagstorm()).unwrap();
+        let run = crate::sim::run(&s, &policy).unwrap().results;
+        let mut piped = run.clone();
+        piped.policy = "fast|cheap".into();
+        let mut broken = run.clone();
+        broken.policy = "two\nlines".into();
+        let md = markdown(&s, &[&run, &piped, &broken]);
+        // Every row has as many cell separators (a `|` not escaped) as the delimiter row.
+        let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(rows.len(), 17, "{md}");
+        assert!(rows.iter().all(|l| cells(l) == cells(rows[1])), "{md}");
+        assert_eq!(
+            rows[0], "| metric | tagstorm | fast\\|cheap | two lines |",
+            "{md}"
+        );
     }
 }
