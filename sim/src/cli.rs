@@ -974,7 +974,8 @@ pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
         tmps.push((tmp.clone(), path));
         if let Err(e) = written {
             undo(&tmps, &created);
-            return Err(fail(&tmp, e));
+            // The error names the file the user asked for, not the temporary one.
+            return Err(fail(path, e));
         }
     }
     for (i, (tmp, path)) in tmps.iter().enumerate() {
@@ -1010,6 +1011,21 @@ mod tests {
         left.sort();
         assert_eq!(left, ["blocked"], "a failed --out left partial output");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_not_its_temporary_name() {
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-tmpname-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A folder where the temporary file would go: writing it fails (even as root).
+        let tmp = dir.join(format!("results.json.tmp{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let e = write_all(&[(dir.join("results.json"), "{}".to_owned())]).unwrap_err();
+        let message = e.to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(e.exit_code(), 3);
+        let expected = format!("{}: cannot write: ", dir.join("results.json").display());
+        assert!(message.starts_with(&expected), "{message}");
     }
 
     #[test]
