@@ -2,6 +2,7 @@
 
 mod chaos;
 mod harness;
+mod ledger;
 
 use std::time::Duration;
 
@@ -604,5 +605,43 @@ fn a_huge_retry_after_does_not_freeze_realtime() {
             );
             assert!(batched, "the image moved to the Batch API: {actions:?}");
         }
+    }
+}
+
+// ---- per-image bookkeeping under a scripted upstream (see `ledger.rs`) ----------------------
+
+fn bookkeeping_policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just(Policy::seed_current()),
+        Just(Policy::seed_proposed()),
+        Just(Policy::tagstorm()),
+        Just(Policy {
+            on_retries_exhausted: tagstorm_core::config::Exhausted::Fail,
+            ..Policy::tagstorm()
+        }),
+        // Per-hour batch budgets hold work back; small batches make many of them.
+        Just(Policy {
+            workspace_batches_per_hour: Some(2),
+            workspace_images_per_hour: Some(300),
+            max_images_per_batch: 7,
+            ..Policy::tagstorm()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Every image ends exactly once, tagged with an answer for itself (through the channel and
+    /// from a batch that held it), never re-sent while an attempt is out, progress agrees with
+    /// the events, and once the upstream turns honest nothing is left waiting.
+    #[test]
+    fn every_image_ends_once_with_its_own_tag(
+        seed in any::<u64>(),
+        policy in bookkeeping_policy(),
+        script in prop::collection::vec((any::<u8>(), any::<u16>(), any::<u16>()), 0..200),
+    ) {
+        let mut l = ledger::Ledger::new(Config::new(policy, tier1()).with_seed(seed));
+        l.run(&script);
     }
 }
