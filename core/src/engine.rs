@@ -884,6 +884,16 @@ impl Engine {
                 s
             }
             Err(_) => {
+                // A failed poll is no reason to poll past the policy's limit: the time is up
+                // whether or not upstream answers (the images would otherwise wait forever
+                // while every poll fails).
+                if let Some(give_up) = self.cfg.policy.poll_give_up_ms {
+                    if now - b.created_at >= Duration::from_millis(give_up) {
+                        self.abandon(now, batch, give_up);
+                        self.schedule_drive(now);
+                        return;
+                    }
+                }
                 b.poll_interval = (b.poll_interval * 2).min(max_interval);
                 let next = now + b.poll_interval;
                 b.next_poll = next;

@@ -3,6 +3,7 @@
 mod chaos;
 mod harness;
 mod ledger;
+mod lifecycle;
 
 use std::time::Duration;
 
