@@ -978,6 +978,15 @@ pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
             return Err(fail(path, e));
         }
     }
+    // A folder in a file's place would fail its rename after the files before it were renamed
+    // into place: look before renaming any.
+    if let Some((_, path)) = tmps.iter().find(|(_, p)| p.is_dir()) {
+        undo(&tmps, &created);
+        return Err(CliError::Output {
+            path: display_path(path),
+            message: "it is a folder, not a file".to_owned(),
+        });
+    }
     for (i, (tmp, path)) in tmps.iter().enumerate() {
         if let Err(e) = std::fs::rename(tmp, path) {
             undo(&tmps[i..], &[]);
@@ -1011,6 +1020,32 @@ mod tests {
         left.sort();
         assert_eq!(left, ["blocked"], "a failed --out left partial output");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_folder_in_a_files_place_fails_before_any_file_is_renamed_into_place() {
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-dirfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // summary.md is a folder: `run --out` wrote every other file, then exited 3.
+        std::fs::create_dir_all(dir.join("summary.md")).unwrap();
+        let files = vec![
+            (dir.join("results.json"), "{}".to_owned()),
+            (dir.join("summary.md"), "# x".to_owned()),
+        ];
+        let e = write_all(&files).unwrap_err();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(e.exit_code(), 3);
+        assert!(
+            e.to_string()
+                .contains("summary.md: cannot write: it is a folder"),
+            "{e}"
+        );
+        assert_eq!(left, ["summary.md"], "a failed --out left partial output");
     }
 
     #[test]
