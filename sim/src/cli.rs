@@ -51,6 +51,14 @@ Examples:
 Every scenario and the policy are checked before anything runs; with several scenarios, --out
 DIR gets one folder per scenario and a summary.md.
 
+--out DIR writes results.json (schema tagstorm.results.v1, the object --json prints, pretty),
+summary.md (the table in Markdown), image_tagged.hgrm, upload_first_tag.hgrm and
+upload_complete.hgrm (HdrHistogram's percentile distribution, values in milliseconds: its
+plotter's default unit, hdr-plot --units ms) and one .svg percentile plot per latency.
+Latencies are in milliseconds; one with count 0 (no upload got a tag, say) has every other field
+0, so read count first. An existing DIR is written into: files of these names are replaced,
+anything else in it is left as it was.
+
 Exit codes: 0 ok; 1 a run finished with an invariant failed (images pending, tag mismatches;
 each is named on stderr); 2 bad input (nothing runs); 3 an output could not be written.";
 
@@ -59,6 +67,9 @@ Examples:
   tagstorm-sim compare scenarios/ten-users-fifteen-images.toml
   tagstorm-sim compare scenarios/workday.toml --policies seed-current,tagstorm --json
   tagstorm-sim compare scenarios/tier2-burst.toml --policies tagstorm,my-policy.toml --out cmp
+
+--out DIR writes summary.md, one .svg percentile plot per latency with a line per policy, and
+one folder per policy with its results.json, .hgrm files (values in milliseconds) and plots.
 
 Exit codes: 0 ok; 1 a run finished with an invariant failed (named on stderr); 2 bad input
 (nothing runs); 3 an output could not be written.";

@@ -454,6 +454,23 @@ fn help_documents_examples_and_exit_codes() {
 }
 
 #[test]
+fn run_and_compare_help_say_what_out_writes_and_in_which_unit() {
+    let o = bin(&["run", "--help"]);
+    let out = text(&o.stdout);
+    for s in [
+        "image_tagged.hgrm",
+        "values in milliseconds",
+        "count 0",
+        "An existing DIR is written into",
+    ] {
+        assert!(out.contains(s), "run --help lacks {s:?}: {out}");
+    }
+    let o = bin(&["compare", "--help"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("values in milliseconds"), "{out}");
+}
+
+#[test]
 fn pending_at_the_bound_is_reported_and_exits_1() {
     let o = bin(&[
         "run",
