@@ -113,7 +113,9 @@ pub struct Latencies {
     pub upload_complete: Summary,
 }
 
-/// A latency distribution's summary, in milliseconds.
+/// A latency distribution's summary, in milliseconds, as HdrHistogram gives it at [`SIGFIG`]
+/// significant digits: `min` is the lowest value of its bucket, the percentiles and `max` the
+/// highest of theirs (one sample of 603,200 reads min 603,136 and max 603,647).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Samples.

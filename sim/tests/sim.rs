@@ -461,7 +461,8 @@ fn run_and_compare_help_say_what_out_writes_and_in_which_unit() {
         "image_tagged.hgrm",
         "values in milliseconds",
         "count 0",
-        "An existing DIR is written into",
+        "An existing DIR is written",
+        "3 significant digits",
     ] {
         assert!(out.contains(s), "run --help lacks {s:?}: {out}");
     }
