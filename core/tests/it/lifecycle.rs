@@ -1,14 +1,18 @@
 //! Batch lifecycles and routing edges driven step by step: each test scripts upstream's answers to one upload and pins where every image ends.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use tagstorm_core::tokens::{Model, Usage};
+use tagstorm_core::config::RequestShape;
+use tagstorm_core::split::{LineParams, MAX_BATCH_FILE_BYTES, MAX_BATCH_REQUESTS, render_line};
+use tagstorm_core::tokens::{Detail, Model, Usage};
 use tagstorm_core::{
-    AccountLimits, Action, BatchRef, BatchStatus, Config, Engine, Event, FailReason, ImageId,
-    ImageInput, Policy, Time, Upload, UploadId, UpstreamError, WorkspaceId,
+    AccountLimits, Action, BatchRef, BatchState, BatchStatus, Config, Engine, Event, FailReason,
+    ImageId, ImageInput, LineResult, Policy, RealtimeOutcome, Stage, Time, Upload, UploadId,
+    UpstreamError, WorkspaceId,
 };
 
-use crate::harness::low;
+use crate::harness::{image, low};
 
 fn tier(t: u8) -> AccountLimits {
     AccountLimits::tier(Model::Gpt4oMini, t).unwrap()
@@ -83,6 +87,20 @@ fn fail(msg: &str) -> UpstreamError {
         status: Some(503),
         message: msg.into(),
     }
+}
+
+fn status(state: BatchState) -> Result<BatchStatus, UpstreamError> {
+    Ok(BatchStatus {
+        state,
+        output_file_id: Some("file-out".into()),
+        error_file_id: Some("file-err".into()),
+    })
+}
+
+fn realtime_count(acts: &[Action]) -> usize {
+    acts.iter()
+        .filter(|a| matches!(a, Action::SendRealtime { .. }))
+        .count()
 }
 
 /// The batch files core asks to upload: (batch, images, bytes).
@@ -170,4 +188,405 @@ fn polling_gives_up_on_time_even_when_every_poll_fails() {
             .values()
             .all(|r| matches!(r, FailReason::PollingAbandoned { .. }))
     );
+}
+
+// ---- routing and splitting at the thresholds ---------------------------------------------------
+
+/// Where an upload of `n` images goes at once: (realtime requests, images per batch file).
+fn first_actions(policy: Policy, t: u8, n: usize) -> (usize, Vec<usize>) {
+    let mut e = engine(policy, t);
+    upload(&mut e, Time::ZERO, vec![low(); n]);
+    let acts = actions(&mut e);
+    let files = batch_files(&acts).iter().map(|f| f.1.len()).collect();
+    (realtime_count(&acts), files)
+}
+
+#[test]
+fn uploads_at_each_preset_threshold_go_where_the_policy_says() {
+    let cur = Policy::seed_current;
+    let prop = Policy::seed_proposed;
+    for (name, policy, n, expect) in [
+        ("seed-current 1", cur(), 1, (1, vec![])),
+        ("seed-current 19", cur(), 19, (19, vec![])),
+        ("seed-current 20", cur(), 20, (0, vec![20])),
+        ("seed-proposed 5", prop(), 5, (5, vec![])),
+        // 6 to 50: chunks of 5, the first at once.
+        ("seed-proposed 6", prop(), 6, (5, vec![])),
+        ("seed-proposed 50", prop(), 50, (5, vec![])),
+        ("seed-proposed 51", prop(), 51, (0, vec![51])),
+        ("seed-proposed 200", prop(), 200, (0, vec![200])),
+        ("seed-proposed 201", prop(), 201, (0, vec![200, 1])),
+        ("tagstorm 1", Policy::tagstorm(), 1, (1, vec![])),
+    ] {
+        assert_eq!(first_actions(policy, 1, n), expect, "{name}");
+    }
+}
+
+/// A chunked upload releases its chunks on time and every image of it ends.
+#[test]
+fn a_chunked_upload_releases_every_chunk() {
+    let mut e = engine(Policy::seed_proposed(), 1);
+    let up = upload(&mut e, Time::ZERO, vec![low(); 6]);
+    let mut ends = Ends::default();
+    let mut sent_at = Vec::new();
+    let mut now = Time::ZERO;
+    loop {
+        for a in actions(&mut e) {
+            if let Action::SendRealtime { request, .. } = a {
+                sent_at.push(now);
+                let usage = Usage {
+                    input_tokens: 2_850,
+                    output_tokens: 40,
+                };
+                let observed = Default::default();
+                e.handle_realtime_response(now, request, RealtimeOutcome::Ok { usage, observed });
+            }
+        }
+        ends.collect(&mut e);
+        match e.poll_timeout() {
+            Some(t) => {
+                now = t;
+                e.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        sent_at,
+        [vec![Time::ZERO; 5], vec![Time::from_secs(2)]].concat()
+    );
+    assert_eq!(ends.tagged.len(), 6);
+    assert_eq!(ends.complete, [up]);
+}
+
+/// 50,000 lines is the Batch API's cap per file: one more image makes a second batch.
+#[test]
+fn fifty_thousand_lines_make_one_batch_and_one_more_makes_two() {
+    let policy = || Policy {
+        max_images_per_batch: MAX_BATCH_REQUESTS,
+        ..Policy::seed_current()
+    };
+    // Tier 4's queue holds 1e9 tokens, room for every line at once.
+    assert_eq!(first_actions(policy(), 4, 50_000), (0, vec![50_000]));
+    assert_eq!(first_actions(policy(), 4, 50_001), (0, vec![50_000, 1]));
+}
+
+/// Files are cut by their real size: no file above 200 MB, and each full one would pass it
+/// with one more line.
+#[test]
+fn batch_files_stay_within_200_mb_and_are_full() {
+    let mut e = engine(Policy::seed_current(), 4);
+    let big = ImageInput {
+        url_len: 2_000_000,
+        ..low()
+    };
+    upload(&mut e, Time::ZERO, vec![big; 250]);
+    let files = batch_files(&actions(&mut e));
+    let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 250);
+    assert!(sizes.len() >= 3, "{sizes:?}");
+    for (i, (_, images, bytes)) in files.iter().enumerate() {
+        assert!(*bytes <= MAX_BATCH_FILE_BYTES, "file {i}: {bytes} bytes");
+        let per_line = bytes / images.len() as u64;
+        if i + 1 < files.len() {
+            assert!(bytes + per_line > MAX_BATCH_FILE_BYTES, "file {i} not full");
+        }
+    }
+}
+
+/// The size core counts for a file covers the lines as they are really written, custom_id and
+/// detail included, and overstates each by at most a byte.
+#[test]
+fn batch_file_bytes_cover_the_rendered_lines() {
+    let prompt = RequestShape::default().prompt;
+    let mut e = engine(Policy::seed_current(), 4);
+    // Uploads 0..=10 so that custom_ids have one and two digits on both sides.
+    for _ in 0..10 {
+        upload(&mut e, Time::ZERO, vec![low()]);
+    }
+    let mixed: Vec<ImageInput> = (0..25)
+        .map(|i| {
+            let detail = [Detail::Low, Detail::High, Detail::Auto][i % 3];
+            ImageInput {
+                url_len: 40 + i as u32 * 1_000,
+                ..image(1024, 768, detail)
+            }
+        })
+        .collect();
+    let up = upload(&mut e, Time::ZERO, mixed.clone());
+    let files = batch_files(&actions(&mut e));
+    let (_, images, bytes) = files
+        .iter()
+        .find(|f| f.1.iter().all(|i| i.upload == up))
+        .expect("the mixed upload's batch");
+    assert_eq!(images.len(), 25);
+    let real: u64 = images
+        .iter()
+        .map(|img| {
+            let input = mixed[img.index as usize];
+            let url = "x".repeat(input.url_len as usize);
+            let line = render_line(&LineParams {
+                custom_id: &img.custom_id(),
+                model: Model::Gpt4oMini,
+                prompt: &prompt,
+                image_url: &url,
+                detail: input.spec.detail,
+                max_tokens: RequestShape::default().max_tokens,
+            });
+            line.len() as u64 + 1
+        })
+        .sum();
+    assert!(*bytes >= real, "counted {bytes}, written {real}");
+    assert!(*bytes <= real + 25, "counted {bytes}, written {real}");
+}
+
+/// A line that can never fit a batch file fails that image alone, once, as too large; the
+/// rest of the upload is batched.
+#[test]
+fn a_line_above_200_mb_fails_alone() {
+    let mut e = engine(Policy::seed_current(), 4);
+    let mut images = vec![low(); 25];
+    images[7].url_len = 200_000_000;
+    let up = upload(&mut e, Time::ZERO, images);
+    let files = batch_files(&actions(&mut e));
+    let mut ends = Ends::default();
+    ends.collect(&mut e);
+    let bad = ImageId {
+        upload: up,
+        index: 7,
+    };
+    assert_eq!(ends.failed.len(), 1);
+    assert!(matches!(ends.failed[&bad], FailReason::TooLarge { .. }));
+    let batched: usize = files.iter().map(|f| f.1.len()).sum();
+    assert_eq!(batched, 24);
+    assert!(files.iter().all(|f| !f.1.contains(&bad)));
+}
+
+// ---- batch lifecycles ----------------------------------------------------------------------------
+
+fn usage_of(image: ImageId) -> Usage {
+    Usage {
+        input_tokens: 2_850,
+        output_tokens: u64::from(image.index),
+    }
+}
+
+/// Drives the engine to idle: file uploads and creates succeed, each batch's first poll is
+/// answered with `state(batch)`, its results with `lines(batch, images)`, realtime with 200s.
+/// Returns the ends and every batch file's images.
+fn drive(
+    e: &mut Engine,
+    mut state: impl FnMut(BatchRef) -> BatchState,
+    mut lines: impl FnMut(BatchRef, &[ImageId]) -> Vec<LineResult>,
+) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>) {
+    let mut ends = Ends::default();
+    let mut files = BTreeMap::new();
+    let mut now = Time::ZERO;
+    for _ in 0..100_000 {
+        let acts = actions(e);
+        let answered = !acts.is_empty();
+        for a in acts {
+            match a {
+                Action::SendRealtime { request, image, .. } => {
+                    let outcome = RealtimeOutcome::Ok {
+                        usage: usage_of(image),
+                        observed: Default::default(),
+                    };
+                    e.handle_realtime_response(now, request, outcome);
+                }
+                Action::UploadBatchFile { batch, images, .. } => {
+                    files.insert(batch, images);
+                    e.handle_file_uploaded(now, batch, ok("file-in"));
+                }
+                Action::CreateBatch { batch, .. } => {
+                    e.handle_batch_created(now, batch, Ok(format!("batch_{}", batch.0)));
+                }
+                Action::PollBatch { batch, .. } => {
+                    e.handle_batch_status(now, batch, status(state(batch)));
+                }
+                Action::DownloadResults { batch, .. } => {
+                    let l = lines(batch, &files[&batch]);
+                    e.handle_batch_results(now, batch, Ok(l));
+                }
+            }
+        }
+        ends.collect(e);
+        if answered {
+            continue;
+        }
+        match e.poll_timeout() {
+            Some(t) => {
+                now = t;
+                e.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert!(
+        e.is_idle(),
+        "the engine has nothing left to do but is not idle"
+    );
+    (ends, files)
+}
+
+fn all_lines(images: &[ImageId]) -> Vec<LineResult> {
+    images
+        .iter()
+        .map(|i| LineResult {
+            custom_id: i.custom_id(),
+            outcome: Ok(usage_of(*i)),
+        })
+        .collect()
+}
+
+/// An expired batch's finished lines are tagged; the rest go round again, and an image counts
+/// one Batch API trip per expired, cancelled or failed batch until `batch_max_attempts` (3).
+#[test]
+fn expired_cancelled_and_failed_batches_each_count_one_trip() {
+    let mut e = engine(Policy::seed_proposed(), 1);
+    let up = upload(&mut e, Time::ZERO, vec![low(); 60]);
+    let script = [
+        BatchState::Expired,
+        BatchState::Cancelled,
+        BatchState::Failed {
+            code: "invalid_json_line".into(),
+        },
+    ];
+    let (ends, files) = drive(
+        &mut e,
+        |b| script[b.0 as usize].clone(),
+        |b, images| {
+            // The expired batch finished its even lines; the cancelled one nothing.
+            let done: Vec<ImageId> = match b.0 {
+                0 => images
+                    .iter()
+                    .copied()
+                    .filter(|i| i.index % 2 == 0)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            all_lines(&done)
+        },
+    );
+    let sizes: Vec<usize> = files.values().map(Vec::len).collect();
+    assert_eq!(sizes, [60, 30, 30]);
+    assert_eq!(ends.tagged.len(), 30);
+    for (img, usage) in &ends.tagged {
+        assert_eq!(img.index % 2, 0);
+        assert_eq!(*usage, usage_of(*img), "{img} has another image's tag");
+    }
+    assert_eq!(ends.failed.len(), 30);
+    for reason in ends.failed.values() {
+        assert_eq!(
+            reason,
+            &FailReason::BatchAttemptsExhausted {
+                last: "invalid_json_line".into()
+            }
+        );
+    }
+    assert_eq!(ends.complete, [up]);
+}
+
+/// A batch that upstream keeps refusing for the enqueued-token limit is held and retried, and
+/// its images fail as queue_full after the holds run out instead of cycling forever.
+#[test]
+fn token_limit_exceeded_forever_ends_in_queue_full() {
+    let mut e = engine(Policy::tagstorm(), 1);
+    let up = e
+        .handle_upload(
+            Time::ZERO,
+            Upload {
+                workspace: WorkspaceId(1),
+                images: vec![low(); 100],
+                // A deadline realtime can't meet sends all but the head to the Batch API.
+                deadline: Some(Duration::from_millis(1)),
+            },
+        )
+        .unwrap();
+    let (ends, files) = drive(
+        &mut e,
+        |_| BatchState::Failed {
+            code: "token_limit_exceeded".into(),
+        },
+        |_, _| Vec::new(),
+    );
+    let batched: Vec<ImageId> = files[&BatchRef(0)].clone();
+    assert!(!batched.is_empty());
+    for img in &batched {
+        assert_eq!(ends.failed.get(img), Some(&FailReason::QueueFull), "{img}");
+    }
+    // 24 holds, then the 25th refusal fails them.
+    assert_eq!(files.len(), 25);
+    assert_eq!(ends.ended(), 100);
+    assert_eq!(ends.complete, [up]);
+    assert_eq!(e.stats().batches_created, 25);
+}
+
+/// Failed lines of a completed batch count as a trip each; with one trip allowed
+/// (seed-current) they fail with the line's code, and the good lines are tagged.
+#[test]
+fn failed_lines_fail_with_their_code_when_no_trip_is_left() {
+    let mut e = engine(Policy::seed_current(), 1);
+    let up = upload(&mut e, Time::ZERO, vec![low(); 20]);
+    let (ends, files) = drive(
+        &mut e,
+        |_| BatchState::Completed,
+        |_, images| {
+            let mut l = all_lines(images);
+            for line in l.iter_mut().step_by(4) {
+                line.outcome = Err("server_error".into());
+            }
+            l
+        },
+    );
+    assert_eq!(files.len(), 1);
+    assert_eq!(ends.tagged.len(), 15);
+    assert_eq!(ends.failed.len(), 5);
+    for (img, reason) in &ends.failed {
+        assert_eq!(img.index % 4, 0);
+        assert_eq!(
+            reason,
+            &FailReason::BatchAttemptsExhausted {
+                last: "server_error".into()
+            }
+        );
+    }
+    assert_eq!(ends.complete, [up]);
+}
+
+/// Results delivered twice, a status after the results, and a second download answer change
+/// nothing: each image is tagged once, with its own line.
+#[test]
+fn results_delivered_twice_tag_once() {
+    let mut e = engine(Policy::seed_current(), 1);
+    upload(&mut e, Time::ZERO, vec![low(); 20]);
+    let files = batch_files(&actions(&mut e));
+    let (batch, images, _) = files[0].clone();
+    accept(&mut e, Time::ZERO, batch);
+    let t = Time::from_secs(10);
+    e.handle_timeout(t);
+    assert!(matches!(actions(&mut e)[..], [Action::PollBatch { .. }]));
+    e.handle_batch_status(t, batch, status(BatchState::Completed));
+    assert!(matches!(
+        actions(&mut e)[..],
+        [Action::DownloadResults { .. }]
+    ));
+    // The first delivery loses nothing; a copy with other outcomes follows.
+    e.handle_batch_results(t, batch, Ok(all_lines(&images)));
+    let mut copy = all_lines(&images);
+    for l in &mut copy {
+        l.outcome = Err("late copy".into());
+    }
+    e.handle_batch_results(t, batch, Ok(copy));
+    e.handle_batch_results(t, batch, Err(fail("late error")));
+    e.handle_batch_status(t, batch, status(BatchState::Expired));
+    let mut ends = Ends::default();
+    ends.collect(&mut e);
+    assert_eq!(ends.tagged.len(), 20);
+    for (img, usage) in &ends.tagged {
+        assert_eq!(*usage, usage_of(*img));
+        assert_eq!(e.stage(*img), Some(Stage::Completed));
+    }
+    assert!(actions(&mut e).is_empty());
+    assert!(e.is_idle());
 }
