@@ -247,7 +247,9 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
         return String::new();
     };
     let mut out = String::new();
-    let _ = writeln!(out, "## {} (seed {})\n", s.spec.name, s.spec.seed);
+    // A line break in the name would end the heading there.
+    let name = s.spec.name.replace("\r\n", " ").replace(['\r', '\n'], " ");
+    let _ = writeln!(out, "## {name} (seed {})\n", s.spec.seed);
     if !s.spec.description.trim().is_empty() {
         let _ = writeln!(out, "{}\n", s.spec.description.trim());
     }
@@ -356,6 +358,19 @@ mod tests {
         );
         assert_eq!(thousands(2_000_000), "2,000,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn a_scenario_name_with_a_line_break_stays_in_its_heading() {
+        let text = "name = \"two\\nlines\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\n\
+                    tier = 1\n[images]\nwidth_px = 512\nheight_px = 512\noutput_tokens = 60\n\
+                    [[uploads]]\nusers = 1\nimages = 1\nat_s = 0\n";
+        let s = Scenario::from_text("nl.toml", text, &[]).unwrap();
+        assert_eq!(s.spec.name, "two\nlines");
+        let policy = s.policy(&tagstorm_core::Policy::tagstorm()).unwrap();
+        let run = crate::sim::run(&s, &policy).unwrap().results;
+        let md = markdown(&s, &[&run]);
+        assert!(md.starts_with("## two lines (seed 1)\n\n"), "{md}");
     }
 
     #[test]
