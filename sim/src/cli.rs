@@ -58,8 +58,10 @@ plotter's default unit, hdr-plot --units ms) and one .svg percentile plot per la
 Latencies are in milliseconds; one with count 0 (no upload got a tag, say) has every other field
 0, so read count first. They come from HdrHistogram at 3 significant digits: min is the lowest
 value of its bucket, the percentiles and max the highest, so max can pass makespan_ms by up to
-0.1% (one upload of 603,200 ms reads min 603,136, max 603,647). An existing DIR is written
-into: files of these names are replaced, anything else in it is left as it was.
+0.1% (one upload of 603,200 ms reads min 603,136, max 603,647). bound_ms and bound_ratio are 0
+when there is no bound (the limits never admit all of the work in realtime: one request asks
+more tokens than the TPM, or the RPD runs out). An existing DIR is written into: files of these
+names are replaced, anything else in it is left as it was.
 
 Exit codes: 0 ok; 1 a run finished with an invariant failed (images pending, tag mismatches;
 each is named on stderr); 2 bad input (nothing runs); 3 an output could not be written.";

@@ -213,19 +213,32 @@ pub fn table(s: &Scenario, runs: &[&Results]) -> String {
             let _ = writeln!(out, "failed under {}: {}", r.policy, why.join(", "));
         }
     }
-    let _ = writeln!(
-        out,
-        "bound = {}: the shortest makespan the account's RPM/TPM allow for this work (every image",
-        fmt_ms(first.bound_ms)
-    );
-    let _ = writeln!(
-        out,
-        "admitted as early as full-then-refilling buckets permit, plus the fastest request). Batch"
-    );
-    let _ = writeln!(
-        out,
-        "traffic is not under RPM/TPM, so a policy that batches can come in under 1.00."
-    );
+    if first.bound_ms == 0 {
+        // The simulator's bound_ms of 0 means there is none, not a makespan of 0 ms.
+        let _ = writeln!(
+            out,
+            "bound: none: the account's RPM/TPM/RPD never admit all of this work in realtime (one"
+        );
+        let _ = writeln!(
+            out,
+            "request is charged more tokens than the TPM, or the RPD runs out). Batch traffic is not"
+        );
+        let _ = writeln!(out, "under RPM/TPM.");
+    } else {
+        let _ = writeln!(
+            out,
+            "bound = {}: the shortest makespan the account's RPM/TPM allow for this work (every image",
+            fmt_ms(first.bound_ms)
+        );
+        let _ = writeln!(
+            out,
+            "admitted as early as full-then-refilling buckets permit, plus the fastest request). Batch"
+        );
+        let _ = writeln!(
+            out,
+            "traffic is not under RPM/TPM, so a policy that batches can come in under 1.00."
+        );
+    }
     let _ = writeln!(
         out,
         "Lower is better in every row, but read latencies with \"failed\": a policy that drops images"
@@ -262,7 +275,10 @@ pub fn markdown(s: &Scenario, runs: &[&Results]) -> String {
         first.account.tier.map_or("–".into(), |t| t.to_string()),
         thousands(first.account.rpm),
         thousands(first.account.tpm),
-        fmt_ms(first.bound_ms)
+        match first.bound_ms {
+            0 => "none (the limits never admit all of this work in realtime)".to_owned(),
+            ms => fmt_ms(ms),
+        }
     );
     out.push_str("| metric |");
     for r in runs {
@@ -358,6 +374,28 @@ mod tests {
         );
         assert_eq!(thousands(2_000_000), "2,000,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn a_run_with_no_bound_says_none_not_0_ms() {
+        // 1,000 TPM admits no low-detail image (2,833 tokens): the bound_ms of 0 is no bound.
+        let text = "name = \"nb\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 1\n\
+                    tpm = 1000\n[images]\nwidth_px = 1024\nheight_px = 768\n\
+                    output_tokens = 60\n[[uploads]]\nusers = 1\nimages = 2\nat_s = 0\n";
+        let s = Scenario::from_text("nb.toml", text, &[]).unwrap();
+        let policy = s.policy(&tagstorm_core::Policy::tagstorm()).unwrap();
+        let run = crate::sim::run(&s, &policy).unwrap().results;
+        assert_eq!(run.bound_ms, 0);
+        let (table, md) = (table(&s, &[&run]), markdown(&s, &[&run]));
+        assert!(!table.contains("bound = 0 ms"), "{table}");
+        assert!(table.contains("\nbound: none: "), "{table}");
+        let ratio = table
+            .lines()
+            .find(|l| l.starts_with("makespan / bound"))
+            .unwrap();
+        assert!(ratio.ends_with(" –"), "{table}");
+        assert!(!md.contains("Bound: 0 ms"), "{md}");
+        assert!(md.contains(" Bound: none (the limits"), "{md}");
     }
 
     #[test]

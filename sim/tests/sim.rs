@@ -463,6 +463,7 @@ fn run_and_compare_help_say_what_out_writes_and_in_which_unit() {
         "count 0",
         "An existing DIR is written",
         "3 significant digits",
+        "bound_ms and bound_ratio are 0",
     ] {
         assert!(out.contains(s), "run --help lacks {s:?}: {out}");
     }
