@@ -949,7 +949,7 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
     }
 }
 
-/// Writes every file or none:/// Writes every file or none: each goes to a temporary file first, and only when all of them
+/// Writes every file or none: each goes to a temporary file first, and only when all of them
 /// are written are they renamed into place. On failure the temporary files and any folder this
 /// call created are removed, so a failed `--out` leaves no partial results behind.
 pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
