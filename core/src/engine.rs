@@ -1890,7 +1890,14 @@ impl Engine {
 
     fn observe(&mut self, now: Time, observed: &Observed) {
         if self.cfg.policy.client_pacing {
-            self.account.observe(now, observed);
+            // A retry delay is never waited out past the cap, whichever answer carried it: a
+            // 200 with a retry-after of years would otherwise freeze realtime for years.
+            let cap = Duration::from_millis(self.cfg.policy.retry_after_max_ms);
+            let observed = Observed {
+                retry_after: observed.retry_after.map(|a| a.min(cap)),
+                ..*observed
+            };
+            self.account.observe(now, &observed);
         }
     }
 

@@ -672,3 +672,48 @@ fn uploads_of_zero_or_too_many_images_are_refused() {
     assert!(e.is_idle());
     assert_eq!(e.progress(Time::ZERO, UploadId(0)), None);
 }
+
+/// A 200 that carries a retry delay (a driver that reads `retry-after` on every answer) is held
+/// to the same cap as a 429's, `retry_after_max_ms`: it pauses realtime at most that long, not
+/// for as long as the header says.
+#[test]
+fn a_retry_delay_on_a_200_is_capped_like_a_429s() {
+    let policy = Policy::tagstorm();
+    let cap = Duration::from_millis(policy.retry_after_max_ms);
+    let mut e = engine(policy, 1);
+    upload(&mut e, Time::ZERO, vec![low(); 120]);
+    let sent: Vec<_> = actions(&mut e)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::SendRealtime { request, image, .. } => Some((request, image)),
+            _ => None,
+        })
+        .collect();
+    assert!(sent.len() < 120, "some images must still wait for pacing");
+    let t = Time::from_secs(1);
+    for (i, &(request, image)) in sent.iter().enumerate() {
+        let observed = tagstorm_core::limit::Observed {
+            retry_after: (i == 0).then_some(Duration::from_secs(10 * 365 * 86_400)),
+            ..Default::default()
+        };
+        let usage = usage_of(image);
+        e.handle_realtime_response(t, request, RealtimeOutcome::Ok { usage, observed });
+    }
+    actions(&mut e);
+    let mut next_send = None;
+    while let Some(at) = e.poll_timeout() {
+        if at > t + cap + Duration::from_secs(60) {
+            break;
+        }
+        e.handle_timeout(at);
+        if realtime_count(&actions(&mut e)) > 0 {
+            next_send = Some(at);
+            break;
+        }
+    }
+    assert!(
+        next_send.is_some_and(|at| at <= t + cap + Duration::from_secs(60)),
+        "next realtime send: {next_send:?}, next wake-up {:?}",
+        e.poll_timeout()
+    );
+}
