@@ -232,7 +232,19 @@ impl Ledger {
     }
 
     fn realtime_outcome(&mut self, image: ImageId, die: u16) -> RealtimeOutcome {
-        let observed = Observed::default();
+        // Rate-limit headers on any answer: none, an empty account, or a retry delay of years.
+        let observed = match (die / 9) % 4 {
+            1 => Observed {
+                remaining_requests: Some(0),
+                remaining_tokens: Some(0),
+                retry_after: None,
+            },
+            2 => Observed {
+                retry_after: Some(Duration::from_secs(5 * 365 * 86_400)),
+                ..Observed::default()
+            },
+            _ => Observed::default(),
+        };
         match die % 9 {
             0 | 1 => RealtimeOutcome::Ok {
                 usage: self.ticket(image, Channel::Realtime, None),
