@@ -376,11 +376,28 @@ fn usage_of(image: ImageId) -> Usage {
 /// Returns the ends and every batch file's images.
 fn drive(
     e: &mut Engine,
+    state: impl FnMut(BatchRef) -> BatchState,
+    lines: impl FnMut(BatchRef, &[ImageId]) -> Vec<LineResult>,
+) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>) {
+    let ok = |image| RealtimeOutcome::Ok {
+        usage: usage_of(image),
+        observed: Default::default(),
+    };
+    let (ends, files, _) = drive_with(e, ok, state, lines);
+    (ends, files)
+}
+
+/// [`drive`] with realtime answered by `realtime(image)`; also returns every realtime request
+/// in the order sent, with the time it was sent.
+fn drive_with(
+    e: &mut Engine,
+    mut realtime: impl FnMut(ImageId) -> RealtimeOutcome,
     mut state: impl FnMut(BatchRef) -> BatchState,
     mut lines: impl FnMut(BatchRef, &[ImageId]) -> Vec<LineResult>,
-) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>) {
+) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>, Vec<(Time, ImageId)>) {
     let mut ends = Ends::default();
     let mut files = BTreeMap::new();
+    let mut sent = Vec::new();
     let mut now = Time::ZERO;
     for _ in 0..100_000 {
         let acts = actions(e);
@@ -388,11 +405,8 @@ fn drive(
         for a in acts {
             match a {
                 Action::SendRealtime { request, image, .. } => {
-                    let outcome = RealtimeOutcome::Ok {
-                        usage: usage_of(image),
-                        observed: Default::default(),
-                    };
-                    e.handle_realtime_response(now, request, outcome);
+                    sent.push((now, image));
+                    e.handle_realtime_response(now, request, realtime(image));
                 }
                 Action::UploadBatchFile { batch, images, .. } => {
                     files.insert(batch, images);
@@ -426,7 +440,7 @@ fn drive(
         e.is_idle(),
         "the engine has nothing left to do but is not idle"
     );
-    (ends, files)
+    (ends, files, sent)
 }
 
 fn all_lines(images: &[ImageId]) -> Vec<LineResult> {
@@ -716,4 +730,98 @@ fn a_retry_delay_on_a_200_is_capped_like_a_429s() {
         "next realtime send: {next_send:?}, next wake-up {:?}",
         e.poll_timeout()
     );
+}
+
+// ---- realtime failures until retries run out ------------------------------------------------------
+
+fn one_image_under(
+    policy: Policy,
+    outcome: impl FnMut(ImageId) -> RealtimeOutcome,
+) -> (Ends, Vec<Time>, usize) {
+    let mut e = engine(policy, 1);
+    let up = upload(&mut e, Time::ZERO, vec![low()]);
+    let (ends, files, sent) = drive_with(
+        &mut e,
+        outcome,
+        |_| BatchState::Completed,
+        |_, images| all_lines(images),
+    );
+    assert_eq!(ends.ended(), 1);
+    assert_eq!(ends.complete, [up]);
+    (ends, sent.into_iter().map(|s| s.0).collect(), files.len())
+}
+
+/// seed-current: 3 attempts, blind backoff (0.5 s, 1 s, jittered by up to 25%), then the image
+/// fails with the last error; 5xx, timeouts and 429s with or without a retry-after alike.
+#[test]
+fn seed_current_fails_an_image_after_three_attempts() {
+    for (last, outcome) in [
+        (
+            "server_error_502",
+            RealtimeOutcome::ServerError { status: 502 },
+        ),
+        ("timeout", RealtimeOutcome::Timeout),
+        (
+            "rate_limited",
+            RealtimeOutcome::RateLimited {
+                retry_after: Some(Duration::from_secs(20)),
+                observed: Default::default(),
+            },
+        ),
+        (
+            "rate_limited",
+            RealtimeOutcome::RateLimited {
+                retry_after: None,
+                observed: Default::default(),
+            },
+        ),
+    ] {
+        let (ends, sent, batches) = one_image_under(Policy::seed_current(), |_| outcome.clone());
+        assert_eq!(sent.len(), 3, "{last}");
+        assert_eq!(batches, 0);
+        let reason = ends.failed.values().next().expect("failed");
+        assert_eq!(reason, &FailReason::RetriesExhausted { last: last.into() });
+        // Blind backoff: the retry-after is not waited out.
+        let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps[0] >= Duration::from_millis(375) && gaps[0] <= Duration::from_millis(500),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps[1] >= Duration::from_millis(750) && gaps[1] <= Duration::from_secs(1),
+            "{gaps:?}"
+        );
+    }
+}
+
+/// tagstorm: 6 attempts, then the image goes to the Batch API and is tagged there, once.
+#[test]
+fn tagstorm_moves_an_image_to_a_batch_when_realtime_retries_run_out() {
+    let (ends, sent, batches) = one_image_under(Policy::tagstorm(), |_| RealtimeOutcome::Timeout);
+    assert_eq!(sent.len(), 6);
+    assert_eq!(batches, 1);
+    let (img, usage) = ends.tagged.iter().next().expect("tagged");
+    assert_eq!(*usage, usage_of(*img));
+}
+
+/// tagstorm honours a 429's retry-after (within the cap): the retry goes out when it says.
+#[test]
+fn tagstorm_retries_a_429_when_its_retry_after_says() {
+    let mut first = true;
+    let (ends, sent, batches) = one_image_under(Policy::tagstorm(), |image| {
+        if std::mem::take(&mut first) {
+            RealtimeOutcome::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+                observed: Default::default(),
+            }
+        } else {
+            RealtimeOutcome::Ok {
+                usage: usage_of(image),
+                observed: Default::default(),
+            }
+        }
+    });
+    assert_eq!(sent, [Time::ZERO, Time::from_secs(7)]);
+    assert_eq!(batches, 0);
+    assert_eq!(ends.tagged.len(), 1);
 }
