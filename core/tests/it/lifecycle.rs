@@ -364,6 +364,9 @@ fn a_line_above_200_mb_fails_alone() {
 
 // ---- batch lifecycles ----------------------------------------------------------------------------
 
+/// Every batch file's images, by batch.
+type Files = BTreeMap<BatchRef, Vec<ImageId>>;
+
 fn usage_of(image: ImageId) -> Usage {
     Usage {
         input_tokens: 2_850,
@@ -378,7 +381,7 @@ fn drive(
     e: &mut Engine,
     state: impl FnMut(BatchRef) -> BatchState,
     lines: impl FnMut(BatchRef, &[ImageId]) -> Vec<LineResult>,
-) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>) {
+) -> (Ends, Files) {
     let ok = |image| RealtimeOutcome::Ok {
         usage: usage_of(image),
         observed: Default::default(),
@@ -394,7 +397,7 @@ fn drive_with(
     mut realtime: impl FnMut(ImageId) -> RealtimeOutcome,
     mut state: impl FnMut(BatchRef) -> BatchState,
     mut lines: impl FnMut(BatchRef, &[ImageId]) -> Vec<LineResult>,
-) -> (Ends, BTreeMap<BatchRef, Vec<ImageId>>, Vec<(Time, ImageId)>) {
+) -> (Ends, Files, Vec<(Time, ImageId)>) {
     let mut ends = Ends::default();
     let mut files = BTreeMap::new();
     let mut sent = Vec::new();
