@@ -60,6 +60,8 @@ pub struct Ledger {
     tickets: Vec<(ImageId, Channel, Option<BatchRef>)>,
     next_request_seen: u64,
     give_up: bool,
+    /// A batch answer was delivered since the last pending check.
+    batch_answered: bool,
 }
 
 impl Ledger {
@@ -82,6 +84,7 @@ impl Ledger {
             tickets: Vec::new(),
             next_request_seen: 0,
             give_up,
+            batch_answered: false,
         }
     }
 
@@ -191,6 +194,35 @@ impl Ledger {
                     );
                 }
                 Event::DownloadFailed { .. } => {}
+            }
+        }
+        // Pending upstream only once upstream accepted the image's batch. Only a batch answer
+        // moves images in or out of pending, so only then is it checked (it walks every image).
+        let uploads = if std::mem::take(&mut self.batch_answered) {
+            self.uploads.as_slice()
+        } else {
+            &[]
+        };
+        for &(upload, n) in uploads {
+            let p = self
+                .engine
+                .progress(self.now, upload)
+                .expect("known upload");
+            let pending =
+                p.count(Stage::Submitted) + p.count(Stage::Processing) + p.count(Stage::Completing);
+            if pending == 0 {
+                continue;
+            }
+            for index in 0..n {
+                let img = ImageId { upload, index };
+                let stage = self.engine.stage(img).expect("known image");
+                if stage.is_pending_upstream() {
+                    let batch = self.image_batch.get(&img);
+                    assert!(
+                        batch.is_some_and(|b| self.batch_ids.contains_key(b)),
+                        "{img} is {stage:?} but its batch {batch:?} was never created"
+                    );
+                }
             }
         }
         for (img, req) in &self.live_rt {
@@ -376,6 +408,7 @@ impl Ledger {
 
     fn answer(&mut self, action: &Action, die: u16) {
         let now = self.now;
+        self.batch_answered |= !matches!(action, Action::SendRealtime { .. });
         match action {
             Action::SendRealtime { request, image, .. } => {
                 let outcome = self.realtime_outcome(*image, die);
@@ -433,6 +466,7 @@ impl Ledger {
     /// An answer to something the engine never asked, or asked of another batch.
     fn made_up(&mut self, a: u16, die: u16) {
         let now = self.now;
+        self.batch_answered = true;
         let batch = BatchRef(u32::from(a) % (self.batch_images.len() as u32 + 3));
         let known = self.batch_images.contains_key(&batch);
         match die % 5 {
