@@ -722,6 +722,9 @@ impl Engine {
                 // prompt is not refunded: OpenAI's limiter counts its own estimate made before
                 // the request (facts §3), not the billed tokens, so a refund could let the pacer
                 // send into a bucket upstream still sees as spent.
+                // Upstream admitted the request, so its limiter charged at most the account's
+                // TPM (a larger request is refused as too large): a usage above that (a corrupt
+                // body) is capped there, or one answer could put the pacer years in debt.
                 if self.cfg.request.image_charge_tokens.is_none() && self.cfg.policy.client_pacing {
                     let actual = Charge {
                         requests: 1,
@@ -729,6 +732,7 @@ impl Engine {
                             usage.input_tokens,
                             u64::from(self.cfg.request.max_tokens),
                         )
+                        .min(self.cfg.account.tpm.get())
                         .max(flight.charge.tokens),
                     };
                     let reservation = limit::Reservation {

@@ -608,15 +608,11 @@ fn results_delivered_twice_tag_once() {
     assert!(e.is_idle());
 }
 
-/// DEFECT (not fixed, reported): a realtime 200 whose `usage.input_tokens` is absurd (here
-/// 10^12; a buggy proxy or a corrupted body) is reconciled into the account's TPM bucket without
-/// bound, so the bucket owes ~300 million seconds and every realtime image still queued waits
-/// about 9.5 years for its next send. Reconcile trusts upstream's usage upward without limit
-/// (`Engine::handle_realtime_response` → `Reservation::reconcile` → `force_take`); a clamp
-/// (e.g. at the model's context window, or one window of the bucket) would bound the pause, but
-/// which bound is right is a policy decision, so it is left to the owner.
+/// A realtime 200 whose `usage.input_tokens` is absurd (10^12; a corrupt body) must not put
+/// the pacer in debt for years: upstream admitted the request, so its limiter charged at most
+/// the account's TPM, and the reconcile is capped there. (It owed ~300 million seconds, and every
+/// realtime image still queued waited about 9.5 years for its next send.)
 #[test]
-#[ignore = "defect: an absurd usage in one 200 freezes realtime pacing for years"]
 fn an_absurd_usage_in_one_answer_does_not_freeze_realtime() {
     let mut e = engine(Policy::tagstorm(), 1);
     upload(&mut e, Time::ZERO, vec![low(); 120]);
