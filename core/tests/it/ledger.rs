@@ -60,8 +60,8 @@ pub struct Ledger {
     tickets: Vec<(ImageId, Channel, Option<BatchRef>)>,
     next_request_seen: u64,
     give_up: bool,
-    /// A batch answer was delivered since the last pending check.
-    batch_answered: bool,
+    /// The batch answered since the last pending check.
+    answered_batch: Option<BatchRef>,
 }
 
 impl Ledger {
@@ -84,7 +84,7 @@ impl Ledger {
             tickets: Vec::new(),
             next_request_seen: 0,
             give_up,
-            batch_answered: false,
+            answered_batch: None,
         }
     }
 
@@ -196,34 +196,11 @@ impl Ledger {
                 Event::DownloadFailed { .. } => {}
             }
         }
-        // Pending upstream only once upstream accepted the image's batch. Only a batch answer
-        // moves images in or out of pending, so only then is it checked (it walks every image).
-        let uploads = if std::mem::take(&mut self.batch_answered) {
-            self.uploads.as_slice()
-        } else {
-            &[]
-        };
-        for &(upload, n) in uploads {
-            let p = self
-                .engine
-                .progress(self.now, upload)
-                .expect("known upload");
-            let pending =
-                p.count(Stage::Submitted) + p.count(Stage::Processing) + p.count(Stage::Completing);
-            if pending == 0 {
-                continue;
-            }
-            for index in 0..n {
-                let img = ImageId { upload, index };
-                let stage = self.engine.stage(img).expect("known image");
-                if stage.is_pending_upstream() {
-                    let batch = self.image_batch.get(&img);
-                    assert!(
-                        batch.is_some_and(|b| self.batch_ids.contains_key(b)),
-                        "{img} is {stage:?} but its batch {batch:?} was never created"
-                    );
-                }
-            }
+        // Pending upstream only once upstream accepted the image's batch: checked for the
+        // batch just answered (only a batch answer moves images in or out of pending).
+        if let Some(batch) = self.answered_batch.take() {
+            let images = self.batch_images.get(&batch).cloned().unwrap_or_default();
+            self.check_pending(&images);
         }
         for (img, req) in &self.live_rt {
             assert_eq!(
@@ -231,6 +208,29 @@ impl Ledger {
                 Some(Stage::Preparing),
                 "{img} has request {req:?} out"
             );
+        }
+    }
+
+    /// Each of `images` that is pending upstream was last written into a batch upstream
+    /// created.
+    fn check_pending(&self, images: &[ImageId]) {
+        for &img in images {
+            let stage = self.engine.stage(img).expect("known image");
+            if stage.is_pending_upstream() {
+                let batch = self.image_batch.get(&img);
+                assert!(
+                    batch.is_some_and(|b| self.batch_ids.contains_key(b)),
+                    "{img} is {stage:?} but its batch {batch:?} was never created"
+                );
+            }
+        }
+    }
+
+    /// [`Ledger::check_pending`] over every image of every upload.
+    fn check_all_pending(&self) {
+        for &(upload, n) in &self.uploads {
+            let images: Vec<ImageId> = (0..n).map(|index| ImageId { upload, index }).collect();
+            self.check_pending(&images);
         }
     }
 
@@ -408,7 +408,13 @@ impl Ledger {
 
     fn answer(&mut self, action: &Action, die: u16) {
         let now = self.now;
-        self.batch_answered |= !matches!(action, Action::SendRealtime { .. });
+        self.answered_batch = match action {
+            Action::SendRealtime { .. } => None,
+            Action::UploadBatchFile { batch, .. }
+            | Action::CreateBatch { batch, .. }
+            | Action::PollBatch { batch, .. }
+            | Action::DownloadResults { batch, .. } => Some(*batch),
+        };
         match action {
             Action::SendRealtime { request, image, .. } => {
                 let outcome = self.realtime_outcome(*image, die);
@@ -466,7 +472,6 @@ impl Ledger {
     /// An answer to something the engine never asked, or asked of another batch.
     fn made_up(&mut self, a: u16, die: u16) {
         let now = self.now;
-        self.batch_answered = true;
         let batch = BatchRef(u32::from(a) % (self.batch_images.len() as u32 + 3));
         let known = self.batch_images.contains_key(&batch);
         match die % 5 {
@@ -541,6 +546,7 @@ impl Ledger {
             }
             self.drain();
         }
+        self.check_all_pending();
         self.finish_honestly();
     }
 

@@ -630,6 +630,19 @@ fn bookkeeping_policy() -> impl Strategy<Value = Policy> {
     ]
 }
 
+/// Tier 1, or an account so small that pacing, queue holds and never-fitting images are the
+/// rule: 3 RPM, 5,000 TPM (one low-detail image at a time) and a batch queue of two images.
+fn bookkeeping_account() -> impl Strategy<Value = AccountLimits> {
+    let tiny = AccountLimits {
+        rpm: std::num::NonZeroU64::new(3).unwrap(),
+        tpm: std::num::NonZeroU64::new(5_000).unwrap(),
+        rpd: None,
+        batch_queue_tokens: std::num::NonZeroU64::new(6_000).unwrap(),
+        ..tier1()
+    };
+    prop_oneof![5 => Just(tier1()), 1 => Just(tiny)]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
@@ -640,9 +653,10 @@ proptest! {
     fn every_image_ends_once_with_its_own_tag(
         seed in any::<u64>(),
         policy in bookkeeping_policy(),
+        account in bookkeeping_account(),
         script in prop::collection::vec((any::<u8>(), any::<u16>(), any::<u16>()), 0..200),
     ) {
-        let mut l = ledger::Ledger::new(Config::new(policy, tier1()).with_seed(seed));
+        let mut l = ledger::Ledger::new(Config::new(policy, account).with_seed(seed));
         l.run(&script);
     }
 }
