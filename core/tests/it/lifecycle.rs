@@ -824,3 +824,38 @@ fn tagstorm_retries_a_429_when_its_retry_after_says() {
     assert_eq!(batches, 0);
     assert_eq!(ends.tagged.len(), 1);
 }
+
+/// Answers for batches core never made (a status of any state, a file, results) change nothing,
+/// for an engine with work in flight too.
+#[test]
+fn answers_for_unknown_batches_change_nothing() {
+    let mut e = engine(Policy::seed_current(), 1);
+    let up = upload(&mut e, Time::ZERO, vec![low(); 20]);
+    let files = batch_files(&actions(&mut e));
+    accept(&mut e, Time::ZERO, files[0].0);
+    let before = e.progress(Time::ZERO, up);
+    let timer = e.poll_timeout();
+    let t = Time::from_secs(1);
+    let unknown = BatchRef(9);
+    for state in [
+        BatchState::Completed,
+        BatchState::Failed {
+            code: "token_limit_exceeded".into(),
+        },
+        BatchState::Expired,
+        BatchState::Cancelled,
+        BatchState::InProgress,
+    ] {
+        e.handle_batch_status(t, unknown, status(state));
+    }
+    e.handle_file_uploaded(t, unknown, ok("file-x"));
+    e.handle_batch_created(t, unknown, Err(fail("create")));
+    e.handle_batch_results(t, unknown, Ok(all_lines(&files[0].1)));
+    e.handle_batch_results(t, unknown, Err(fail("download")));
+    assert_eq!(actions(&mut e), []);
+    let mut ends = Ends::default();
+    ends.collect(&mut e);
+    assert_eq!(ends.ended(), 0);
+    assert_eq!(e.progress(Time::ZERO, up), before);
+    assert_eq!(e.poll_timeout(), timer);
+}
