@@ -1095,3 +1095,25 @@ pub fn thousands(v: u64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_limits_print_with_thousands_separators() {
+        // Facts §5: "Limit: 2,000,000 enqueued tokens." The tier limits of facts §7 print alike.
+        for (v, text) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (90_000, "90,000"),
+            (2_000_000, "2,000,000"),
+            (20_000_000, "20,000,000"),
+            (15_000_000_000, "15,000,000,000"),
+            (u64::MAX, "18,446,744,073,709,551,615"),
+        ] {
+            assert_eq!(thousands(v), text);
+        }
+    }
+}

@@ -376,10 +376,17 @@ mod tests {
             500,
             r#"{"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#,
         );
-        assert_eq!(ApiError::overloaded("req_1").status, 503);
-        assert_eq!(
-            ApiError::insufficient_quota().code.as_deref(),
-            Some("insufficient_quota")
+        // Facts §2, "Overloaded" row: type server_error, param and code null.
+        check(
+            ApiError::overloaded("req_1"),
+            503,
+            r#"{"error":{"message":"That model is currently overloaded with other requests. You can retry your request, or contact us through our help center at help.openai.com if the error persists. (Please include the request ID req_1 in your message.)","type":"server_error","param":null,"code":null}}"#,
+        );
+        // Facts §2, "Quota" row, newer message.
+        check(
+            ApiError::insufficient_quota(),
+            429,
+            r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
         );
     }
 }

@@ -293,6 +293,39 @@ mod tests {
         assert_eq!(pairs[5].1, "9ms");
     }
 
+    /// Facts §3 **[inferred]**: the observed `x-ratelimit-reset-*` values fit a continuously
+    /// refilling bucket, `reset = used × window / limit` truncated to whole milliseconds. The
+    /// model reports `Bucket::time_until_full` through `format_duration`; each observation is
+    /// reproduced here from its limit and what was used.
+    #[test]
+    fn observed_reset_values_fit_the_refilling_bucket() {
+        use std::num::NonZeroU64;
+        use tagstorm_core::Time;
+        use tagstorm_core::limit::Bucket;
+        // (per-minute limit, units used, observed header value).
+        for (limit, used, observed) in [
+            (5_000, 1, "12ms"),
+            (160_000, 24, "9ms"),
+            (10_000, 1, "6ms"),
+            (15_000, 1, "4ms"),
+            (3_000, 1, "20ms"),
+            (250_000, 11, "2ms"),
+            (50_000_000, 0, "0s"),
+        ] {
+            let mut b = Bucket::per_minute(NonZeroU64::new(limit).unwrap());
+            b.check(Time::ZERO, used).unwrap();
+            assert_eq!(
+                format_duration(b.time_until_full(Time::ZERO)),
+                observed,
+                "{limit}/min, {used} used"
+            );
+        }
+        // The free-tier record: 200 requests a day, one used → `7m12s`.
+        let mut rpd = Bucket::new(NonZeroU64::new(200).unwrap(), Duration::from_secs(86_400));
+        rpd.check(Time::ZERO, 1).unwrap();
+        assert_eq!(format_duration(rpd.time_until_full(Time::ZERO)), "7m12s");
+    }
+
     proptest! {
         #[test]
         fn round_trip_at_ms_precision(nanos in 0u64..1_000_000_000_000_000) {
