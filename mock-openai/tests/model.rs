@@ -854,3 +854,138 @@ fn reset_headers_off_changes_only_the_reset_durations() {
     }
     assert!(limited > 0, "the test should reach the RPM limit");
 }
+
+/// Facts §3 **[inferred]**: 5,000 RPM with one request used resets in `12ms` (tier 2's RPM,
+/// facts §7); a full token bucket reads `0s`.
+#[test]
+fn reset_headers_read_as_observed_at_tier_2() {
+    let (mut up, org) = upstream(
+        UpstreamConfig::default(),
+        AccountConfig::tier(Model::Gpt4oMini, 2),
+    );
+    let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &req("u")) else {
+        panic!("expected 200")
+    };
+    let pairs = ok.headers.to_pairs();
+    assert_eq!(pairs[0], ("x-ratelimit-limit-requests", "5000".to_owned()));
+    assert_eq!(pairs[1], ("x-ratelimit-limit-tokens", "2000000".to_owned()));
+    assert_eq!(pairs[4], ("x-ratelimit-reset-requests", "12ms".to_owned()));
+    // 2,843 tokens of 2,000,000 a minute: 85.29 ms, truncated.
+    assert_eq!(pairs[5], ("x-ratelimit-reset-tokens", "85ms".to_owned()));
+    let later = up.chat(Time::from_secs(60), org, &req("u"));
+    let ChatOutcome::Ok(ok) = later else {
+        panic!("expected 200")
+    };
+    assert_eq!(ok.headers.remaining_tokens, 2_000_000 - 2_843);
+}
+
+/// Facts §7: gpt-4o-mini tier 1 allows 10,000 requests a day; facts §2 (RPD row): the 429 says
+/// `requests per day (RPD)`, with `type` `requests` and the bucket's refill time.
+#[test]
+fn tier_1_requests_per_day_run_out_after_10000() {
+    let account = AccountConfig {
+        rpm: Some(1_000_000),
+        tpm: Some(1_000_000_000),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    for i in 0..10_000 {
+        assert!(
+            matches!(up.chat(Time::ZERO, org, &req("u")), ChatOutcome::Ok(_)),
+            "request {i}"
+        );
+    }
+    let out = up.chat(Time::ZERO, org, &req("u"));
+    let ChatOutcome::RateLimited(r) = &out else {
+        panic!("expected 429, got {out:?}")
+    };
+    assert_eq!(r.dimension, LimitDimension::RequestsPerDay);
+    assert_eq!(r.retry_after, Duration::from_millis(8_640));
+    let e = out.api_error(Model::Gpt4oMini, "org-X", "req_1").unwrap();
+    assert_eq!(
+        e.message,
+        "Rate limit reached for gpt-4o-mini in organization org-X on requests per day (RPD): Limit 10000, Used 10000, Requested 1. Please try again in 8.64s. Visit https://platform.openai.com/account/rate-limits to learn more."
+    );
+    assert_eq!(
+        (e.kind.as_str(), e.code.as_deref()),
+        ("requests", Some("rate_limit_exceeded"))
+    );
+}
+
+/// Facts §5: the queue counts "the total number of input tokens queued"; `max_tokens` (an
+/// output cap) is charged against TPM (facts §3) but not against the queue.
+#[test]
+fn the_queue_counts_input_tokens_not_max_tokens() {
+    let (mut up, org) = upstream(UpstreamConfig::default(), tier1());
+    let text = jsonl_line("a").replace("\"max_tokens\":60", "\"max_tokens\":9000");
+    let f = up
+        .upload_file(Time::ZERO, org, "in.jsonl", "batch", text.into_bytes())
+        .unwrap();
+    up.create_batch(Time::ZERO, org, &f.id, "/v1/chat/completions", "24h")
+        .unwrap();
+    assert_eq!(up.enqueued_tokens(Time::ZERO, org), Some(4 + 2_833));
+    // The same body in realtime is charged max(2,837, 9,000) = 9,000 tokens.
+    let realtime = ChatRequest {
+        max_tokens: 9_000,
+        ..req("u")
+    };
+    let ChatOutcome::Ok(ok) = up.chat(Time::ZERO, org, &realtime) else {
+        panic!("expected 200")
+    };
+    assert_eq!(ok.headers.remaining_tokens, 200_000 - 9_000);
+}
+
+/// Facts §5 (kaapi-backend#723): a batch whose every request failed still ends `completed`,
+/// with no output file, an error file, and `request_counts` all failed.
+#[test]
+fn a_batch_whose_every_request_failed_still_completes() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.line_failure_rate = 1.0;
+    let (mut up, org) = upstream(cfg, tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(9, 100)).unwrap();
+    let v = up.retrieve_batch(at_s(86_400), org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Completed);
+    assert_eq!(v.output_file_id, None);
+    assert!(v.error_file_id.is_some());
+    assert_eq!(
+        (
+            v.request_counts.total,
+            v.request_counts.completed,
+            v.request_counts.failed
+        ),
+        (9, 0, 9)
+    );
+    assert_eq!(v.usage.total_tokens, 0);
+}
+
+/// Facts §8 through the creation path: 312-request batches under the default timeline take a
+/// median of about 432 s in `in_progress`, and the cookbook's 75 s falls near the 4th
+/// percentile (`BatchConfig`'s docs).
+#[test]
+fn default_turnaround_of_312_requests_matches_its_calibration() {
+    let account = AccountConfig {
+        batch_queue_tokens: Some(u64::MAX / 2),
+        ..tier1()
+    };
+    let (mut up, org) = upstream(UpstreamConfig::default(), account);
+    let mut in_progress_s = Vec::new();
+    let mut validating_s = Vec::new();
+    // All created first: the model's time never runs backwards.
+    let ids: Vec<String> = (0..600)
+        .map(|_| up.submit_batch(Time::ZERO, org, lines(312, 1)).unwrap().id)
+        .collect();
+    for id in &ids {
+        let v = up.retrieve_batch(at_s(3 * 86_400), org, id).unwrap();
+        assert_eq!(v.status, BatchStatus::Completed);
+        let (ip, fin) = (v.in_progress_at.unwrap(), v.finalizing_at.unwrap());
+        in_progress_s.push((fin - ip) as f64);
+        validating_s.push((ip - v.created_at) as f64);
+    }
+    in_progress_s.sort_by(f64::total_cmp);
+    let median = in_progress_s[in_progress_s.len() / 2];
+    assert!((380.0..490.0).contains(&median), "median {median} s");
+    let under_75 = in_progress_s.iter().filter(|s| **s <= 75.0).count() as f64 / 600.0;
+    assert!((0.015..0.07).contains(&under_75), "{under_75}");
+    // Validation: 3–60 s (facts §8 observed 3 s, 41 s, 57 s); whole seconds, so up to 61.
+    assert!(validating_s.iter().all(|s| (2.0..=61.0).contains(s)));
+}
