@@ -280,6 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn spec_vision_example_fits_the_tile_formula() {
+        // Facts §1 [inferred]: the spec's gpt-4o vision example reports 1,117 prompt tokens for
+        // a 2560×~1700 image: 2560×1700 → 2048×1360 → 1156.5×768 → 3×2 tiles → 85 + 6·170.
+        assert_eq!(high_detail_tiles(2560, 1700), 6);
+        check(Gpt4o, 2560, 1700, High, 1105);
+        // Facts §6 [anecdote]: 128×64 plus five words was billed 2,845 (low) and 8,512 (high)
+        // on gpt-4o-mini, 97 and 267 on gpt-4o: the image's share is 12 tokens less each.
+        check(Gpt4oMini, 128, 64, Low, 2845 - 12);
+        check(Gpt4oMini, 128, 64, High, 8512 - 12);
+        check(Gpt4o, 128, 64, Low, 97 - 12);
+        check(Gpt4o, 128, 64, High, 267 - 12);
+    }
+
+    #[test]
     fn image_tokens_edges() {
         // Auto is estimated as high.
         check(Gpt4o, 1024, 1024, Auto, 765);
