@@ -989,3 +989,37 @@ fn default_turnaround_of_312_requests_matches_its_calibration() {
     // Validation: 3–60 s (facts §8 observed 3 s, 41 s, 57 s); whole seconds, so up to 61.
     assert!(validating_s.iter().all(|s| (2.0..=61.0).contains(s)));
 }
+
+/// Facts §2, TPM row, reproduced from its own numbers: gpt-4o at 30,000 TPM (tier 1, facts
+/// §7) with 29,937 used; a request of 385 needs 322 more, which refill in exactly 644 ms,
+/// the wait the recorded message gives.
+#[test]
+fn the_recorded_tpm_429_is_reproduced_by_the_bucket() {
+    let (mut up, org) = upstream(
+        UpstreamConfig::default(),
+        AccountConfig::tier(Model::Gpt4o, 1),
+    );
+    let asking = |max_tokens| ChatRequest {
+        model: Model::Gpt4o,
+        max_tokens,
+        text_chars: 0,
+        images: &[],
+        image_url: "u",
+        tags: None,
+    };
+    assert!(matches!(
+        up.chat(Time::ZERO, org, &asking(29_937)),
+        ChatOutcome::Ok(_)
+    ));
+    let out = up.chat(Time::ZERO, org, &asking(385));
+    let ChatOutcome::RateLimited(r) = &out else {
+        panic!("expected 429, got {out:?}")
+    };
+    assert_eq!(r.retry_after, Duration::from_millis(644));
+    assert_eq!(
+        out.api_error(Model::Gpt4o, "org-X", "req_1")
+            .unwrap()
+            .to_json(),
+        r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-X on tokens per min (TPM): Limit 30000, Used 29937, Requested 385. Please try again in 644ms. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#
+    );
+}
