@@ -169,3 +169,280 @@ pub fn scale(s: &mut ScenarioFile, factor: f64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Scenario, mean_count};
+
+    const HEAD: &str = "name = \"w\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 1\n\
+        [images]\nwidth_px = 1024\nheight_px = 768\noutput_tokens = 60\n";
+
+    /// Flat hourly weights: 24 ones.
+    const FLAT: &str = "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]";
+
+    /// A validated scenario of `HEAD` and `groups` (its `[[uploads]]` tables).
+    fn spec(groups: &str) -> ScenarioFile {
+        match Scenario::from_text("w.toml", &format!("{HEAD}{groups}"), &[]) {
+            Ok(s) => s.spec,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn with_seed(s: &ScenarioFile, seed: u64) -> ScenarioFile {
+        let mut s = s.clone();
+        s.seed = seed;
+        s
+    }
+
+    fn at_s(a: &Arrival) -> f64 {
+        a.at.since_epoch().as_secs_f64()
+    }
+
+    /// Mean and unbiased variance.
+    fn mean_var(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var)
+    }
+
+    /// Sorted upload sizes of one large draw of `images`.
+    fn sizes(images: &str, per_day: u32) -> Vec<u32> {
+        let s = spec(&format!(
+            "[[uploads]]\nimages = {images}\n\
+             daily = {{ uploads_per_day = {per_day}, hourly_weights = {FLAT} }}\n"
+        ));
+        let mut v: Vec<u32> = generate(&s).iter().map(|a| a.images).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn poisson_counts_and_gaps_follow_the_rate_inside_the_window() {
+        // 120 an hour for 30 minutes from t = 100 s: 60 expected, a gap of 30 s on average.
+        let s = spec(
+            "[[uploads]]\nimages = 1\nstart_s = 100\npoisson = { per_hour = 120, for_s = 1800 }\n",
+        );
+        let (mut counts, mut gaps) = (Vec::new(), Vec::new());
+        for seed in 0..1000 {
+            let a = generate(&with_seed(&s, seed));
+            counts.push(a.len() as f64);
+            let t: Vec<f64> = a.iter().map(at_s).collect();
+            assert!(
+                t.iter().all(|t| (100.0..1900.0).contains(t)),
+                "seed {seed}: an arrival outside [100, 1900)"
+            );
+            assert!(t.windows(2).all(|w| w[0] <= w[1]), "seed {seed}: unsorted");
+            // Gaps from the window's start: the first one is exponential too.
+            gaps.extend(
+                std::iter::once(100.0)
+                    .chain(t)
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .map(|w| w[1] - w[0]),
+            );
+        }
+        // Count: mean = variance = 60 (standard error of the mean 0.25, of the variance ~3.5).
+        let (mean, var) = mean_var(&counts);
+        assert!((58.5..61.5).contains(&mean), "mean count {mean}");
+        assert!((48.0..72.0).contains(&var), "count variance {var}");
+        // Exponential gaps: P(gap > 30 s) = 1/e (gaps cut by the window's end are not seen,
+        // which lowers it slightly).
+        let over = gaps.iter().filter(|g| **g > 30.0).count() as f64 / gaps.len() as f64;
+        assert!((0.35..0.38).contains(&over), "P(gap > 30 s) = {over}");
+        let (mean_gap, var_gap) = mean_var(&gaps);
+        assert!((28.5..31.0).contains(&mean_gap), "mean gap {mean_gap}");
+        assert!((820.0..960.0).contains(&var_gap), "gap variance {var_gap}");
+    }
+
+    #[test]
+    fn a_short_window_keeps_every_arrival_inside_it() {
+        // 36,000 an hour for 10 s from t = 5 s: ~100 arrivals, all in [5, 15).
+        let s = spec(
+            "[[uploads]]\nimages = 1\nstart_s = 5\npoisson = { per_hour = 36000, for_s = 10 }\n",
+        );
+        for seed in 0..200 {
+            let a = generate(&with_seed(&s, seed));
+            assert!(!a.is_empty());
+            assert!(
+                a.iter()
+                    .all(|a| a.at >= Time::from_secs(5) && a.at < Time::from_secs(15))
+            );
+        }
+    }
+
+    #[test]
+    fn a_daily_curve_follows_its_weights_hour_by_hour_and_day_by_day() {
+        // Weights summing to 27, zeros included, over 3 days from t = 1,800 s: an hour of
+        // weight 1 expects 2,000 / 27 = 74.07 uploads a day.
+        let w = "[0, 0, 1, 1, 2, 2, 0, 0, 4, 4, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 3]";
+        let weights: Vec<f64> = w
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|x| x.trim().parse().unwrap())
+            .collect();
+        let s = spec(&format!(
+            "[[uploads]]\nimages = 1\nworkspaces = 4\nstart_s = 1800\n\
+             daily = {{ uploads_per_day = 2000, days = 3, hourly_weights = {w} }}\n"
+        ));
+        let seeds = 200;
+        let mut per_hour = [0.0f64; 72];
+        let mut per_ws = [0.0f64; 4];
+        let mut totals = Vec::new();
+        for seed in 0..seeds {
+            let a = generate(&with_seed(&s, seed));
+            totals.push(a.len() as f64);
+            for x in &a {
+                let t = at_s(x) - 1800.0;
+                assert!((0.0..3.0 * 86_400.0).contains(&t), "{t}");
+                per_hour[(t / 3600.0) as usize] += 1.0;
+                per_ws[x.workspace as usize] += 1.0;
+            }
+        }
+        // 6,000 a run, Poisson: variance 6,000 too.
+        let (mean, var) = mean_var(&totals);
+        assert!((5_980.0..6_020.0).contains(&mean), "uploads per run {mean}");
+        assert!((4_800.0..7_200.0).contains(&var), "variance {var}");
+        for (h, n) in per_hour.iter().enumerate() {
+            let expect = 2_000.0 * weights[h % 24] / 27.0 * f64::from(seeds as u32);
+            if expect == 0.0 {
+                assert_eq!(*n, 0.0, "hour {h} has weight 0");
+            } else {
+                // Standard error sqrt(expect) <= 2.2% of it here: allow 8%.
+                assert!(
+                    (n / expect - 1.0).abs() < 0.08,
+                    "hour {h}: {n} for {expect}"
+                );
+            }
+        }
+        // Random workspaces are uniform: 300,000 each (standard error 0.2%).
+        for n in per_ws {
+            assert!((n / 300_000.0 - 1.0).abs() < 0.01, "{per_ws:?}");
+        }
+    }
+
+    #[test]
+    fn lognormal_sizes_have_the_median_and_p99_they_are_given() {
+        // 100,000 draws of median 20, p99 2,000 (workday's sizes).
+        let v = sizes(
+            "{ kind = \"lognormal\", median = 20, p99 = 2000, max = 10000 }",
+            100_000,
+        );
+        let n = v.len();
+        assert!((95_000..105_000).contains(&n), "{n}");
+        assert!((19..=21).contains(&v[n / 2]), "median {}", v[n / 2]);
+        let p99 = v[n * 99 / 100];
+        assert!((1_800..2_200).contains(&p99), "p99 {p99}");
+        assert!(v[0] >= 1 && v[n - 1] <= 10_000);
+        // A tighter cap clamps: median 8, p99 60, within [2, 80] (staggered-small-uploads).
+        let v = sizes(
+            "{ kind = \"lognormal\", median = 8, p99 = 60, min = 2, max = 80 }",
+            100_000,
+        );
+        let n = v.len();
+        assert_eq!(v[n / 2], 8);
+        assert!(
+            (55..66).contains(&v[n * 99 / 100]),
+            "p99 {}",
+            v[n * 99 / 100]
+        );
+        assert_eq!((v[0], v[n - 1]), (2, 80));
+        // p99 = median: every upload is the median.
+        let v = sizes(
+            "{ kind = \"lognormal\", median = 7, p99 = 7, max = 10 }",
+            1_000,
+        );
+        assert!(v.iter().all(|x| *x == 7));
+    }
+
+    #[test]
+    fn pareto_and_uniform_sizes_follow_their_laws() {
+        // Pareto(5, 1.2): P(X >= 10) = P(x >= 9.5 before rounding) = (5 / 9.5)^1.2 = 0.4630.
+        let c = "{ kind = \"pareto\", min = 5, alpha = 1.2, max = 10000 }";
+        let v = sizes(c, 200_000);
+        let n = v.len() as f64;
+        let over = v.iter().filter(|x| **x >= 10).count() as f64 / n;
+        assert!((over - 0.463).abs() < 0.005, "P(X >= 10) = {over}");
+        assert_eq!(v[0], 5);
+        assert!(*v.last().unwrap() <= 10_000);
+        let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+        let ImageCount::Dist(d) = spec(&format!(
+            "[[uploads]]\nimages = {c}\npoisson = {{ per_hour = 1, for_s = 3600 }}\n"
+        ))
+        .uploads[0]
+            .images
+            .clone()
+        else {
+            unreachable!()
+        };
+        let expect = mean_count(&ImageCount::Dist(d));
+        assert!(
+            (mean / expect - 1.0).abs() < 0.03,
+            "mean {mean}, mean_count {expect}"
+        );
+        // Uniform 3..=7: each value a fifth of the draws, nothing outside.
+        let v = sizes("{ kind = \"uniform\", min = 3, max = 7 }", 100_000);
+        let n = v.len() as f64;
+        for k in 3..=7 {
+            let share = v.iter().filter(|x| **x == k).count() as f64 / n;
+            assert!((share - 0.2).abs() < 0.01, "{k}: {share}");
+        }
+        assert_eq!((v[0], *v.last().unwrap()), (3, 7));
+    }
+
+    #[test]
+    fn the_seed_fixes_the_workload_and_groups_draw_from_their_own_streams() {
+        let two = |g1: &str| {
+            spec(&format!(
+                "[[uploads]]\nworkspaces = 5\nimages = {{ kind = \"lognormal\", median = 8, p99 = 60, max = 80 }}\n\
+                 poisson = {{ per_hour = 600, for_s = 3600 }}\n[[uploads]]\n{g1}\n"
+            ))
+        };
+        let s = two("images = 3\npoisson = { per_hour = 60, for_s = 3600 }");
+        assert_eq!(generate(&s), generate(&s));
+        assert_ne!(generate(&s), generate(&with_seed(&s, 2)));
+        // Another rate, sizes or pattern in group 1 leaves group 0 (workspaces 0..5) as it was.
+        let group0 = |s: &ScenarioFile| -> Vec<Arrival> {
+            generate(s)
+                .into_iter()
+                .filter(|a| a.workspace < 5)
+                .collect()
+        };
+        let before = group0(&s);
+        assert!(before.len() > 400);
+        for g1 in [
+            "images = 3\npoisson = { per_hour = 6000, for_s = 600 }",
+            "images = { kind = \"uniform\", min = 1, max = 90 }\npoisson = { per_hour = 60, for_s = 3600 }",
+            "users = 40\nimages = 2\nevery_s = 7",
+            &format!("images = 1\ndaily = {{ uploads_per_day = 500, hourly_weights = {FLAT} }}"),
+        ] {
+            assert_eq!(group0(&two(g1)), before, "{g1}");
+        }
+    }
+
+    #[test]
+    fn at_and_every_arrivals_are_exact_and_take_workspaces_in_turn() {
+        let s = spec(
+            "[[uploads]]\nusers = 5\nworkspaces = 2\nimages = 4\nevery_s = 2.5\nstart_s = 10\n\
+             [[uploads]]\nusers = 3\nimages = 9\nat_s = 11\n",
+        );
+        let got: Vec<(u64, u32, u32)> = generate(&s)
+            .iter()
+            .map(|a| (a.at.as_millis(), a.workspace, a.images))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (10_000, 0, 4),
+                (11_000, 2, 9),
+                (11_000, 3, 9),
+                (11_000, 4, 9),
+                (12_500, 1, 4),
+                (15_000, 0, 4),
+                (17_500, 1, 4),
+                (20_000, 0, 4),
+            ]
+        );
+    }
+}
