@@ -792,16 +792,18 @@ fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)
                 format!("users × every_s must be at most {MAX_TIME_S} seconds"),
             ));
         }
+        check_end(&p, g, (expected - 1.0) * e)?;
         return Ok(expected);
     }
     if let Some(pp) = &g.poisson {
         let q = p.clone().key("poisson");
         check_rate(q.clone().key("per_hour"), pp.per_hour)?;
         check_time(q.key("for_s"), pp.for_s, true)?;
+        check_end(&p, g, pp.for_s)?;
         return Ok(pp.per_hour * pp.for_s / 3600.0);
     }
     if let Some(d) = &g.daily {
-        let q = p.key("daily");
+        let q = p.clone().key("daily");
         check_rate(q.clone().key("uploads_per_day"), d.uploads_per_day)?;
         if d.hourly_weights.len() != 24 {
             return Err((
@@ -837,9 +839,23 @@ fn check_group(p: FieldPath, g: &UploadGroup) -> Result<f64, (FieldPath, String)
         if d.days == 0 || f64::from(d.days) * 86_400.0 > MAX_TIME_S {
             return Err((q.key("days"), "must be within 1..=365".into()));
         }
+        check_end(&p, g, f64::from(d.days) * 86_400.0)?;
         return Ok(d.uploads_per_day * f64::from(d.days));
     }
     Ok(expected)
+}
+
+/// Refuses a group whose arrivals would run past [`MAX_TIME_S`]: `start_s` and the span are
+/// each within it, but [`secs`] would move every later arrival to [`MAX_TIME_S`] exactly.
+fn check_end(p: &FieldPath, g: &UploadGroup, span: f64) -> Result<(), (FieldPath, String)> {
+    let end = g.start_s.unwrap_or(0.0) + span;
+    if end > MAX_TIME_S {
+        return Err((
+            p.clone(),
+            format!("start_s + the arrivals' span must be at most {MAX_TIME_S} seconds, got {end}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The mean upload size of a (validated) count, in images, draws clamped to `[min, max]` as
@@ -1646,6 +1662,42 @@ at_s = 0
             &edit("at_s = 0", "at_s = 0\nstart_s = 3600"),
             &[],
             "x.toml:18: uploads[0].start_s: only applies to every_s, poisson and daily; at_s is the start",
+        );
+    }
+
+    #[test]
+    fn arrivals_that_would_end_past_365_days_are_refused_not_moved() {
+        // Each of start_s and the arrivals' span passed on its own, and every arrival past 365
+        // days was moved to 365 days exactly: of 100 users every 3 days from day 200, the last 44.
+        let group = |arrival: &str| {
+            edit(
+                "users = 10\nimages = 15\nat_s = 0",
+                &format!("images = 1\nstart_s = 17280000\n{arrival}"),
+            )
+        };
+        check(
+            &group("users = 100\nevery_s = 259200"),
+            &[],
+            "x.toml:14: uploads[0]: start_s + the arrivals' span must be at most 31536000 seconds, got 42940800",
+        );
+        check(
+            &group("poisson = { per_hour = 1, for_s = 17280000 }"),
+            &[],
+            "x.toml:14: uploads[0]: start_s + the arrivals' span must be at most 31536000 seconds, got 34560000",
+        );
+        check(
+            &group(
+                "daily = { uploads_per_day = 1, hourly_weights = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], days = 200 }",
+            ),
+            &[],
+            "x.toml:14: uploads[0]: start_s + the arrivals' span must be at most 31536000 seconds, got 34560000",
+        );
+        // Up to the bound is fine: the last every_s user at start_s + (users - 1) × every_s.
+        check(&group("users = 2\nevery_s = 14256000"), &[], "ok");
+        check(
+            &group("poisson = { per_hour = 1, for_s = 14256000 }"),
+            &[],
+            "ok",
         );
     }
 
