@@ -1646,6 +1646,68 @@ async fn a_request_its_client_abandons_is_counted() {
     m.shutdown().await;
 }
 
+/// A request hyper cannot parse gets its automatic 400, 414 or 431 without reaching the
+/// router; the counters show it too, once, as `unknown` (they used to show nothing while the
+/// client saw an answer). A malformed body of a routed request stays its endpoint's one 400.
+#[tokio::test]
+async fn requests_hyper_refuses_to_parse_are_counted_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let m = start_manual(BASE).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let big_header = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let bad_chunk = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"
+    );
+    let cases: [(&str, &str); 5] = [
+        ("GARBAGE\r\n\r\n", "400"),
+        (
+            "GET /v1/models HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+            "400",
+        ),
+        (&long_uri, "414"),
+        (&big_header, "431"),
+        (&bad_chunk, "400"),
+    ];
+    for (raw, status) in cases {
+        let mut s = TcpStream::connect(m.addr).await.unwrap();
+        // The server may answer and close before it has read all of a huge head.
+        let _ = s.write_all(raw.as_bytes()).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{}: {got:?}",
+            &raw[..20]
+        );
+    }
+    // The connections' tasks count once they end, just after the client read the close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let requests = loop {
+        let stats = get(&m, "/_mock/stats").await.json();
+        let mut requests = stats["requests"].clone();
+        // The polls themselves.
+        requests.as_object_mut().unwrap().remove("mock_stats");
+        if requests["unknown"] == json!({"400": 2, "other": 2}) || Instant::now() > deadline {
+            break requests;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        requests,
+        json!({"unknown": {"400": 2, "other": 2}, "chat_completions": {"400": 1}})
+    );
+    let metrics = String::from_utf8_lossy(&get(&m, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(r#"mock_openai_requests_total{endpoint="unknown",status="400"} 2"#),
+        "{metrics}"
+    );
+    m.shutdown().await;
+}
+
 /// `serve_threads`: several current-thread runtimes accept from one listener; shutdown waits
 /// for the in-flight requests of every thread, then nothing listens.
 #[tokio::test]

@@ -48,7 +48,8 @@ pub enum Endpoint {
     MockStats,
     /// `/metrics`.
     Metrics,
-    /// Anything else (404).
+    /// Anything else: a 404, or a request too malformed to route, which hyper answered 400,
+    /// 414 or 431 itself.
     Unknown,
 }
 

@@ -557,6 +557,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
         stream,
         reset: ctx.reset.clone(),
     });
+    let counted = state.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
         let ctx = ctx.clone();
@@ -575,7 +576,31 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
         }
     };
     if let Err(e) = result {
+        if let Some(status) = automatic_status(&e) {
+            counted
+                .stats
+                .record(Endpoint::Unknown, Outcome::Status(status));
+        }
         debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The status hyper answered on its own, if it did, when the connection ended with `e`: a
+/// request it could not parse gets 400, 414 or 431 (its `on_error`) without ever reaching
+/// [`handle`], yet its client saw an answer that the counters must show too.
+fn automatic_status(e: &hyper::Error) -> Option<u16> {
+    if e.is_parse_too_large() {
+        // `Parse::UriTooLong` and `Parse::TooLarge` share the predicate; only the text differs.
+        Some(if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if e.is_parse() && !e.is_parse_version_h2() && !e.to_string().contains("internal") {
+        // An HTTP/2 preface and hyper's own internal error are closed without an answer.
+        Some(400)
+    } else {
+        None
     }
 }
 
