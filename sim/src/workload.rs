@@ -218,6 +218,16 @@ mod tests {
         v
     }
 
+    /// The validated form of `images = {c}`.
+    fn count(c: &str) -> ImageCount {
+        spec(&format!(
+            "[[uploads]]\nimages = {c}\npoisson = {{ per_hour = 1, for_s = 3600 }}\n"
+        ))
+        .uploads[0]
+            .images
+            .clone()
+    }
+
     #[test]
     fn poisson_counts_and_gaps_follow_the_rate_inside_the_window() {
         // 120 an hour for 30 minutes from t = 100 s: 60 expected, a gap of 30 s on average.
@@ -357,6 +367,27 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "mean_count clamps a lognormal's mean instead of taking the mean of clamped draws"]
+    fn mean_count_of_a_lognormal_is_the_mean_of_its_clamped_draws() {
+        // Defect: `scenario::mean_count` returns median × exp(sigma² / 2) clamped to [min, max],
+        // the mean of the unclamped law. With workday's sizes (median 20, p99 2,000, max 10,000)
+        // it says 141.9 images an upload; the draws average 133.7 (the exact mean of the
+        // clamped law is 132.9). Validation's image estimate and the capacity report's
+        // "≈ images" rates (and `mean_upload_images`) are 6% high for workday. Fixing it
+        // (E[clamp(X, a, b)] = a Φ(α) + e^(μ + σ²/2) (Φ(β − σ) − Φ(α − σ)) + b (1 − Φ(β))) moves
+        // the "about 85136582 images expected" that `tests/sim.rs` pins for workday at
+        // --max-factor 1000 to about 79757290.
+        let c = "{ kind = \"lognormal\", median = 20, p99 = 2000, max = 10000 }";
+        let v = sizes(c, 100_000);
+        let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len() as f64;
+        let expect = mean_count(&count(c));
+        assert!(
+            (mean / expect - 1.0).abs() < 0.02,
+            "mean {mean}, mean_count {expect}"
+        );
+    }
+
+    #[test]
     fn pareto_and_uniform_sizes_follow_their_laws() {
         // Pareto(5, 1.2): P(X >= 10) = P(x >= 9.5 before rounding) = (5 / 9.5)^1.2 = 0.4630.
         let c = "{ kind = \"pareto\", min = 5, alpha = 1.2, max = 10000 }";
@@ -367,16 +398,7 @@ mod tests {
         assert_eq!(v[0], 5);
         assert!(*v.last().unwrap() <= 10_000);
         let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
-        let ImageCount::Dist(d) = spec(&format!(
-            "[[uploads]]\nimages = {c}\npoisson = {{ per_hour = 1, for_s = 3600 }}\n"
-        ))
-        .uploads[0]
-            .images
-            .clone()
-        else {
-            unreachable!()
-        };
-        let expect = mean_count(&ImageCount::Dist(d));
+        let expect = mean_count(&count(c));
         assert!(
             (mean / expect - 1.0).abs() < 0.03,
             "mean {mean}, mean_count {expect}"
