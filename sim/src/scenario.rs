@@ -78,7 +78,7 @@ pub struct ImagesConfig {
     pub width_px: u32,
     /// Height of each image, in pixels.
     pub height_px: u32,
-    /// `low`, `high` or `auto`.
+    /// `low` (the default), `high` or `auto`.
     #[serde(default)]
     pub detail: Detail,
     /// The request's `max_tokens`: the output tokens one answer may use, in tokens.
@@ -136,7 +136,7 @@ pub struct UploadGroup {
 pub struct Poisson {
     /// Mean uploads per hour.
     pub per_hour: f64,
-    /// How long arrivals last, in seconds.
+    /// How long arrivals last, in seconds: they fall in `[start_s, start_s + for_s)`.
     pub for_s: f64,
 }
 
@@ -146,7 +146,9 @@ pub struct Poisson {
 pub struct Daily {
     /// Mean uploads per day.
     pub uploads_per_day: f64,
-    /// Relative arrival rate of each hour of the day, 24 non-negative numbers (hour 0 first).
+    /// Relative arrival rate of each hour of the day, 24 non-negative numbers (hour 0 first, from
+    /// `start_s`): hour `h` of each day gets `uploads_per_day × weight / sum of weights` on
+    /// average, and an hour of weight 0 none.
     pub hourly_weights: Vec<f64>,
     /// Days simulated (default 1).
     #[serde(default = "one")]
@@ -157,7 +159,8 @@ fn one() -> u32 {
     1
 }
 
-/// Images per upload: a fixed number or a heavy-tailed distribution.
+/// Images per upload: a fixed number or a distribution (uniform, or heavy-tailed: lognormal,
+/// Pareto).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ImageCount {
