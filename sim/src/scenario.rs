@@ -1671,6 +1671,56 @@ at_s = 0
     }
 
     #[test]
+    fn a_size_distribution_that_could_draw_0_or_past_the_cap_is_refused_at_its_field() {
+        let images = |c: &str| edit("images = 15", &format!("images = {c}"));
+        for (c, expect) in [
+            (
+                "{ kind = \"uniform\", min = 9, max = 3 }",
+                "uploads[0].images.max: must be at least min (9), got 3",
+            ),
+            (
+                "{ kind = \"uniform\", min = 0, max = 3 }",
+                "uploads[0].images.min: must be at least 1",
+            ),
+            (
+                "{ kind = \"lognormal\", median = 20, p99 = 2000, min = 50, max = 40 }",
+                "uploads[0].images.max: must be at least min (50), got 40",
+            ),
+            (
+                "{ kind = \"lognormal\", median = 20, p99 = 10, max = 40 }",
+                "uploads[0].images.p99: must be at least median (20), got 10",
+            ),
+            (
+                "{ kind = \"lognormal\", median = 0.5, p99 = 10, max = 40 }",
+                "uploads[0].images.median: must be at least 1, got 0.5",
+            ),
+            (
+                "{ kind = \"lognormal\", median = 20, p99 = 2000, max = 0 }",
+                "uploads[0].images.max: must be at least min (1), got 0",
+            ),
+            (
+                "{ kind = \"pareto\", min = 5, alpha = 0, max = 40 }",
+                "uploads[0].images.alpha: must be a finite number > 0, got 0",
+            ),
+            (
+                "{ kind = \"pareto\", min = 5, alpha = 1.2, max = 1000001 }",
+                "uploads[0].images.max: an upload carries at most 1000000 images, got 1000001",
+            ),
+            (
+                "1000001",
+                "uploads[0].images: an upload carries at most 1000000 images, got 1000001",
+            ),
+        ] {
+            check(&images(c), &[], &format!("x.toml:16: {expect}"));
+        }
+        check(
+            &images("{ kind = \"pareto\", min = 5, alpha = 1.2, max = 1000000 }"),
+            &[],
+            "ok",
+        );
+    }
+
+    #[test]
     fn arrivals_that_would_end_past_365_days_are_refused_not_moved() {
         // Each of start_s and the arrivals' span passed on its own, and every arrival past 365
         // days was moved to 365 days exactly: of 100 users every 3 days from day 200, the last 44.
