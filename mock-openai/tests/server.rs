@@ -1118,6 +1118,45 @@ async fn a_live_script_counts_from_when_it_is_set() {
     chat(&m, KEY, "u").await.unwrap().json();
 }
 
+/// A TOML body's `nan` or `inf` is refused naming the field and the value as written, and
+/// changes nothing (converted to JSON it used to read `invalid type: null, expected f64`).
+#[tokio::test]
+async fn live_config_in_toml_refuses_nan_naming_the_field() {
+    let m = start_manual(BASE).await;
+    let before = get(&m, "/_mock/config").await.json();
+    for (body, field, got) in [
+        (
+            "[upstream]\nserver_error_rate = 0.5\n[mock_server.transport]\nreset_rate = nan\n",
+            "mock_server.transport.reset_rate",
+            "NaN",
+        ),
+        (
+            "[upstream]\nlatency = { kind = \"fixed\", ms = inf }\n",
+            "upstream.latency.ms",
+            "inf",
+        ),
+        (
+            "[upstream]\nlatency = { kind = \"empirical\", samples_ms = [1.0, -inf] }\n",
+            "upstream.latency.samples_ms[1]",
+            "-inf",
+        ),
+    ] {
+        let r = send(m.addr, "POST", "/_mock/config", None, &[], body.to_owned())
+            .await
+            .unwrap();
+        let e = r.error(400);
+        assert_eq!(e["param"], field, "{body}");
+        assert_eq!(e["code"], "invalid_config");
+        assert_eq!(
+            e["message"],
+            format!("{field}: must be a finite number, got {got}"),
+            "{body}"
+        );
+    }
+    assert_eq!(get(&m, "/_mock/config").await.json(), before);
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn live_config_validates_and_applies() {
     let m = start_manual(BASE).await;

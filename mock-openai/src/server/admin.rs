@@ -285,6 +285,38 @@ fn config_error(e: ConfigError) -> ApiError {
     }
 }
 
+/// The first `nan` or `inf` in a TOML body, as an error naming its dotted field (the same
+/// path whichever spelling of the table the body used); `path` is the table's own.
+fn non_finite(table: &toml::Table, path: &mut String) -> Option<ConfigError> {
+    fn check(v: &toml::Value, path: &mut String) -> Option<ConfigError> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => Some(ConfigError::Invalid {
+                field: path.clone(),
+                reason: format!("must be a finite number, got {f}"),
+            }),
+            toml::Value::Table(t) => non_finite(t, path),
+            toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                let found = check(v, path);
+                path.truncate(len);
+                found
+            }),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        let found = check(v, path);
+        path.truncate(len);
+        found
+    })
+}
+
 /// Merges `patch` into `base` key by key; `deep` names keys whose objects merge one level down.
 fn merge(base: &mut Map<String, Value>, patch: &Map<String, Value>, deep: &[&str]) {
     for (k, v) in patch {
@@ -351,9 +383,17 @@ pub(crate) async fn config(state: &State, req: Request<Incoming>) -> Delivery {
             Err(_) => match std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|t| t.parse::<toml::Table>().ok())
-                .and_then(|t| serde_json::to_value(t).ok())
             {
-                Some(v) => v,
+                Some(t) => {
+                    // JSON has no `nan` or `inf`: converted, they would be refused as `null`.
+                    if let Some(e) = non_finite(&t, &mut String::new()) {
+                        return config_error(e).into();
+                    }
+                    match serde_json::to_value(t) {
+                        Ok(v) => v,
+                        Err(_) => return invalid_json().into(),
+                    }
+                }
                 None => return invalid_json().into(),
             },
         };
