@@ -1747,6 +1747,31 @@ async fn requests_hyper_refuses_to_parse_are_counted_once() {
     m.shutdown().await;
 }
 
+/// A client that closes its connection in the middle of its body is counted as abandoned, not
+/// as the 400 the cut body reads as (an answer it never saw).
+#[tokio::test]
+async fn a_body_its_client_abandons_is_counted_as_abandoned() {
+    use tokio::io::AsyncWriteExt as _;
+    let m = start_manual(BASE).await;
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let chat = loop {
+        let chat = get(&m, "/_mock/stats").await.json()["requests"]["chat_completions"].clone();
+        if !chat.is_null() || Instant::now() > deadline {
+            break chat;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(chat, json!({"abandoned": 1}));
+    m.shutdown().await;
+}
+
 /// `serve_threads`: several current-thread runtimes accept from one listener; shutdown waits
 /// for the in-flight requests of every thread, then nothing listens.
 #[tokio::test]

@@ -104,7 +104,7 @@ pub enum Outcome {
     /// The connection was reset.
     Reset,
     /// The client went away before its answer was ready (it closed the connection during the
-    /// modelled latency); the model had already counted the request.
+    /// modelled latency, or while sending its body); the model may have counted the request.
     Abandoned,
 }
 

@@ -346,6 +346,9 @@ impl std::error::Error for Abort {}
 #[derive(Debug, Clone)]
 struct ConnCtx {
     reset: Arc<AtomicBool>,
+    /// Set once the client has closed its side (or the read failed): an answer made after
+    /// that reaches no one, and hyper drops the connection without sending it.
+    peer_closed: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -354,6 +357,7 @@ struct ConnCtx {
 struct ConnIo {
     stream: TcpStream,
     reset: Arc<AtomicBool>,
+    peer_closed: Arc<AtomicBool>,
 }
 
 impl Drop for ConnIo {
@@ -371,7 +375,18 @@ impl AsyncRead for ConnIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let closed = match &polled {
+            Poll::Ready(Ok(())) => buf.filled().len() == before && buf.remaining() > 0,
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        };
+        if closed {
+            this.peer_closed.store(true, Ordering::SeqCst);
+        }
+        polled
     }
 }
 
@@ -433,6 +448,7 @@ pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: 
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx {
             reset: Arc::new(AtomicBool::new(false)),
+            peer_closed: Arc::new(AtomicBool::new(false)),
             shutdown: shutdown_tx.subscribe(),
         };
         let state = state.clone();
@@ -556,6 +572,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
     let io = TokioIo::new(ConnIo {
         stream,
         reset: ctx.reset.clone(),
+        peer_closed: ctx.peer_closed.clone(),
     });
     let counted = state.clone();
     let service = service_fn(move |req| {
@@ -629,9 +646,20 @@ async fn handle(
         dispatch(&state, req, &method, path, rid, &mut pending.endpoint).await;
     pending.armed = false;
     let org_label = org.map_or("-", |o| &*o.name);
+    // The client closed its side while its request was read (a body cut short reads as the
+    // endpoint's own 400): the answer goes to no one, so it counts as abandoned. It is still
+    // handed to hyper, which sends it if the client only half-closed.
+    let answered = |status: u16| {
+        if ctx.peer_closed.load(Ordering::SeqCst) {
+            debug!(%method, %path, status, request_id = %rid, "the client left before its answer");
+            Outcome::Abandoned
+        } else {
+            Outcome::Status(status)
+        }
+    };
     match delivery {
         Delivery::Now(reply) => {
-            state.stats.record(endpoint, Outcome::Status(reply.status));
+            state.stats.record(endpoint, answered(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, request_id = %rid, "answered");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
             let mut reply = reply;
@@ -639,7 +667,7 @@ async fn handle(
             Ok(reply.into_response())
         }
         Delivery::Slow(reply, over) => {
-            state.stats.record(endpoint, Outcome::Status(reply.status));
+            state.stats.record(endpoint, answered(reply.status));
             debug!(%method, %path, status = reply.status, org = org_label, ?over, "answering slowly");
             let processing_ms = (state.clock.real_elapsed().saturating_sub(started)).as_millis();
             let mut reply = reply;
