@@ -367,16 +367,9 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "mean_count clamps a lognormal's mean instead of taking the mean of clamped draws"]
     fn mean_count_of_a_lognormal_is_the_mean_of_its_clamped_draws() {
-        // Defect: `scenario::mean_count` returns median × exp(sigma² / 2) clamped to [min, max],
-        // the mean of the unclamped law. With workday's sizes (median 20, p99 2,000, max 10,000)
-        // it says 141.9 images an upload; the draws average 133.7 (the exact mean of the
-        // clamped law is 132.9). Validation's image estimate and the capacity report's
-        // "≈ images" rates (and `mean_upload_images`) are 6% high for workday. Fixing it
-        // (E[clamp(X, a, b)] = a Φ(α) + e^(μ + σ²/2) (Φ(β − σ) − Φ(α − σ)) + b (1 − Φ(β))) moves
-        // the "about 85136582 images expected" that `tests/sim.rs` pins for workday at
-        // --max-factor 1000 to about 79757290.
+        // Workday's sizes: median 20, p99 2,000, cut at 10,000. The unclamped law's mean
+        // (141.9) overstated the draws' (about 133.7, with rounding to whole images).
         let c = "{ kind = \"lognormal\", median = 20, p99 = 2000, max = 10000 }";
         let v = sizes(c, 100_000);
         let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len() as f64;

@@ -1755,7 +1755,7 @@ fn a_bad_tier_or_a_search_it_cannot_run_exits_2_and_writes_nothing() {
     let cases: [(&[&str], &str); 4] = [
         (
             &[workday, "--max-factor", "1000"],
-            "--max-factor 1000: scenarios/workday.toml:28: uploads: about 85136582 images \
+            "--max-factor 1000: scenarios/workday.toml:28: uploads: about 79757290 images \
              expected; at most 20000000 are supported (lower --max-factor)",
         ),
         (&[workday, "--max-factor", "0.5"], "--max-factor"),
