@@ -311,27 +311,6 @@ impl Reply {
         );
     }
 
-    /// Adds a header whose name and value are already built.
-    pub fn header_value(mut self, name: &HeaderName, value: HeaderValue) -> Reply {
-        self.push_header(name, value);
-        self
-    }
-
-    /// Adds a header whose name and value are already built, in place (the hot paths add
-    /// several without moving the reply for each).
-    pub fn push_header(&mut self, name: &HeaderName, value: HeaderValue) {
-        self.headers.append(name.clone(), value);
-    }
-
-    /// Adds a header with a built name and a text value; values that are not valid header text
-    /// are skipped.
-    pub fn header_text(self, name: &HeaderName, value: &str) -> Reply {
-        match HeaderValue::from_str(value) {
-            Ok(v) => self.header_value(name, v),
-            Err(_) => self,
-        }
-    }
-
     /// Adds a header; values that are not valid header text are skipped.
     pub fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {
         if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
