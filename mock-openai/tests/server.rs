@@ -214,6 +214,13 @@ async fn post_json(m: &Mock, path: &str, body: Value) -> Resp {
     .unwrap()
 }
 
+/// `POST /_mock/config` with a TOML (or JSON) body and no API key, as an operator sends it.
+async fn post_config(m: &Mock, body: impl Into<Bytes>) -> Resp {
+    send(m.addr, "POST", "/_mock/config", None, &[], body.into())
+        .await
+        .unwrap()
+}
+
 async fn get(m: &Mock, path: &str) -> Resp {
     send(m.addr, "GET", path, Some(KEY), &[], Bytes::new())
         .await
@@ -1141,9 +1148,7 @@ async fn live_config_in_toml_refuses_nan_naming_the_field() {
             "-inf",
         ),
     ] {
-        let r = send(m.addr, "POST", "/_mock/config", None, &[], body.to_owned())
-            .await
-            .unwrap();
+        let r = post_config(&m, body.to_owned()).await;
         let e = r.error(400);
         assert_eq!(e["param"], field, "{body}");
         assert_eq!(e["code"], "invalid_config");
@@ -1207,29 +1212,11 @@ async fn live_config_validates_and_applies() {
     );
     chat(&m, KEY, "u").await.unwrap().error(500);
     // TOML works too.
-    let r = send(
-        m.addr,
-        "POST",
-        "/_mock/config",
-        None,
-        &[],
-        "[upstream]\nserver_error_rate = 0.0\n",
-    )
-    .await
-    .unwrap();
+    let r = post_config(&m, "[upstream]\nserver_error_rate = 0.0\n").await;
     assert_eq!(r.status, 200);
     assert_eq!(chat(&m, KEY, "u").await.unwrap().status, 200);
     // The startup file's spelling of the transport section, pasted as it is.
-    let r = send(
-        m.addr,
-        "POST",
-        "/_mock/config",
-        None,
-        &[],
-        "[mock_server.transport]\nreset_rate = 0.25\n",
-    )
-    .await
-    .unwrap();
+    let r = post_config(&m, "[mock_server.transport]\nreset_rate = 0.25\n").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["transport"]["reset_rate"], 0.25);
     let twice = post_json(
