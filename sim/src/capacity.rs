@@ -93,7 +93,10 @@ What is varied depends on the scenario's first [[uploads]] group:
   20,000,000 images; a --max-factor whose workload does not fit is refused before any run.
 
 Every other field stays as the scenario (and --set) says. A run that leaves images pending (its
-uploads unfinished at sim.max_duration_s) never passes, whatever the p95 of the rest. Next to the
+uploads unfinished at sim.max_duration_s) never passes, whatever the p95 of the rest, and nor
+does one that fails more than --max-failed-pct of its images (default 1%): a dropped image
+finishes early and flatters the p95, so a policy that drops images has not carried the load.
+The table marks such runs \"no (N pending)\" or \"no (N failed)\". Next to the
 capacity, each tier at the scenario's own load, and 1,000 images as one upload on the scenario's
 account, once all realtime and once all through the Batch API (the policy with routing =
 \"threshold\" and its thresholds set to 1,000 or 0), costed by the simulator's own billing.
@@ -526,15 +529,24 @@ struct Plan {
     model: Model,
     vary: Vary,
     limit_ms: u64,
+    /// `--max-failed-pct`.
+    max_failed_pct: f64,
 }
 
 impl Plan {
     /// Whether run `r` keeps the p95 of `metric` at or under the limit. A run that left images
     /// pending did not finish its uploads: their latencies are missing from the p95, so it does
-    /// not pass, however low the p95 of the rest.
+    /// not pass, however low the p95 of the rest. Nor does a run that failed more than
+    /// `--max-failed-pct` of its images: a failed image finishes early and pulls the p95 down.
     fn passes(&self, metric: LatencyMetric, r: &Results) -> bool {
         let l = metric.of(r);
-        l.count > 0 && l.p95 <= self.limit_ms && r.images.pending == 0
+        l.count > 0 && l.p95 <= self.limit_ms && r.images.pending == 0 && !self.too_many_failed(r)
+    }
+
+    /// Whether run `r` failed more than `--max-failed-pct` of its images.
+    fn too_many_failed(&self, r: &Results) -> bool {
+        // Integer counts against a percentage: failed / total > pct / 100, without dividing.
+        r.images.failed as f64 * 100.0 > self.max_failed_pct * r.images.total as f64
     }
 
     /// The scenario's own load.
@@ -810,6 +822,7 @@ fn plan(a: &ReportArgs) -> Result<Plan, CliError> {
         model,
         vary,
         limit_ms: (a.p95_limit_s * 1000.0).round() as u64,
+        max_failed_pct: a.max_failed_pct,
     };
     let runs = plan.tiers.len() * (plan.max_runs() + 1) + 2;
     if runs > MAX_RUNS {
@@ -1123,6 +1136,7 @@ fn json_report(i: &Inputs) -> String {
         "policy": plan.base.name,
         "metric": a.metric.key(),
         "p95_limit_ms": plan.limit_ms,
+        "max_failed_pct": plan.max_failed_pct,
         "varied": varied,
         "tiers": tiers,
         "cost": {
@@ -1518,8 +1532,11 @@ fn document(i: &Inputs) -> Doc {
             p95(r),
             match (plan.passes(a.metric, r), r.images.pending) {
                 (true, _) => "yes".into(),
-                (false, 0) => "no".into(),
-                (false, n) => format!("no ({} pending)", thousands(n)),
+                (false, n) if n > 0 => format!("no ({} pending)", thousands(n)),
+                (false, _) if plan.too_many_failed(r) => {
+                    format!("no ({} failed)", thousands(r.images.failed))
+                }
+                (false, _) => "no".into(),
             },
             thousands(r.upstream.rate_limited),
             thousands(r.images.failed),
@@ -1584,20 +1601,23 @@ fn document(i: &Inputs) -> Doc {
          slow; realtime is paced by the account's RPM and TPM."
             .into(),
     );
-    read.push(match plan.vary {
-        Vary::Users { .. } => {
-            "Read latencies with \"failed\": a policy that drops images finishes \
-             early. A p95 need not grow strictly with users, so a count above a capacity may pass \
-             again; the search reports the first boundary it finds."
-                .into()
+    read.push(format!(
+        "A run with more than {}% of its images failed does not pass: a policy that drops \
+         images finishes early and flatters its p95 (--max-failed-pct). {}",
+        plan.max_failed_pct,
+        match plan.vary {
+            Vary::Users { .. } => {
+                "A p95 need not grow strictly with users, so a count above a capacity may pass \
+                 again; the search reports the first boundary it finds."
+            }
+            Vary::Factor { .. } => {
+                "A p95 need not grow strictly with the load, so a factor above a capacity may \
+                 pass again; the search reports the first boundary it finds. Arrivals are \
+                 random: a scaled rate draws other arrival times and upload sizes from the same \
+                 seed, so neighbouring factors can differ by more than their load."
+            }
         }
-        Vary::Factor { .. } => "Read latencies with \"failed\": a policy that drops images \
-             finishes early. A p95 need not grow strictly with the load, so a factor above a \
-             capacity may pass again; the search reports the first boundary it finds. Arrivals \
-             are random: a scaled rate draws other arrival times and upload sizes from the same \
-             seed, so neighbouring factors can differ by more than their load."
-            .into(),
-    });
+    ));
     read.push(match &plan.vary {
         Vary::Users { .. } => format!(
             "{} runs (a report makes at most {MAX_RUNS}); the same scenario, seed, flags and \
@@ -1971,6 +1991,7 @@ mod tests {
             policy: "tagstorm".into(),
             metric: LatencyMetric::UploadComplete,
             p95_limit_s: 120.0,
+            max_failed_pct: 1.0,
             max_users: None,
             max_factor,
             json: false,

@@ -273,6 +273,11 @@ pub struct ReportArgs {
     #[arg(long = "p95-limit-s", value_name = "SECS", default_value_t = 120.0,
           value_parser = parse_limit_s)]
     pub p95_limit_s: f64,
+    /// The largest share of images a run may fail and still pass, in percent (0 to 100): a
+    /// policy that drops images has not carried the load, however fast the rest were tagged.
+    #[arg(long = "max-failed-pct", value_name = "PCT", default_value_t = 1.0,
+          value_parser = parse_failed_pct)]
+    pub max_failed_pct: f64,
     /// The most users the search tries per tier (1 to 100,000; default 10,000), for a scenario
     /// whose first upload group has users.
     #[arg(long, value_name = "N",
@@ -371,6 +376,15 @@ fn parse_limit_s(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 && v <= crate::scenario::MAX_TIME_S => Ok(v),
         _ => Err(format!(
             "expected seconds above 0, such as 120 or 1.5, got {s:?}"
+        )),
+    }
+}
+
+fn parse_failed_pct(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a percentage from 0 to 100, such as 1 or 0.5, got {s:?}"
         )),
     }
 }

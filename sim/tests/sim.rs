@@ -1931,6 +1931,85 @@ fn report_json_on_users_carries_the_schema_and_each_boundary() {
 }
 
 #[test]
+fn a_report_does_not_count_a_load_carried_by_dropping_images() {
+    // seed-current gives up on images after a few 429s at Tier 1, so its p95 stays low while it
+    // fails half of ten users' images: that load is not carried. Allowing every image to fail
+    // shows the capacity the p95 alone would claim.
+    let report = |extra: &[&str]| {
+        let args = [
+            "report",
+            "scenarios/ten-users-fifteen-images.toml",
+            "--tiers",
+            "1",
+            "--policy",
+            "seed-current",
+            "--max-users",
+            "64",
+            "--json",
+        ];
+        let o = bin(&[&args[..], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let users = |v: &serde_json::Value| v["tiers"][0]["capacity"]["users"].as_u64().unwrap();
+    let strict = report(&[]);
+    let lax = report(&["--max-failed-pct", "100"]);
+    assert_eq!(strict["max_failed_pct"], 1.0);
+    assert_eq!(lax["max_failed_pct"], 100.0);
+    assert!(
+        users(&strict) < users(&lax),
+        "{} {}",
+        users(&strict),
+        users(&lax)
+    );
+    // Every passing run of the strict report failed at most 1% of its images, and some run
+    // failed only on that count.
+    let runs = strict["runs"].as_array().unwrap();
+    let share =
+        |r: &serde_json::Value| r["failed"].as_f64().unwrap() / r["images"].as_f64().unwrap();
+    assert!(
+        runs.iter()
+            .filter(|r| r["passes"] == true)
+            .all(|r| share(r) <= 0.01)
+    );
+    let limit = strict["p95_limit_ms"].as_u64().unwrap();
+    assert!(runs.iter().any(|r| r["passes"] == false
+        && r["p95_ms"].as_u64().unwrap() <= limit
+        && share(r) > 0.01));
+    // The Markdown table says why such a run did not pass.
+    let o = bin(&[
+        "report",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--tiers",
+        "1",
+        "--policy",
+        "seed-current",
+        "--max-users",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    assert!(md.contains(" failed) |"), "{md}");
+    assert!(
+        md.contains("more than 1% of its images failed does not pass"),
+        "{md}"
+    );
+    // A share outside 0..=100 is refused before anything runs.
+    let o = bin(&[
+        "report",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--max-failed-pct",
+        "101",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--max-failed-pct"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn a_report_says_when_explicit_account_limits_hold_at_every_tier() {
     // Tier 1's limits written out: --tiers 1,2 then runs both tiers at 500 RPM and 200,000 TPM,
     // and tier 2 "buys × 1.0".
