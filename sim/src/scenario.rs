@@ -37,6 +37,11 @@ pub const MAX_UPLOADS: u64 = 20_000_000;
 /// one-image uploads). Debug builds keep every image URL and need several times more.
 pub const MAX_IMAGES: u64 = 20_000_000;
 
+/// The most `[[uploads]]` groups a scenario may have: each group draws from its own random
+/// stream (`workload::streams::WORKLOAD` + its index), and the streams after it start 4,096
+/// further on, so a 4,097th group would share the model's stream.
+pub const MAX_GROUPS: usize = 4096;
+
 /// A scenario as written in its file. Every field is documented with its unit; see
 /// `scenarios/*.toml` for commented examples.
 #[derive(Clone, Debug, Deserialize)]
@@ -633,6 +638,15 @@ impl Scenario {
             return Err((
                 root().key("uploads"),
                 "needs at least one [[uploads]] group".into(),
+            ));
+        }
+        if s.uploads.len() > MAX_GROUPS {
+            return Err((
+                root().key("uploads"),
+                format!(
+                    "{} [[uploads]] groups; at most {MAX_GROUPS} are supported",
+                    s.uploads.len()
+                ),
             ));
         }
         let mut expected = 0.0;
@@ -1569,6 +1583,22 @@ at_s = 0
             ),
             &["uploads.0.users=1000"],
             "x.toml:14: uploads: about 750000000 images expected; at most 20000000 are supported",
+        );
+    }
+
+    #[test]
+    fn more_groups_than_random_streams_are_refused() {
+        let group = "\n[[uploads]]\nusers = 1\nimages = 1\nat_s = 0\n";
+        let mut text = BASE.to_owned();
+        for _ in 1..MAX_GROUPS {
+            text.push_str(group);
+        }
+        check(&text, &[], "ok");
+        text.push_str(group);
+        check(
+            &text,
+            &[],
+            "x.toml:14: uploads: 4097 [[uploads]] groups; at most 4096 are supported",
         );
     }
 

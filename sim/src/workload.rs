@@ -42,6 +42,9 @@ pub mod streams {
     pub const MODEL: u64 = 0x2000;
     /// Core's backoff jitter.
     pub const CORE: u64 = 0x3000;
+
+    // Every group's stream stays below the model's (the scenario refuses more groups).
+    const _: () = assert!(WORKLOAD + crate::scenario::MAX_GROUPS as u64 <= MODEL);
 }
 
 /// Every upload of `s`, sorted by start time (ties in group order, then draw order).
