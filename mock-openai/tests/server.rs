@@ -2615,6 +2615,39 @@ async fn graceful_shutdown_rushes_slow_bodies() {
     assert_eq!(r.json()["object"], "chat.completion");
 }
 
+/// Shutdown does not wait out the 60 s body-read timeout for a client that stalled mid-body:
+/// once it begins, the read gets a short grace, then the client gets the read timeout's 408
+/// and `run` returns.
+#[tokio::test]
+async fn graceful_shutdown_does_not_wait_for_a_stalled_body() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let m = start_manual(BASE).await;
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"model\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The handler is waiting for the other 992 bytes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    let stop = m.stop.unwrap();
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), m.task)
+        .await
+        .expect("run returns within 5 s of shutdown despite a stalled body")
+        .unwrap();
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(500),
+        "the body read had no grace: {:?}",
+        stopped.elapsed()
+    );
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+    assert!(got.contains("request_timeout"), "{got:?}");
+}
+
 async fn chat_on(addr: SocketAddr, url: &str) -> Result<Resp, String> {
     send(
         addr,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
+use tokio::sync::watch;
 
 use crate::batch::BatchStatus;
 use crate::config::{ConfigError, UpstreamConfig};
@@ -372,9 +373,13 @@ fn patched<T: serde::Serialize + serde::de::DeserializeOwned>(
 /// `mock_server.transport`, as in the startup file). Top-level keys of each section replace
 /// the current value, except `upstream.batch`, whose keys merge. Nothing changes unless the
 /// whole result validates; a bad value is a 400 naming the field.
-pub(crate) async fn config(state: &State, req: Request<Incoming>) -> Delivery {
+pub(crate) async fn config(
+    state: &State,
+    req: Request<Incoming>,
+    shutdown: &watch::Receiver<bool>,
+) -> Delivery {
     if req.method() == hyper::Method::POST {
-        let bytes = match read_body(req, state.limits.json).await {
+        let bytes = match read_body(req, state.limits.json, shutdown).await {
             Ok(b) => b,
             Err(e) => return e.into(),
         };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::batch::{Batch, BatchList};
 use crate::error::ApiError;
@@ -126,8 +127,13 @@ fn check_output_expires_after(v: Option<&Value>) -> Result<Option<Duration>, Api
 }
 
 /// `POST /v1/batches`.
-pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>) -> Delivery {
-    let bytes = match read_body(req, state.limits.json).await {
+pub(crate) async fn create(
+    state: &State,
+    org: &OrgEntry,
+    req: Request<Incoming>,
+    shutdown: &watch::Receiver<bool>,
+) -> Delivery {
+    let bytes = match read_body(req, state.limits.json, shutdown).await {
         Ok(b) => b,
         Err(e) => return e.into(),
     };

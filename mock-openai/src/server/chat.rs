@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hyper::Request;
 use hyper::body::Incoming;
 use tagstorm_core::tokens::{Model, Usage};
+use tokio::sync::watch;
 
 use crate::chat::{ChatOutcome, ChatRequest, FinishReason};
 use crate::error::{ApiError, LimitDimension};
@@ -400,8 +401,9 @@ pub(crate) async fn create(
     org: &OrgEntry,
     req: Request<Incoming>,
     rid: &str,
+    shutdown: &watch::Receiver<bool>,
 ) -> Delivery {
-    let bytes = match read_body(req, state.limits.chat).await {
+    let bytes = match read_body(req, state.limits.chat, shutdown).await {
         Ok(b) => b,
         Err(e) => return e.into(),
     };

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::files::{FileList, FileListQuery, FileObject, MAX_LIST_FILES};
@@ -25,7 +26,12 @@ pub(crate) fn real_file(state: &State, epoch: u64, mut f: FileObject) -> FileObj
 }
 
 /// `POST /v1/files`.
-pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>) -> Delivery {
+pub(crate) async fn create(
+    state: &State,
+    org: &OrgEntry,
+    req: Request<Incoming>,
+    shutdown: &watch::Receiver<bool>,
+) -> Delivery {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -36,7 +42,7 @@ pub(crate) async fn create(state: &State, org: &OrgEntry, req: Request<Incoming>
         Ok(b) => b,
         Err(e) => return bad_request(format!("Invalid file upload: {e}."), None, None).into(),
     };
-    let body = match read_body(req, state.limits.upload).await {
+    let body = match read_body(req, state.limits.upload, shutdown).await {
         Ok(b) => b,
         Err(e) => return e.into(),
     };

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::ApiError;
 pub use crate::error::{bad_request, invalid_json, invalid_type, json_type, unrecognized_argument};
@@ -20,6 +20,13 @@ use crate::headers::write_duration;
 
 /// Longest time a client may take to send its request body, in real time.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest time a body still being read when shutdown begins may take to finish, in real
+/// time; then it is refused with [`BODY_READ_TIMEOUT`]'s 408. Graceful shutdown waits for
+/// every request in flight, so without this a client that stalled mid-body would hold Ctrl-C
+/// up for the whole read timeout; a second is enough for one that is still sending a normal
+/// body to finish it.
+pub const SHUTDOWN_BODY_GRACE: Duration = Duration::from_secs(1);
 
 /// A response body: all at once, or chunks from a task that paces them (slow bodies).
 #[derive(Debug)]
@@ -349,8 +356,13 @@ pub fn too_large(limit: usize) -> ApiError {
 
 /// Reads the whole request body, refusing more than `limit` bytes (413 without reading a
 /// body whose `content-length` already says so) and bodies slower than
-/// [`BODY_READ_TIMEOUT`] (408).
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// [`BODY_READ_TIMEOUT`] (408). Once `shutdown` (the connection's signal) has fired, the read
+/// has at most [`SHUTDOWN_BODY_GRACE`] left, then gets the same 408.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -359,16 +371,31 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Ok(Err(e)) => Err(bad_request(
+    let collect = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), limit).collect(),
+    );
+    let cut_short = async {
+        // Cloned only if the body was not already there on the first poll (`biased`).
+        let mut shutdown = shutdown.clone();
+        super::shutting_down(&mut shutdown).await;
+        tokio::time::sleep(SHUTDOWN_BODY_GRACE).await;
+    };
+    // `None`: too slow, by the read timeout or the shutdown grace.
+    let collected = tokio::select! {
+        biased;
+        c = collect => c.ok(),
+        () = cut_short => None,
+    };
+    match collected {
+        Some(Ok(c)) => Ok(c.to_bytes()),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Some(Err(e)) => Err(bad_request(
             format!("Could not read the request body: {e}"),
             None,
             None,
         )),
-        Err(_) => Err(ApiError {
+        None => Err(ApiError {
             status: 408,
             message: "The request body was not received in time.".into(),
             kind: "invalid_request_error".into(),

@@ -421,8 +421,9 @@ impl AsyncWrite for ConnIo {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets every
-/// in-flight request finish (timeout holds are cut short, slow bodies sent at once), and
-/// returns once all connections have closed.
+/// in-flight request finish (timeout holds are cut short, slow bodies sent at once, and a
+/// request body still arriving gets [`http::SHUTDOWN_BODY_GRACE`], then a 408), and returns
+/// once all connections have closed.
 pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: F) {
     let (shutdown_tx, _) = watch::channel(false);
     // Each connection task holds a sender; `recv` returns `None` once all have finished.
@@ -642,8 +643,16 @@ async fn handle(
         endpoint: Endpoint::Unknown,
         armed: true,
     };
-    let (endpoint, delivery, org) =
-        dispatch(&state, req, &method, path, rid, &mut pending.endpoint).await;
+    let (endpoint, delivery, org) = dispatch(
+        &state,
+        req,
+        &method,
+        path,
+        rid,
+        &ctx.shutdown,
+        &mut pending.endpoint,
+    )
+    .await;
     pending.armed = false;
     let org_label = org.map_or("-", |o| &*o.name);
     // The client closed its side while its request was read (a body cut short reads as the
@@ -751,13 +760,14 @@ impl Drop for Pending<'_> {
 }
 
 /// Routes and answers one request; `routed` is set to its endpoint as soon as that is known,
-/// before anything waits.
+/// before anything waits. `shutdown` is the connection's signal, which cuts a body read short.
 async fn dispatch<'s>(
     state: &'s State,
     req: Request<Incoming>,
     method: &Method,
     path: &str,
     rid: &str,
+    shutdown: &watch::Receiver<bool>,
     routed: &mut Endpoint,
 ) -> (Endpoint, Delivery, Option<&'s OrgEntry>) {
     // Up to five segments without allocating; a sixth makes the path unknown.
@@ -823,7 +833,7 @@ async fn dispatch<'s>(
         return (endpoint, reply.into(), None);
     }
     match endpoint {
-        Endpoint::MockConfig => return (endpoint, admin::config(state, req).await, None),
+        Endpoint::MockConfig => return (endpoint, admin::config(state, req, shutdown).await, None),
         Endpoint::MockStats => return (endpoint, admin::stats(state).into(), None),
         Endpoint::Metrics => return (endpoint, admin::metrics(state).into(), None),
         _ => {}
@@ -834,13 +844,13 @@ async fn dispatch<'s>(
     };
     let id = segs.get(2).copied().unwrap_or("");
     let delivery = match endpoint {
-        Endpoint::ChatCompletions => chat::create(state, org, req, rid).await,
-        Endpoint::FilesCreate => files::create(state, org, req).await,
+        Endpoint::ChatCompletions => chat::create(state, org, req, rid, shutdown).await,
+        Endpoint::FilesCreate => files::create(state, org, req, shutdown).await,
         Endpoint::FilesList => files::list(state, org, req.uri().query()),
         Endpoint::FilesRetrieve => files::retrieve(state, org, id),
         Endpoint::FilesDelete => files::delete(state, org, id),
         Endpoint::FilesContent => files::content(state, org, id),
-        Endpoint::BatchesCreate => batches::create(state, org, req).await,
+        Endpoint::BatchesCreate => batches::create(state, org, req, shutdown).await,
         Endpoint::BatchesRetrieve => batches::retrieve(state, org, id),
         Endpoint::BatchesCancel => batches::cancel(state, org, id),
         Endpoint::BatchesList => batches::list(state, org, req.uri().query()),
