@@ -331,6 +331,8 @@ pub(crate) struct BatchState {
     pub errors: Vec<BatchError>,
     pub created: Time,
     pub expires: Time,
+    /// Scripted [`BatchOutcomeKind::Stuck`]: its window never ends it.
+    pub stuck: bool,
     pub plan: Plan,
     /// (cancelling_at, cancelled_at).
     pub cancel: Option<(Time, Time)>,
@@ -356,6 +358,12 @@ fn div_time(span: Duration, num: u64, den: u64) -> Duration {
 }
 
 impl BatchState {
+    /// When its completion window ends a batch still running: `expires`, or never for a stuck
+    /// one.
+    fn window_end(&self) -> Time {
+        if self.stuck { Time::MAX } else { self.expires }
+    }
+
     /// When the batch ends (its tokens leave the queue).
     pub fn end_time(&self) -> Time {
         if let Some((_, cancelled)) = self.cancel {
@@ -363,7 +371,7 @@ impl BatchState {
         }
         match self.plan {
             Plan::Fail { at } => at,
-            Plan::Run { finalizing_at, .. } if finalizing_at > self.expires => self.expires,
+            Plan::Run { finalizing_at, .. } if finalizing_at > self.window_end() => self.expires,
             Plan::Run { completed_at, .. } => completed_at,
         }
     }
@@ -381,12 +389,12 @@ impl BatchState {
             Plan::Fail { at } if now >= at => BatchStatus::Failed,
             Plan::Fail { .. } => BatchStatus::Validating,
             Plan::Run { finalizing_at, .. }
-                if finalizing_at > self.expires && now >= self.expires =>
+                if finalizing_at > self.window_end() && now >= self.expires =>
             {
                 BatchStatus::Expired
             }
             Plan::Run { in_progress_at, .. } if now < in_progress_at => BatchStatus::Validating,
-            Plan::Run { finalizing_at, .. } if finalizing_at > self.expires => {
+            Plan::Run { finalizing_at, .. } if finalizing_at > self.window_end() => {
                 BatchStatus::InProgress
             }
             Plan::Run { finalizing_at, .. } if now < finalizing_at => BatchStatus::InProgress,
@@ -405,7 +413,7 @@ impl BatchState {
         else {
             return 0;
         };
-        let mut stop = now.min(finalizing_at).min(self.expires);
+        let mut stop = now.min(finalizing_at).min(self.window_end());
         if let Some((cancelling, _)) = self.cancel {
             stop = stop.min(cancelling);
         }
@@ -714,6 +722,11 @@ impl Upstream {
                                 completed_at: fin + secs(fin_s),
                             }
                         }
+                        BatchOutcomeKind::Stuck => Plan::Run {
+                            in_progress_at: validated,
+                            finalizing_at: Time::MAX,
+                            completed_at: Time::MAX,
+                        },
                         BatchOutcomeKind::Completed => {
                             let fin = validated + secs(ip_s);
                             Plan::Run {
@@ -757,6 +770,7 @@ impl Upstream {
             errors,
             created,
             expires,
+            stuck: scripted == Some(BatchOutcomeKind::Stuck) && matches!(plan, Plan::Run { .. }),
             plan,
             cancel: None,
             queued_tokens,
@@ -1040,7 +1054,7 @@ impl Upstream {
             } => {
                 let stop = b.cancel.map_or(Time::MAX, |(c, _)| c);
                 in_progress_at = if ip < stop { reached(ip) } else { None };
-                if fin > b.expires {
+                if fin > b.window_end() {
                     if b.expires < stop {
                         expired_at = reached(b.expires);
                     }

@@ -335,8 +335,10 @@ pub struct BatchConfig {
     /// Probability that one request of a batch fails (500 in the error file), in 0..=1
     /// (default 0).
     pub line_failure_rate: f64,
-    /// Scripted outcomes of an organization's batches in creation order; once used up the
-    /// random rates apply.
+    /// Scripted outcomes of an organization's batches in creation order: `completed` (its
+    /// sampled timeline), `expired`, `failed`, or `stuck` (in progress with nothing done until
+    /// cancelled, past its window: a fault real batches do not show). Once used up the random
+    /// rates apply.
     pub batch_outcomes: Vec<BatchOutcomeKind>,
     /// Most requests in one batch (default 50,000, facts §5).
     pub max_requests: u32,
@@ -648,7 +650,7 @@ mod tests {
             "upstream.faults[0]: needs `outcome` (alias `then`) or a non-empty `sequence`",
         );
         check_upstream(
-            "[batch]\nbatch_outcomes = [\"completed\", \"expired\", \"failed\"]",
+            "[batch]\nbatch_outcomes = [\"completed\", \"expired\", \"failed\", \"stuck\"]",
             "ok",
         );
         assert!(

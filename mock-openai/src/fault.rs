@@ -126,6 +126,10 @@ pub enum BatchOutcomeKind {
     Expired,
     /// Fails when validation ends.
     Failed,
+    /// Stays `in_progress` with nothing done, past its window, until it is cancelled. A fault
+    /// beyond the documented API (every real batch ends within its 24 h window, facts §5), for
+    /// testing that a client does not wait on a lost batch forever.
+    Stuck,
 }
 
 #[cfg(test)]

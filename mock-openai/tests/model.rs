@@ -386,6 +386,41 @@ fn expired_batch_has_partial_results() {
 }
 
 #[test]
+fn a_stuck_batch_runs_past_its_window_until_cancelled() {
+    let mut cfg = UpstreamConfig::default();
+    cfg.batch.batch_outcomes = vec![BatchOutcomeKind::Stuck];
+    let (mut up, org) = upstream(cfg, tier1());
+    let b = up.submit_batch(Time::ZERO, org, lines(100, 100)).unwrap();
+    // Long past the 24 h window it is still in progress, with nothing done and its tokens
+    // still enqueued.
+    let late = at_s(7 * 86_400);
+    let v = up.retrieve_batch(late, org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::InProgress);
+    assert_eq!(v.request_counts.completed, 0);
+    assert_eq!(v.expired_at, None);
+    assert_eq!(up.enqueued_tokens(late, org), Some(10_000));
+    // A cancel ends it: every request fails as cancelled and the queue is free again.
+    assert_eq!(
+        up.cancel_batch(late, org, &b.id).unwrap().status,
+        BatchStatus::Cancelling
+    );
+    let after = late + Duration::from_secs(600);
+    let v = up.retrieve_batch(after, org, &b.id).unwrap();
+    assert_eq!(v.status, BatchStatus::Cancelled);
+    assert_eq!(
+        (v.request_counts.completed, v.request_counts.failed),
+        (0, 100)
+    );
+    assert_eq!(up.enqueued_tokens(after, org), Some(0));
+    // The next batch runs as usual.
+    let next = up.submit_batch(after, org, lines(10, 100)).unwrap();
+    let v = up
+        .retrieve_batch(after + Duration::from_secs(86_400), org, &next.id)
+        .unwrap();
+    assert_eq!(v.status, BatchStatus::Completed);
+}
+
+#[test]
 fn cancelled_batch_has_partial_results() {
     let mut cfg = UpstreamConfig::default();
     cfg.batch.validating = mock_openai::latency::LatencyConfig::Fixed { ms: 10_000.0 };
