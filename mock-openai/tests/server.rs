@@ -1734,6 +1734,72 @@ async fn requests_hyper_refuses_to_parse_are_counted_once() {
     m.shutdown().await;
 }
 
+/// A client that begins a request head and stalls is cut off by the header read timeout,
+/// without an answer; the counters show it once, as `unknown`/`header_timeout`. A connection
+/// the same timeout closes while idle (one that never sent a byte, or a keep-alive one after
+/// its answer) sent no request and is not counted.
+#[tokio::test]
+async fn a_request_head_cut_off_by_the_header_timeout_is_counted_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = config(BASE);
+    c.header_read_timeout = Duration::from_millis(300);
+    let (clock, handle) = ServerClock::manual(1.0, START_UNIX).unwrap();
+    let m = start_with(c, clock, Some(handle)).await;
+    let mut partial = TcpStream::connect(m.addr).await.unwrap();
+    partial.write_all(b"GET /v1/mod").await.unwrap();
+    let mut idle = TcpStream::connect(m.addr).await.unwrap();
+    let mut kept = TcpStream::connect(m.addr).await.unwrap();
+    let models =
+        format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\r\n");
+    kept.write_all(models.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for (name, s, answer) in [
+        ("partial", &mut partial, ""),
+        ("idle", &mut idle, ""),
+        ("kept", &mut kept, "HTTP/1.1 200 "),
+    ] {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still open after 5 s"))
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with(answer), "{name}: {got:?}");
+        if answer.is_empty() {
+            assert!(got.is_empty(), "{name}: {got:?}");
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    // The connections' tasks count once they end, just after the clients read the close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let requests = loop {
+        let stats = get(&m, "/_mock/stats").await.json();
+        let mut requests = stats["requests"].clone();
+        // The polls themselves.
+        requests.as_object_mut().unwrap().remove("mock_stats");
+        if !requests["unknown"].is_null() || Instant::now() > deadline {
+            break requests;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        requests,
+        json!({"unknown": {"header_timeout": 1}, "models": {"200": 1}})
+    );
+    let metrics = String::from_utf8_lossy(&get(&m, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            r#"mock_openai_requests_total{endpoint="unknown",status="header_timeout"} 1"#
+        ),
+        "{metrics}"
+    );
+    m.shutdown().await;
+}
+
 /// A client that closes its connection in the middle of its body is counted as abandoned, not
 /// as the 400 the cut body reads as (an answer it never saw).
 #[tokio::test]

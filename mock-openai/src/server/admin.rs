@@ -49,8 +49,8 @@ pub enum Endpoint {
     MockStats,
     /// `/metrics`.
     Metrics,
-    /// Anything else: a 404, or a request too malformed to route, which hyper answered 400,
-    /// 414 or 431 itself.
+    /// Anything else: a 404, a request too malformed to route, which hyper answered 400, 414
+    /// or 431 itself, or a request head that did not arrive in time.
     Unknown,
 }
 
@@ -107,9 +107,13 @@ pub enum Outcome {
     /// The client went away before its answer was ready (it closed the connection during the
     /// modelled latency, or while sending its body); the model may have counted the request.
     Abandoned,
+    /// The client began a request but did not finish its head within the header read timeout;
+    /// hyper closed the connection without an answer. Always [`Endpoint::Unknown`]: there was
+    /// no complete request line to route.
+    HeaderTimeout,
 }
 
-const STATUSES: [&str; 16] = [
+const STATUSES: [&str; 17] = [
     "200",
     "400",
     "401",
@@ -126,6 +130,7 @@ const STATUSES: [&str; 16] = [
     "other",
     "2xx",
     "abandoned",
+    "header_timeout",
 ];
 
 fn slot(o: Outcome) -> usize {
@@ -144,6 +149,7 @@ fn slot(o: Outcome) -> usize {
         Outcome::Timeout => 11,
         Outcome::Reset => 12,
         Outcome::Abandoned => 15,
+        Outcome::HeaderTimeout => 16,
         Outcome::Status(s) if (200..300).contains(&s) => 14,
         Outcome::Status(_) => 13,
     }
@@ -242,7 +248,7 @@ pub(crate) fn stats(state: &State) -> Reply {
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 pub(crate) fn metrics(state: &State) -> Reply {
     let mut out = String::new();
-    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults, abandoned when the client left before its answer).\n# TYPE mock_openai_requests_total counter\n");
+    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults, abandoned when the client left before its answer, header_timeout when a request head did not arrive in time).\n# TYPE mock_openai_requests_total counter\n");
     for (e, s, v) in state.stats.nonzero() {
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tagstorm_core::tokens::Model;
@@ -183,6 +184,10 @@ pub struct ServerConfig {
     pub enforce_limits: bool,
     /// Request body caps.
     pub limits: BodyLimits,
+    /// How long a connection may take to send a request's headers, in real time (also how
+    /// long hyper keeps an idle keep-alive connection). Neither a flag nor a TOML key: tests
+    /// shorten it.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -196,6 +201,7 @@ impl Default for ServerConfig {
             retry_after_ms: false,
             enforce_limits: true,
             limits: BodyLimits::default(),
+            header_read_timeout: super::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -479,6 +485,12 @@ impl ServerConfig {
                 other => other,
             })?;
         }
+        if self.header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "header_read_timeout".into(),
+                reason: "must be more than zero".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -741,5 +753,22 @@ keys = [{ key = "sk-small", rpm = 3 }]
         assert_eq!(c.keys[0].key, "sk-a");
         assert_eq!(c.keys[0].account.tier, Some(2));
         assert_eq!(c.keys[1].account.tier, Some(1));
+    }
+
+    /// The header read timeout stays 30 s unless a test shortens it, and is never zero.
+    #[test]
+    fn header_read_timeout_defaults_to_30_s_and_is_never_zero() {
+        assert_eq!(
+            ServerConfig::default().header_read_timeout,
+            Duration::from_secs(30)
+        );
+        let c = ServerConfig {
+            header_read_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "header_read_timeout: must be more than zero"
+        );
     }
 }

@@ -65,7 +65,8 @@ use config::{BodyLimits, ServerConfig, TransportConfig, TransportFault};
 use http::{Body, Reply};
 use tagstorm_core::tokens::Model;
 
-/// How long a connection may take to send its request headers, in real time.
+/// How long a connection may take to send its request headers, in real time: the default of
+/// [`ServerConfig::header_read_timeout`].
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server state could not be built.
@@ -150,6 +151,7 @@ pub struct State {
     pub(crate) retry_after_ms: bool,
     pub(crate) enforce_limits: bool,
     pub(crate) limits: BodyLimits,
+    header_read_timeout: Duration,
     seed: u64,
     request_seq: AtomicU64,
 }
@@ -202,6 +204,7 @@ impl State {
             retry_after_ms: config.retry_after_ms,
             enforce_limits: config.enforce_limits,
             limits: config.limits,
+            header_read_timeout: config.header_read_timeout,
             seed: config.seed,
             request_seq: AtomicU64::new(0),
         }))
@@ -349,6 +352,13 @@ struct ConnCtx {
     /// Set once the client has closed its side (or the read failed): an answer made after
     /// that reaches no one, and hyper drops the connection without sending it.
     peer_closed: Arc<AtomicBool>,
+    /// Set when bytes arrive, cleared once a request's head and body have been read and
+    /// routed: still set when hyper's header read timeout ends the connection, it means the
+    /// client had begun a request head (an idle keep-alive connection, which hyper closes by
+    /// the same timeout, has sent nothing since its last request). A partial request that
+    /// arrived in one read with the complete one before it is missed. Only the connection's
+    /// own task touches it, so `Relaxed` suffices.
+    bytes_since_request: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -358,6 +368,7 @@ struct ConnIo {
     stream: TcpStream,
     reset: Arc<AtomicBool>,
     peer_closed: Arc<AtomicBool>,
+    bytes_since_request: Arc<AtomicBool>,
 }
 
 impl Drop for ConnIo {
@@ -385,6 +396,8 @@ impl AsyncRead for ConnIo {
         };
         if closed {
             this.peer_closed.store(true, Ordering::SeqCst);
+        } else if buf.filled().len() > before {
+            this.bytes_since_request.store(true, Ordering::Relaxed);
         }
         polled
     }
@@ -450,6 +463,7 @@ pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: 
         let ctx = ConnCtx {
             reset: Arc::new(AtomicBool::new(false)),
             peer_closed: Arc::new(AtomicBool::new(false)),
+            bytes_since_request: Arc::new(AtomicBool::new(false)),
             shutdown: shutdown_tx.subscribe(),
         };
         let state = state.clone();
@@ -574,7 +588,10 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
         stream,
         reset: ctx.reset.clone(),
         peer_closed: ctx.peer_closed.clone(),
+        bytes_since_request: ctx.bytes_since_request.clone(),
     });
+    let bytes_since_request = ctx.bytes_since_request.clone();
+    let header_read_timeout = state.header_read_timeout;
     let counted = state.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
@@ -583,7 +600,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -598,6 +615,12 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
             counted
                 .stats
                 .record(Endpoint::Unknown, Outcome::Status(status));
+        } else if e.is_timeout() && bytes_since_request.load(Ordering::Relaxed) {
+            // The header read timeout (the only timeout hyper runs here) with part of a head
+            // read: hyper closes without an answer, but the client did send a request.
+            counted
+                .stats
+                .record(Endpoint::Unknown, Outcome::HeaderTimeout);
         }
         debug!(error = %e, "connection ended with an error");
     }
@@ -654,6 +677,9 @@ async fn handle(
     )
     .await;
     pending.armed = false;
+    // The head and (if the endpoint reads one) the body are in: bytes from here on begin the
+    // connection's next request.
+    ctx.bytes_since_request.store(false, Ordering::Relaxed);
     let org_label = org.map_or("-", |o| &*o.name);
     // The client closed its side while its request was read (a body cut short reads as the
     // endpoint's own 400): the answer goes to no one, so it counts as abandoned. It is still
