@@ -93,6 +93,12 @@ pub struct Policy {
     /// Stop polling a batch this long after it was created, failing its images with a reason.
     /// `None` polls until the batch ends (the Batch API ends every batch within 24 h).
     pub poll_give_up_ms: Option<u64>,
+    /// A batch still running this long after it was created is presumed lost: core asks
+    /// upstream to cancel it, stops polling it, and sends its images round again (another
+    /// Batch API attempt while `batch_max_attempts` allows, else they fail). `None` waits for
+    /// upstream to end it. Upstream's 24 h window should end every batch first; this is what
+    /// keeps a batch it never ends from leaving images pending forever.
+    pub batch_overdue_ms: Option<u64>,
     /// Batches a workspace may create per hour, if limited.
     pub workspace_batches_per_hour: Option<u64>,
     /// Images a workspace may send through the Batch API per hour, if limited.
@@ -148,6 +154,7 @@ impl Policy {
             poll_interval_ms: 10_000,
             poll_max_interval_ms: 10_000,
             poll_give_up_ms: Some(3_600_000),
+            batch_overdue_ms: None,
             workspace_batches_per_hour: None,
             workspace_images_per_hour: None,
             // The SDK's defaults (facts §3): 2 retries, 0.5 s doubling to 8 s, 25% jitter. The
@@ -208,6 +215,8 @@ impl Policy {
             max_images_per_batch: 5_000,
             poll_interval_ms: 30_000,
             poll_max_interval_ms: 300_000,
+            // The 24 h window plus an hour: only a batch upstream failed to end is given up.
+            batch_overdue_ms: Some(25 * 3_600_000),
             retry_max_attempts: 6,
             retry_max_delay_ms: 30_000,
             ..Policy::seed_proposed()
@@ -306,6 +315,7 @@ impl Policy {
             ),
             ("workspace_images_per_hour", self.workspace_images_per_hour),
             ("poll_give_up_ms", self.poll_give_up_ms),
+            ("batch_overdue_ms", self.batch_overdue_ms),
         ] {
             if v == Some(0) {
                 return bad(

@@ -128,6 +128,15 @@ pub enum Action {
         /// Upstream's batch id.
         batch_id: String,
     },
+    /// Ask upstream to cancel a batch core has given up on (`batch_overdue_ms`). Core needs no
+    /// answer: the batch's images have already gone round again, and anything it still
+    /// reports is ignored.
+    CancelBatch {
+        /// Core's handle.
+        batch: BatchRef,
+        /// Upstream's batch id.
+        batch_id: String,
+    },
     /// Download the batch's output and error files; answer with [`Engine::handle_batch_results`].
     DownloadResults {
         /// Core's handle.
@@ -288,6 +297,8 @@ pub struct Stats {
     pub batches_created: u64,
     /// Images moved from the realtime queue to the batch queue after a failure.
     pub fallbacks_to_batch: u64,
+    /// Batches given up on after `batch_overdue_ms` (each with an [`Action::CancelBatch`]).
+    pub batches_overdue: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -898,6 +909,12 @@ impl Engine {
                         return;
                     }
                 }
+                if self.overdue(now, batch) {
+                    self.give_up_overdue(now, batch);
+                    self.schedule_drive(now);
+                    return;
+                }
+                let b = &mut self.batches[batch.0 as usize];
                 b.poll_interval = (b.poll_interval * 2).min(max_interval);
                 let next = now + b.poll_interval;
                 b.next_poll = next;
@@ -934,6 +951,12 @@ impl Engine {
                     return;
                 }
             }
+            if self.overdue(now, batch) {
+                self.give_up_overdue(now, batch);
+                self.schedule_drive(now);
+                return;
+            }
+            let b = &mut self.batches[batch.0 as usize];
             let next = now + b.poll_interval;
             b.next_poll = next;
             self.timer(next, Timer::Poll(batch));
@@ -1809,6 +1832,34 @@ impl Engine {
             output_file_id: b.output_file_id.clone(),
             error_file_id: b.error_file_id.clone(),
         });
+    }
+
+    /// Whether running `batch` has passed the policy's `batch_overdue_ms`.
+    fn overdue(&self, now: Time, batch: BatchRef) -> bool {
+        let (Some(limit), Some(b)) = (
+            self.cfg.policy.batch_overdue_ms,
+            self.batches.get(batch.0 as usize),
+        ) else {
+            return false;
+        };
+        now - b.created_at >= Duration::from_millis(limit)
+    }
+
+    /// Lets go of a batch upstream never ended: asks for its cancellation, frees its share of
+    /// the enqueued-token queue, and sends its unfinished images round again.
+    fn give_up_overdue(&mut self, now: Time, batch: BatchRef) {
+        self.release_queue(batch);
+        let b = &mut self.batches[batch.0 as usize];
+        b.phase = BatchPhase::Done;
+        self.stats.batches_overdue += 1;
+        if let Some(batch_id) = b.batch_id.clone() {
+            self.actions
+                .push_back(Action::CancelBatch { batch, batch_id });
+        }
+        let images = std::mem::take(&mut b.images);
+        for img in images {
+            self.batch_attempt_failed(now, img, "batch_overdue");
+        }
     }
 
     fn abandon(&mut self, now: Time, batch: BatchRef, after_ms: u64) {

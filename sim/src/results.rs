@@ -181,6 +181,8 @@ pub struct UpstreamCounts {
     pub batches_token_limit: u64,
     /// Batches that ended `expired`.
     pub batches_expired: u64,
+    /// Batches core gave up on and cancelled, still running past `policy.batch_overdue_ms`.
+    pub batches_overdue: u64,
     /// Batch status polls.
     pub batch_polls: u64,
 }

@@ -715,6 +715,7 @@ fn optional_policy_key(key: &str) -> bool {
         "workspace_rpm"
             | "workspace_tpm"
             | "poll_give_up_ms"
+            | "batch_overdue_ms"
             | "workspace_batches_per_hour"
             | "workspace_images_per_hour"
     )

@@ -695,6 +695,10 @@ impl<'a> Sim<'a> {
                 };
                 self.push(now + self.api_call, Ev::Status { batch, result });
             }
+            Action::CancelBatch { batch_id, .. } => {
+                // Core needs no answer; a batch that has already ended refuses, which is fine.
+                let _ = self.up.cancel_batch(now, self.org, &batch_id);
+            }
             Action::DownloadResults {
                 batch, batch_id, ..
             } => {
@@ -987,6 +991,7 @@ impl<'a> Sim<'a> {
         let mut upstream = self.upstream;
         upstream.retries = stats.retries;
         upstream.fallbacks_to_batch = stats.fallbacks_to_batch;
+        upstream.batches_overdue = stats.batches_overdue;
         let mut tokens = self.tokens;
         let cost = |channel, input_tokens, output_tokens| {
             s.prices.cost_usd(

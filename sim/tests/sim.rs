@@ -1790,6 +1790,56 @@ fn a_bad_tier_or_a_search_it_cannot_run_exits_2_and_writes_nothing() {
 }
 
 /// A small Poisson scenario (Tier 1, 5 images an upload, 60 uploads an hour for 10 minutes).
+/// One 3,000-image upload whose first batch upstream never ends (a scripted fault).
+const STUCK_BATCH: &str = r#"
+name = "stuck-batch"
+seed = 7
+
+[account]
+model = "gpt-4o-mini"
+tier = 1
+
+[upstream.batch]
+batch_outcomes = ["stuck"]
+
+[images]
+width_px = 1024
+height_px = 768
+detail = "low"
+output_tokens = 60
+
+[[uploads]]
+users = 1
+images = 3000
+at_s = 0
+"#;
+
+#[test]
+fn a_batch_upstream_never_ends_is_given_up_by_tagstorm_and_strands_seed_proposed() {
+    let tmp = TempDir::new("stuck-batch");
+    let file = tmp.path("stuck-batch.toml");
+    std::fs::write(&file, STUCK_BATCH).unwrap();
+    let run = |policy: &str| {
+        let o = bin(&["run", &file, "--policy", policy, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code(), v, text(&o.stderr))
+    };
+    // tagstorm cancels the batch at 25 h and sends its images round again: all tagged.
+    let (code, v, err) = run("tagstorm");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["upstream"]["batches_overdue"], 1);
+    assert_eq!(v["images"]["tagged"], 3000);
+    assert_eq!(v["images"]["pending"], 0);
+    assert!(v["makespan_ms"].as_u64().unwrap() > 25 * 3_600_000);
+    // seed-proposed polls it until the run's bound: its images are still pending, and the
+    // run says so and exits 1.
+    let (code, v, err) = run("seed-proposed");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(v["upstream"]["batches_overdue"], 0);
+    assert!(v["images"]["pending"].as_u64().unwrap() > 0);
+    assert!(err.contains("still pending"), "{err}");
+}
+
 const POISSON_SMALL: &str = r#"
 name = "poisson-small"
 seed = 3

@@ -252,6 +252,8 @@ impl Chaos {
                 };
                 self.engine.handle_batch_status(now, *batch, r);
             }
+            // Takes no answer.
+            Action::CancelBatch { .. } => {}
             Action::DownloadResults { batch, .. } => {
                 let r = if honest {
                     let lines = self.batch_images[batch]

@@ -52,6 +52,8 @@ enum Plan {
     FailValidation,
     TokenLimit,
     Expire,
+    /// In progress until cancelled, past any window.
+    Stuck,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,7 @@ struct FakeBatch {
     images: Vec<ImageId>,
     created: Time,
     plan: Plan,
+    cancelled: bool,
 }
 
 /// What the fake upstream and the engine's events recorded.
@@ -75,6 +78,8 @@ pub struct Log {
     /// Every batch id the engine polled, with the first time it did.
     pub first_poll: HashMap<String, Time>,
     pub last_poll: HashMap<String, Time>,
+    /// Every batch id the engine asked to cancel, with when.
+    pub cancels: Vec<(String, Time)>,
 }
 
 pub struct Harness {
@@ -89,6 +94,8 @@ pub struct Harness {
     /// Every failed download answer is delivered twice (a duplicated message).
     pub duplicate_download_failures: bool,
     pub fail_next_creates: u32,
+    /// This many of the next batches created never end by themselves (scripted).
+    pub stuck_next_batches: u32,
     limits: RateLimits,
     rng: Pcg64Mcg,
     deliveries: BinaryHeap<Reverse<(Time, u64, usize)>>,
@@ -131,6 +138,7 @@ impl Harness {
             fail_next_downloads: 0,
             duplicate_download_failures: false,
             fail_next_creates: 0,
+            stuck_next_batches: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
             deliveries: BinaryHeap::new(),
@@ -317,7 +325,10 @@ impl Harness {
                     })
                 } else {
                     let images = self.files.get(&file_id).cloned().unwrap_or_default();
-                    let plan = if self.chance(self.faults.batch_validation_fail) {
+                    let plan = if self.stuck_next_batches > 0 {
+                        self.stuck_next_batches -= 1;
+                        Plan::Stuck
+                    } else if self.chance(self.faults.batch_validation_fail) {
                         Plan::FailValidation
                     } else if self.chance(self.faults.batch_token_limit) {
                         Plan::TokenLimit
@@ -336,6 +347,7 @@ impl Harness {
                             images,
                             created: now,
                             plan,
+                            cancelled: false,
                         },
                     );
                     self.log.batches_created += 1;
@@ -361,6 +373,12 @@ impl Harness {
                     now + Duration::from_millis(100),
                     Delivery::Status(batch, result),
                 );
+            }
+            Action::CancelBatch { batch_id, .. } => {
+                self.log.cancels.push((batch_id.clone(), now));
+                if let Some(b) = self.batches.get_mut(&batch_id) {
+                    b.cancelled = true;
+                }
             }
             Action::DownloadResults {
                 batch, batch_id, ..
@@ -406,6 +424,7 @@ impl Harness {
         };
         let age = self.now - b.created;
         let state = match b.plan {
+            _ if b.cancelled => BatchState::Cancelled,
             _ if age < Duration::from_secs(10) => BatchState::Validating,
             Plan::FailValidation => BatchState::Failed {
                 code: "invalid_json_line".into(),
@@ -414,7 +433,7 @@ impl Harness {
                 code: "token_limit_exceeded".into(),
             },
             Plan::Expire if age >= Duration::from_secs(86_400) => BatchState::Expired,
-            Plan::Expire => BatchState::InProgress,
+            Plan::Expire | Plan::Stuck => BatchState::InProgress,
             Plan::Complete if age >= self.batch_turnaround + Duration::from_secs(30) => {
                 BatchState::Completed
             }

@@ -148,6 +148,12 @@ impl Ledger {
                     }
                     self.batch_images.insert(*batch, images.clone());
                 }
+                Action::CancelBatch { batch, batch_id } => {
+                    // Core gave the batch up (batch_overdue_ms): its images may go out again.
+                    assert_eq!(self.batch_ids.get(batch), Some(batch_id));
+                    self.batch_may_have_ended.insert(*batch);
+                    continue;
+                }
                 _ => {}
             }
             self.outstanding.push(a);
@@ -409,7 +415,7 @@ impl Ledger {
     fn answer(&mut self, action: &Action, die: u16) {
         let now = self.now;
         self.answered_batch = match action {
-            Action::SendRealtime { .. } => None,
+            Action::SendRealtime { .. } | Action::CancelBatch { .. } => None,
             Action::UploadBatchFile { batch, .. }
             | Action::CreateBatch { batch, .. }
             | Action::PollBatch { batch, .. }
@@ -466,6 +472,8 @@ impl Ledger {
                 let r = self.lines(*batch, die);
                 self.engine.handle_batch_results(now, *batch, r);
             }
+            // Never kept as outstanding: it takes no answer.
+            Action::CancelBatch { .. } => {}
         }
     }
 

@@ -425,6 +425,7 @@ fn drive_with(
                     let l = lines(batch, &files[&batch]);
                     e.handle_batch_results(now, batch, Ok(l));
                 }
+                Action::CancelBatch { batch, .. } => panic!("{batch} given up"),
             }
         }
         ends.collect(e);

@@ -226,6 +226,61 @@ fn seed_current_gives_up_after_an_hour_but_says_so() {
 }
 
 #[test]
+fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
+    // Upstream should end every batch within 24 h; one that it never ends would leave its
+    // images pending forever. tagstorm gives it up at 25 h, cancels it and batches them again.
+    let mut h = harness(Policy::tagstorm(), 8);
+    h.batch_turnaround = Duration::from_secs(3600);
+    h.stuck_next_batches = 1;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(72 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert!(
+        h.log.failed.is_empty(),
+        "{:?}",
+        h.log.failed.values().next()
+    );
+    assert_eq!(h.engine.stats().batches_overdue, 1);
+    let [(cancelled, at)] = &h.log.cancels[..] else {
+        panic!("one cancel expected: {:?}", h.log.cancels)
+    };
+    let first = h.log.first_poll[cancelled];
+    assert!(
+        *at >= first + Duration::from_secs(24 * 3600),
+        "cancelled at {at:?}"
+    );
+    assert!(
+        *at <= Time::ZERO + Duration::from_secs(26 * 3600),
+        "cancelled at {at:?}"
+    );
+    // Polling stopped with the cancel, and the stuck batch's images were tagged after it.
+    assert!(h.log.last_poll[cancelled] <= *at);
+    assert!(h.log.tagged.values().any(|(t, _)| t > at));
+}
+
+#[test]
+fn without_an_overdue_limit_a_batch_upstream_never_ends_keeps_its_images_pending() {
+    // The same fault under a policy that waits for upstream (seed-proposed): what the limit is for.
+    let mut h = harness(Policy::seed_proposed(), 8);
+    h.batch_turnaround = Duration::from_secs(3600);
+    h.stuck_next_batches = 1;
+    let up = h.upload(1, vec![low(); 300]);
+    h.run(Duration::from_secs(72 * 3600));
+    assert!(h.log.cancels.is_empty());
+    assert_eq!(h.engine.stats().batches_overdue, 0);
+    let pending = (0..300)
+        .filter(|&index| {
+            let img = ImageId { upload: up, index };
+            !h.engine.stage(img).expect("known").is_terminal()
+        })
+        .count();
+    assert!(
+        pending > 0,
+        "the stuck batch's images should still be pending"
+    );
+}
+
+#[test]
 fn regression_failed_result_download_is_retried_and_surfaced() {
     let mut h = harness(Policy::tagstorm(), 7);
     h.fail_next_downloads = 2;
