@@ -899,18 +899,10 @@ impl Engine {
                 s
             }
             Err(_) => {
-                // A failed poll is no reason to poll past the policy's limit: the time is up
+                // A failed poll is no reason to poll past the policy's limits: the time is up
                 // whether or not upstream answers (the images would otherwise wait forever
                 // while every poll fails).
-                if let Some(give_up) = self.cfg.policy.poll_give_up_ms {
-                    if now - b.created_at >= Duration::from_millis(give_up) {
-                        self.abandon(now, batch, give_up);
-                        self.schedule_drive(now);
-                        return;
-                    }
-                }
-                if self.overdue(now, batch) {
-                    self.give_up_overdue(now, batch);
+                if self.time_up(now, batch) {
                     self.schedule_drive(now);
                     return;
                 }
@@ -942,17 +934,7 @@ impl Engine {
                 }
                 self.batches[batch.0 as usize].images = images;
             }
-            let b = &mut self.batches[batch.0 as usize];
-            if let Some(give_up) = self.cfg.policy.poll_give_up_ms {
-                let polled = now - b.created_at;
-                if polled >= Duration::from_millis(give_up) {
-                    self.abandon(now, batch, give_up);
-                    self.schedule_drive(now);
-                    return;
-                }
-            }
-            if self.overdue(now, batch) {
-                self.give_up_overdue(now, batch);
+            if self.time_up(now, batch) {
                 self.schedule_drive(now);
                 return;
             }
@@ -1834,44 +1816,41 @@ impl Engine {
         });
     }
 
-    /// Whether running `batch` has passed the policy's `batch_overdue_ms`.
-    fn overdue(&self, now: Time, batch: BatchRef) -> bool {
-        let (Some(limit), Some(b)) = (
-            self.cfg.policy.batch_overdue_ms,
-            self.batches.get(batch.0 as usize),
-        ) else {
-            return false;
-        };
-        now - b.created_at >= Duration::from_millis(limit)
-    }
-
-    /// Lets go of a batch upstream never ended: asks for its cancellation, frees its share of
-    /// the enqueued-token queue, and sends its unfinished images round again.
-    fn give_up_overdue(&mut self, now: Time, batch: BatchRef) {
-        self.release_queue(batch);
-        let b = &mut self.batches[batch.0 as usize];
-        b.phase = BatchPhase::Done;
-        self.stats.batches_overdue += 1;
-        if let Some(batch_id) = b.batch_id.clone() {
-            self.actions
-                .push_back(Action::CancelBatch { batch, batch_id });
-        }
-        let images = std::mem::take(&mut b.images);
-        for img in images {
-            self.batch_attempt_failed(now, img, "batch_overdue");
-        }
-    }
-
-    fn abandon(&mut self, now: Time, batch: BatchRef, after_ms: u64) {
-        self.release_queue(batch);
-        let b = &mut self.batches[batch.0 as usize];
-        b.phase = BatchPhase::Done;
-        let images = std::mem::take(&mut b.images);
-        for img in images {
-            if self.stage(img).is_some_and(|s| !s.is_terminal()) {
-                self.finish(now, img, Err(FailReason::PollingAbandoned { after_ms }));
+    /// Ends running `batch` if the policy's time for it is up, and says whether it did:
+    /// past `poll_give_up_ms` its images fail (the seed's bug, made visible); past
+    /// `batch_overdue_ms` upstream is asked to cancel it and its images go round again.
+    fn time_up(&mut self, now: Time, batch: BatchRef) -> bool {
+        let policy = &self.cfg.policy;
+        let age = now - self.batches[batch.0 as usize].created_at;
+        let past = |limit: Option<u64>| limit.filter(|&ms| age >= Duration::from_millis(ms));
+        if let Some(after_ms) = past(policy.poll_give_up_ms) {
+            for img in self.let_go(batch) {
+                if self.stage(img).is_some_and(|s| !s.is_terminal()) {
+                    self.finish(now, img, Err(FailReason::PollingAbandoned { after_ms }));
+                }
             }
+        } else if past(policy.batch_overdue_ms).is_some() {
+            self.stats.batches_overdue += 1;
+            if let Some(batch_id) = self.batches[batch.0 as usize].batch_id.clone() {
+                self.actions
+                    .push_back(Action::CancelBatch { batch, batch_id });
+            }
+            for img in self.let_go(batch) {
+                self.batch_attempt_failed(now, img, "batch_overdue");
+            }
+        } else {
+            return false;
         }
+        true
+    }
+
+    /// Stops tracking running `batch`: frees its share of the enqueued-token queue and hands
+    /// back its images.
+    fn let_go(&mut self, batch: BatchRef) -> Vec<ImageId> {
+        self.release_queue(batch);
+        let b = &mut self.batches[batch.0 as usize];
+        b.phase = BatchPhase::Done;
+        std::mem::take(&mut b.images)
     }
 
     // ---- retries --------------------------------------------------------------------------
