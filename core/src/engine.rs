@@ -1190,7 +1190,7 @@ impl Engine {
     /// How many of the upload's images (a prefix) go realtime; the rest go to the Batch API.
     ///
     /// Every upload gets a realtime head for a fast first tag unless the account is so
-    /// saturated that even the head would miss the deadline. Past the head, realtime takes what
+    /// saturated that even the head, behind the heads already queued, would miss the deadline. Past the head, realtime takes what
     /// it can finish by the deadline under the account's remaining rate, given the work already
     /// queued; with `prefer = latency`, everything stays realtime when realtime would finish
     /// before a batch would come back anyway.
@@ -1231,7 +1231,12 @@ impl Engine {
                 requests.saturating_add(ahead_requests),
             ) + self.realtime_latency
         };
-        let head_wait = wait(u64::from(head).saturating_mul(per_image), u64::from(head));
+        // Heads are served before every workspace's other work, in upload order, so only the
+        // heads already queued run ahead of this one (each estimated at this upload's charge),
+        // not the backlog of everyone's tails.
+        let heads = u64::from(head).saturating_add(self.heads.len() as u64);
+        let head_wait =
+            self.drain_time(heads.saturating_mul(per_image), heads) + self.realtime_latency;
         if head > 0 && head_wait > deadline {
             return (0, n);
         }

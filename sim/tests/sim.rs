@@ -150,7 +150,7 @@ fn every_shipped_scenario_ends_with_nothing_pending_under_every_preset() {
     expect![[r#"
         batch-queue-full seed-current: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=33m 55s complete_p95=1h 23m makespan=1h 25m ratio=2.04 429=0 retries=0 batches=24 cost=$0.6510
         batch-queue-full seed-proposed: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=24m 22s complete_p95=1h 18m makespan=1h 20m ratio=1.92 429=0 retries=0 batches=42 cost=$0.6510
-        batch-queue-full tagstorm: tagged=3000/3000 rt=1800 batch=1200 failed=0 pending=0 first_p50=3.8 s complete_p95=39m 15s makespan=40m 34s ratio=0.97 429=0 retries=0 batches=7 cost=$1.0416
+        batch-queue-full tagstorm: tagged=3000/3000 rt=1806 batch=1194 failed=0 pending=0 first_p50=3.1 s complete_p95=38m 46s makespan=40m 04s ratio=0.96 429=0 retries=0 batches=7 cost=$1.0429
         flaky-upstream seed-current: tagged=67/3150 rt=67 batch=0 failed=3083(polling_abandoned=702,queue_full=2298,retries_exhausted=83) pending=0 first_p50=1.6 s complete_p95=3h 53m makespan=3h 54m ratio=5.34 429=250 retries=175 batches=83 cost=$0.0291
         flaky-upstream seed-proposed: tagged=3150/3150 rt=149 batch=3001 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=32.97 429=0 retries=86 batches=24 cost=$0.7159
         flaky-upstream tagstorm: tagged=3150/3150 rt=1243 batch=1907 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=33.81 429=0 retries=222 batches=4 cost=$0.9534

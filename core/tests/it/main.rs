@@ -13,7 +13,7 @@ use tagstorm_core::config::Routing;
 use tagstorm_core::tokens::{Detail, Model};
 use tagstorm_core::{
     AccountLimits, Action, BatchRef, Config, Engine, Event, FailReason, ImageId, Policy, Stage,
-    Time, Upload, UploadError, UpstreamError, WorkspaceId,
+    Time, Upload, UploadError, UploadId, UpstreamError, WorkspaceId,
 };
 
 fn tier1() -> AccountLimits {
@@ -95,6 +95,34 @@ fn three_hundred_images_get_a_fast_first_tag() {
     let first = h.log.tagged.values().map(|t| t.0).min().unwrap();
     assert!(first < Time::from_secs(10), "first tag at {first:?}");
     assert_eq!(h.log.upstream_429, 0);
+}
+
+#[test]
+fn every_upload_of_a_crowd_gets_a_fast_first_tag() {
+    // Heads are served before everyone's tail, so a queue full of other uploads' tails does
+    // not delay a new upload's first images: no upload may go wholly to the Batch API.
+    for (users, images) in [(5, 300), (10, 150), (3, 1_000)] {
+        let mut h = harness(Policy::tagstorm(), 11);
+        let ups: Vec<(UploadId, u32)> = (0..users)
+            .map(|u| (h.upload(u + 1, vec![low(); images as usize]), images))
+            .collect();
+        h.run(Duration::from_secs(48 * 3600));
+        h.assert_all_terminal_once(&ups);
+        for &(up, _) in &ups {
+            let first = h
+                .log
+                .tagged
+                .iter()
+                .filter(|(img, _)| img.upload == up)
+                .map(|(_, t)| t.0)
+                .min()
+                .unwrap();
+            assert!(
+                first < Time::from_secs(30),
+                "{users} × {images}: {up} first tag at {first:?}"
+            );
+        }
+    }
 }
 
 #[test]
