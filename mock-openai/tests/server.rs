@@ -3,6 +3,7 @@
 //! faults and scripts, bad input, live configuration, counters, and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,9 +68,14 @@ async fn start_with(
     clock: ServerClock,
     manual: Option<ManualHandle>,
 ) -> Mock {
+    start_on(State::new(config, clock).unwrap(), manual).await
+}
+
+/// A server on `state`, which other servers may share, as `serve_threads` runs them: one that
+/// stays up shows the counters of one that has shut down.
+async fn start_on(state: Arc<State>, manual: Option<ManualHandle>) -> Mock {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = State::new(config, clock).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, state, async move {
         let _ = rx.await;
@@ -2712,6 +2718,121 @@ async fn graceful_shutdown_does_not_wait_for_a_stalled_body() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
     assert!(got.contains("request_timeout"), "{got:?}");
+}
+
+/// Shutdown does not wait out the 30 s header read timeout for a client that stalled in the
+/// middle of a request head: once it begins, the head gets a short grace, then the connection
+/// closes without an answer and counts once as `unknown`/`header_timeout`, as the timeout
+/// would have closed and counted it. An idle connection still closes at once, and so does a
+/// keep-alive one that had begun its second head (hyper counts it idle), which counts the same.
+#[tokio::test]
+async fn graceful_shutdown_does_not_wait_for_a_stalled_request_head() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (clock, handle) = ServerClock::manual(1.0, START_UNIX).unwrap();
+    let state = State::new(config(BASE), clock).unwrap();
+    let mut m = start_on(state.clone(), Some(handle)).await;
+    let watcher = start_on(state, None).await;
+    let mut partial = TcpStream::connect(m.addr).await.unwrap();
+    partial
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(m.addr).await.unwrap();
+    let mut kept = TcpStream::connect(m.addr).await.unwrap();
+    let models =
+        format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\r\n");
+    kept.write_all(models.as_bytes()).await.unwrap();
+    // Answered, so the connection is idle again when its second head begins.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kept.write_all(b"GET /v1/mo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    let _ = m.stop.take().unwrap().send(());
+    for (name, s, answer) in [
+        ("idle", &mut idle, ""),
+        ("kept", &mut kept, "HTTP/1.1 200 "),
+        ("partial", &mut partial, ""),
+    ] {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still open 5 s after shutdown began"))
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with(answer), "{name}: {got:?}");
+        assert_eq!(
+            got.contains("HTTP/1.1 "),
+            !answer.is_empty(),
+            "{name}: {got:?}"
+        );
+        let waited = stopped.elapsed();
+        if name == "partial" {
+            assert!(
+                waited >= Duration::from_millis(500),
+                "the head had no grace: {waited:?}"
+            );
+        } else {
+            assert!(
+                waited < Duration::from_millis(800),
+                "{name}: not closed at once: {waited:?}"
+            );
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), &mut m.task)
+        .await
+        .expect("run returns within 5 s of shutdown despite a stalled head")
+        .unwrap();
+    let mut requests = get(&watcher, "/_mock/stats").await.json()["requests"].clone();
+    requests.as_object_mut().unwrap().remove("mock_stats");
+    assert_eq!(
+        requests,
+        json!({"unknown": {"header_timeout": 2}, "models": {"200": 1}})
+    );
+    let metrics = String::from_utf8_lossy(&get(&watcher, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            r#"mock_openai_requests_total{endpoint="unknown",status="header_timeout"} 2"#
+        ),
+        "{metrics}"
+    );
+    watcher.shutdown().await;
+}
+
+/// A request head still arriving when shutdown begins but finished within the grace is
+/// answered, like a request in flight, and counted under its endpoint alone; then the
+/// connection closes.
+#[tokio::test]
+async fn a_request_head_finished_within_the_shutdown_grace_is_answered() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (clock, handle) = ServerClock::manual(1.0, START_UNIX).unwrap();
+    let state = State::new(config(BASE), clock).unwrap();
+    let mut m = start_on(state.clone(), Some(handle)).await;
+    let watcher = start_on(state, None).await;
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = m.stop.take().unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest = format!("authorization: Bearer {KEY}\r\n\r\n");
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed after its answer")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert!(got.contains("\"object\":\"list\""), "{got:?}");
+    tokio::time::timeout(Duration::from_secs(5), &mut m.task)
+        .await
+        .expect("run returns once the late head is answered")
+        .unwrap();
+    let mut requests = get(&watcher, "/_mock/stats").await.json()["requests"].clone();
+    requests.as_object_mut().unwrap().remove("mock_stats");
+    assert_eq!(requests, json!({"models": {"200": 1}}));
+    watcher.shutdown().await;
 }
 
 async fn chat_on(addr: SocketAddr, url: &str) -> Result<Resp, String> {

@@ -107,9 +107,10 @@ pub enum Outcome {
     /// The client went away before its answer was ready (it closed the connection during the
     /// modelled latency, or while sending its body); the model may have counted the request.
     Abandoned,
-    /// The client began a request but did not finish its head within the header read timeout;
-    /// hyper closed the connection without an answer. Always [`Endpoint::Unknown`]: there was
-    /// no complete request line to route.
+    /// The client began a request but did not finish its head within the header read timeout,
+    /// or within [`SHUTDOWN_HEAD_GRACE`](super::http::SHUTDOWN_HEAD_GRACE) once shutdown had
+    /// begun; the connection was closed without an answer. Always [`Endpoint::Unknown`]: there
+    /// was no complete request line to route.
     HeaderTimeout,
 }
 
@@ -248,7 +249,7 @@ pub(crate) fn stats(state: &State) -> Reply {
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 pub(crate) fn metrics(state: &State) -> Reply {
     let mut out = String::new();
-    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults, abandoned when the client left before its answer, header_timeout when a request head did not arrive in time).\n# TYPE mock_openai_requests_total counter\n");
+    out.push_str("# HELP mock_openai_requests_total Requests served, by endpoint and status (timeout and reset for injected transport faults, abandoned when the client left before its answer, header_timeout when a request head did not arrive in time, by the header read timeout or the shutdown grace).\n# TYPE mock_openai_requests_total counter\n");
     for (e, s, v) in state.stats.nonzero() {
         let _ = writeln!(
             out,

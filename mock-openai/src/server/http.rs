@@ -28,6 +28,15 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// body to finish it.
 pub const SHUTDOWN_BODY_GRACE: Duration = Duration::from_secs(1);
 
+/// Longest time a request head still arriving when shutdown begins may take to finish, in real
+/// time; then its connection is closed without an answer, as the header read timeout would
+/// close it, and counted the same way (`unknown`/`header_timeout`). hyper's graceful shutdown
+/// closes an idle connection at once and finishes a request in flight, but waits out the whole
+/// header read timeout (30 s by default) for a connection's first head once it has begun; a
+/// second is enough for a client that is still sending a normal head to finish it, as for
+/// [`SHUTDOWN_BODY_GRACE`].
+pub const SHUTDOWN_HEAD_GRACE: Duration = Duration::from_secs(1);
+
 /// A response body: all at once, or chunks from a task that paces them (slow bodies).
 #[derive(Debug)]
 pub enum Body {

@@ -353,13 +353,73 @@ struct ConnCtx {
     /// that reaches no one, and hyper drops the connection without sending it.
     peer_closed: Arc<AtomicBool>,
     /// Set when bytes arrive, cleared once a request's head and body have been read and
-    /// routed: still set when hyper's header read timeout ends the connection, it means the
-    /// client had begun a request head (an idle keep-alive connection, which hyper closes by
-    /// the same timeout, has sent nothing since its last request). A partial request that
-    /// arrived in one read with the complete one before it is missed. Only the connection's
-    /// own task touches it, so `Relaxed` suffices.
+    /// routed: with no request open ([`ConnCtx::head_begun`]), it means the client has begun
+    /// a request head that hyper has not finished reading (an idle keep-alive connection has
+    /// sent nothing since its last request). A partial request that arrived in one read with
+    /// the complete one before it is missed; bytes that arrive after a body was read, while
+    /// the answer goes out, are taken for the next head. Only the connection's own task
+    /// touches it, so `Relaxed` suffices.
     bytes_since_request: Arc<AtomicBool>,
+    /// Set while a request is open: from when hyper hands its complete head to the service
+    /// until it drops the answer's body ([`RequestOpen`]).
+    request_open: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
+}
+
+impl ConnCtx {
+    /// Whether the client has begun a request head that hyper is still waiting to complete:
+    /// what hyper's header read timeout, or shutdown, cuts off without an answer.
+    fn head_begun(&self) -> bool {
+        self.bytes_since_request.load(Ordering::Relaxed)
+            && !self.request_open.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps its connection's request open ([`ConnCtx::request_open`]) while it lives. It is made
+/// when hyper calls the service, in the same poll that parsed the head, and ends inside the
+/// answer's body ([`Answer`]), which hyper drops once it has written the last of it (or the
+/// answer is never made), before it reads another head.
+#[derive(Debug)]
+struct RequestOpen(Arc<AtomicBool>);
+
+impl RequestOpen {
+    fn new(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        RequestOpen(flag.clone())
+    }
+}
+
+impl Drop for RequestOpen {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, which keeps its request open until hyper drops it.
+#[derive(Debug)]
+struct Answer {
+    body: Body,
+    _open: RequestOpen,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A TCP stream that resets (RST) instead of closing (FIN) when a handler asked for it.
@@ -435,8 +495,9 @@ impl AsyncWrite for ConnIo {
 
 /// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets every
 /// in-flight request finish (timeout holds are cut short, slow bodies sent at once, and a
-/// request body still arriving gets [`http::SHUTDOWN_BODY_GRACE`], then a 408), and returns
-/// once all connections have closed.
+/// request body still arriving gets [`http::SHUTDOWN_BODY_GRACE`], then a 408), gives a request
+/// head still arriving [`http::SHUTDOWN_HEAD_GRACE`] before closing its connection without an
+/// answer, and returns once all connections have closed.
 pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: F) {
     let (shutdown_tx, _) = watch::channel(false);
     // Each connection task holds a sender; `recv` returns `None` once all have finished.
@@ -464,6 +525,7 @@ pub async fn run<F: Future>(listener: TcpListener, state: Arc<State>, shutdown: 
             reset: Arc::new(AtomicBool::new(false)),
             peer_closed: Arc::new(AtomicBool::new(false)),
             bytes_since_request: Arc::new(AtomicBool::new(false)),
+            request_open: Arc::new(AtomicBool::new(false)),
             shutdown: shutdown_tx.subscribe(),
         };
         let state = state.clone();
@@ -590,39 +652,63 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, ctx: ConnCtx) {
         peer_closed: ctx.peer_closed.clone(),
         bytes_since_request: ctx.bytes_since_request.clone(),
     });
-    let bytes_since_request = ctx.bytes_since_request.clone();
+    let conn_ctx = ctx.clone();
     let header_read_timeout = state.header_read_timeout;
     let counted = state.clone();
     let service = service_fn(move |req| {
+        let open = RequestOpen::new(&ctx.request_open);
         let state = state.clone();
         let ctx = ctx.clone();
-        async move { handle(state, ctx, req).await }
+        async move {
+            let answer = handle(state, ctx, req).await?;
+            Ok::<_, Abort>(answer.map(|body| Answer { body, _open: open }))
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .serve_connection(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        res = conn.as_mut() => res,
+    let (result, shut) = tokio::select! {
+        res = conn.as_mut() => (res, false),
         () = shutting_down(&mut shutdown) => {
+            // hyper closes an idle connection at once and finishes a request in flight, then
+            // closes, but waits out the header read timeout for a first head that has begun.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            let res = match tokio::time::timeout(http::SHUTDOWN_HEAD_GRACE, conn.as_mut()).await {
+                Ok(res) => res,
+                // Returning drops the connection, which closes it.
+                Err(_) if conn_ctx.head_begun() => Ok(()),
+                Err(_) => conn.await,
+            };
+            (res, true)
         }
     };
-    if let Err(e) = result {
-        if let Some(status) = automatic_status(&e) {
-            counted
-                .stats
-                .record(Endpoint::Unknown, Outcome::Status(status));
-        } else if e.is_timeout() && bytes_since_request.load(Ordering::Relaxed) {
-            // The header read timeout (the only timeout hyper runs here) with part of a head
-            // read: hyper closes without an answer, but the client did send a request.
+    match result {
+        Err(e) => {
+            if let Some(status) = automatic_status(&e) {
+                counted
+                    .stats
+                    .record(Endpoint::Unknown, Outcome::Status(status));
+            } else if e.is_timeout() && conn_ctx.head_begun() {
+                // The header read timeout (the only timeout hyper runs here) with part of a
+                // head read: hyper closes without an answer, but the client did send a request.
+                counted
+                    .stats
+                    .record(Endpoint::Unknown, Outcome::HeaderTimeout);
+            }
+            debug!(error = %e, "connection ended with an error");
+        }
+        // Shutdown closed the connection with part of a head read: cut off after the grace,
+        // or at once by hyper, which counts a keep-alive connection idle until a whole head
+        // has arrived. The same as the header read timeout, only sooner.
+        Ok(()) if shut && conn_ctx.head_begun() => {
             counted
                 .stats
                 .record(Endpoint::Unknown, Outcome::HeaderTimeout);
+            debug!("shutdown closed a connection whose request head was still arriving");
         }
-        debug!(error = %e, "connection ended with an error");
+        Ok(()) => {}
     }
 }
 
