@@ -43,7 +43,8 @@ pub const MAX_IMAGES: u64 = 20_000_000;
 pub const MAX_GROUPS: usize = 4096;
 
 /// A scenario as written in its file. Every field is documented with its unit; see
-/// `scenarios/*.toml` for commented examples.
+/// `scenarios/*.toml` for commented examples. A new top-level field also goes into
+/// `mock_openai::server::config::SCENARIO_KEYS`, so the mock accepts the file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {

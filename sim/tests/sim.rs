@@ -1815,6 +1815,20 @@ at_s = 0
 "#;
 
 #[test]
+fn every_shipped_scenario_configures_the_mock_too() {
+    // The mock refuses top-level keys it does not know, except a scenario's own: every
+    // scenario must still start it.
+    for path in shipped() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut c = mock_openai::server::config::ServerConfig::default();
+        c.apply_toml(&text, &path.to_string_lossy())
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+#[test]
 fn a_batch_upstream_never_ends_is_given_up_by_tagstorm_and_strands_seed_proposed() {
     let tmp = TempDir::new("stuck-batch");
     let file = tmp.path("stuck-batch.toml");

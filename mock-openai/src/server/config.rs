@@ -382,10 +382,43 @@ impl KeySection {
     }
 }
 
+/// The top-level keys and tables [`ServerConfig::apply_toml`] reads.
+pub const CONFIG_KEYS: [&str; 4] = ["account", "upstream", "mock_server", "seed"];
+
+/// The other top-level keys and tables of a scenario file (tagstorm-sim's `ScenarioFile`),
+/// accepted and ignored so that a scenario works as a configuration file.
+pub const SCENARIO_KEYS: [&str; 7] = [
+    "name",
+    "description",
+    "images",
+    "uploads",
+    "policy",
+    "prices",
+    "sim",
+];
+
+/// The 1-based line where top-level `key` is written (`key =`, `[key]`, `[key.…]` or
+/// `[[key]]`), if it is.
+fn top_level_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let named = |rest: &str| {
+                rest.strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with(['=', ']', '.']))
+            };
+            named(l)
+                || l.strip_prefix("[[").is_some_and(named)
+                || l.strip_prefix('[').is_some_and(named)
+        })
+        .map(|i| i + 1)
+}
+
 impl ServerConfig {
     /// Applies a TOML file's text: `[account]`, `[upstream]`, `[mock_server]` and a top-level
-    /// `seed`. Every other top-level key or table (a scenario's `[images]`, `[[uploads]]`, …)
-    /// is ignored, so a scenario file works as a configuration file.
+    /// `seed`. A scenario's other keys and tables ([`SCENARIO_KEYS`]: `[images]`,
+    /// `[[uploads]]`, …) are ignored, so a scenario file works as a configuration file; any
+    /// other top-level key is refused, so a misspelt table is not silently dropped.
     pub fn apply_toml(&mut self, text: &str, path: &str) -> Result<(), LoadError> {
         let table: toml::Table = text
             .parse()
@@ -393,6 +426,21 @@ impl ServerConfig {
                 path: path.to_owned(),
                 message: syntax_error(text, &e),
             })?;
+        let known = |k: &str| CONFIG_KEYS.contains(&k) || SCENARIO_KEYS.contains(&k);
+        if let Some(unknown) = table.keys().find(|k| !known(k)) {
+            return Err(LoadError::Parse {
+                path: match top_level_line(text, unknown) {
+                    Some(line) => format!("{path}:{line}"),
+                    None => path.to_owned(),
+                },
+                message: format!(
+                    "{unknown}: unknown top-level key or table (the mock reads {}; a \
+                     scenario's {} are allowed and ignored)",
+                    CONFIG_KEYS.join(", "),
+                    SCENARIO_KEYS.join(", ")
+                ),
+            });
+        }
         if let Some(account) = section::<AccountConfig>(&table, "account", path, text)? {
             self.account = account;
         }
@@ -515,10 +563,16 @@ info); API keys are never logged, only their organization's name. SIGINT or SIGT
 accepting, lets in-flight requests finish, and exits 0; a second one stops at once, with status
 130 (SIGINT) or 143 (SIGTERM).
 
+Exit codes: 0 stopped by SIGINT or SIGTERM; 2 bad flags, a bad config file, or an address that
+cannot be bound (the error names the file, line and field; nothing is served); 130 or 143 a
+second signal.
+
 Config file sections: [account] (model, tier or rpm/tpm/rpd/batch_queue_tokens), [upstream]
 (latency, faults, batch timeline), [mock_server] (keys = [{ key, tier, rpm, ... }], transport =
 { reset_rate, slow_body_rate, slow_body_ms, after, sequence }, retry_after_ms, max_upload_bytes,
-max_chat_body_bytes) and a top-level seed.";
+max_chat_body_bytes) and a top-level seed. A scenario file's other tables ([images],
+[[uploads]], [policy], [prices], [sim], name, description) are ignored; any other top-level key
+is refused.";
 
 /// The command line.
 #[derive(Clone, Debug, clap::Parser)]
@@ -700,6 +754,32 @@ keys = [{ key = "sk-small", rpm = 3 }]
         assert_eq!(c.keys[0].account.rpm, Some(3));
         assert_eq!(c.keys[0].account.tier, Some(2));
         c.validate().unwrap();
+    }
+
+    /// A misspelt top-level table was ignored, so the mock ran on defaults without a word.
+    #[test]
+    fn an_unknown_top_level_table_or_key_is_refused_with_its_line() {
+        let load = |t: &str| {
+            ServerConfig::default()
+                .apply_toml(t, "m.toml")
+                .map_err(|e| e.to_string())
+        };
+        let e = load("seed = 1\n\n[acount]\ntier = 2\n").unwrap_err();
+        assert!(
+            e.starts_with("m.toml:3: acount: unknown top-level key or table (the mock reads account, upstream, mock_server, seed;"),
+            "{e}"
+        );
+        let e = load("sead = 1\n").unwrap_err();
+        assert!(e.starts_with("m.toml:1: sead: unknown"), "{e}");
+        let e = load("[[upload]]\nusers = 1\n").unwrap_err();
+        assert!(e.starts_with("m.toml:1: upload: unknown"), "{e}");
+        let e = load("[upstreem.batch]\nfail_rate = 0\n").unwrap_err();
+        assert!(e.starts_with("m.toml:1: upstreem: unknown"), "{e}");
+        // A scenario's own tables are not the mock's, and stay allowed.
+        load(
+            "name = \"x\"\ndescription = \"y\"\n[images]\n[[uploads]]\n[policy]\n[prices]\n[sim]\n",
+        )
+        .unwrap();
     }
 
     /// A scripted list with an unknown kind is refused naming its field and line, not only
