@@ -113,10 +113,7 @@ pub fn cmd_bench(
             thousands(r.images.pending),
         )
     };
-    writeln!(out, "{report}").map_err(|e| CliError::Output {
-        path: "stdout".into(),
-        message: e.to_string(),
-    })?;
+    writeln!(out, "{report}").map_err(crate::cli::stdout_error)?;
     // Exit 1 says why on stderr, as every other command's does.
     Ok(crate::cli::check_invariants(&[r], err))
 }

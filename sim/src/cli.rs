@@ -22,19 +22,20 @@ Examples:
   tagstorm-sim run scenarios/single-300-upload.toml --policy seed-proposed
   tagstorm-sim run scenarios/*.toml --json > results.ndjson
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set policy.realtime_head_images=5
-  tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
+  tagstorm-sim run scenarios/tier2-burst.toml --policy scenarios/policies/cost-first.toml --out out/tier2
   tagstorm-sim sweep scenarios/single-300-upload.toml --policy seed-current --vary policy.realtime_chunked_max=19,100,300
   tagstorm-sim report scenarios/ten-users-fifteen-images.toml --tiers 1,2,3 --out capacity.html
   tagstorm-sim validate scenarios/*.toml
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
-  tagstorm-sim gate --baseline scenarios/baseline.json scenarios/*.toml
+  tagstorm-sim gate --baseline scenarios/baseline.json \\
+      --policies tagstorm,seed-proposed,seed-current scenarios/*.toml
 
 --set KEY=VALUE edits the scenario before it is validated; KEY is a dotted path
 (account.tier, uploads.0.images, sim.max_duration_s, policy.chunk_size) and VALUE is TOML
 (30, \"high\", { kind = \"pareto\", min = 5, alpha = 1.2, max = 5000 }).
 
 Exit codes (stable):
-  0  success
+  0  success (also when stdout's reader closes early, as `| head` does: output just stops)
   1  the run finished but an invariant failed: images still pending at the end, or tag mismatches
   2  bad input: usage, an unreadable or invalid scenario, policy or gate baseline
   3  the output could not be written
@@ -46,7 +47,7 @@ Examples:
   tagstorm-sim run scenarios/single-300-upload.toml --policy seed-proposed --seed 7
   tagstorm-sim run scenarios/workday.toml --set account.tier=3 --set uploads.0.workspaces=80
   tagstorm-sim run scenarios/*.toml --json > results.ndjson
-  tagstorm-sim run scenarios/tier2-burst.toml --policy my-policy.toml --out out/tier2
+  tagstorm-sim run scenarios/tier2-burst.toml --policy scenarios/policies/cost-first.toml --out out/tier2
 
 Every scenario and the policy are checked before anything runs; with several scenarios, --out
 DIR gets one folder per scenario and a summary.md.
@@ -70,7 +71,7 @@ const COMPARE_HELP: &str = "\
 Examples:
   tagstorm-sim compare scenarios/ten-users-fifteen-images.toml
   tagstorm-sim compare scenarios/workday.toml --policies seed-current,tagstorm --json
-  tagstorm-sim compare scenarios/tier2-burst.toml --policies tagstorm,my-policy.toml --out cmp
+  tagstorm-sim compare scenarios/tier2-burst.toml --policies tagstorm,scenarios/policies/cost-first.toml --out cmp
 
 --out DIR writes summary.md, one .svg percentile plot per latency with a line per policy, and
 one folder per policy with its results.json, .hgrm files (values in milliseconds) and plots.
@@ -84,7 +85,8 @@ Examples:
   tagstorm-sim validate scenarios/workday.toml --set account.tier=1
 
 Prints `FILE: ok (name, uploads, images)` per valid file on stdout and one
-`FILE:LINE: FIELD: message` line per invalid one on stderr.
+`FILE:LINE: FIELD: message` line per invalid one on stderr: its first problem (fix it and
+validate again to see the next).
 
 Exit codes: 0 every file is valid; 2 at least one is not (or bad usage); 3 stdout could not be
 written.";
@@ -114,15 +116,16 @@ stdout, and to --summary FILE.
 
 Workflow:
   # Once, and after every intended change of the numbers: write the baseline, commit it.
-  tagstorm-sim gate --update --baseline scenarios/baseline.json scenarios/*.toml
+  tagstorm-sim gate --update --baseline scenarios/baseline.json \\
+      --policies tagstorm,seed-proposed,seed-current scenarios/*.toml
   git add scenarios/baseline.json
-  # In CI: fails with exit 4 when a metric regressed.
-  tagstorm-sim gate --baseline scenarios/baseline.json --summary gate.md scenarios/*.toml
+  # In CI (this repository's .ci/run): fails with exit 4 when a metric regressed.
+  tagstorm-sim gate --baseline scenarios/baseline.json \\
+      --policies tagstorm,seed-proposed,seed-current --summary gate.md scenarios/*.toml
 
---update replaces the whole file with this run's entries: give it the scenarios and --policies
-the CI job gates (this repository's .ci/run: --policies tagstorm,seed-proposed,seed-current).
-An entry it leaves out is dropped, and the CI job then reports that run as new, which passes
-whatever its numbers.
+--update replaces the whole file with this run's entries: give it the same scenarios and
+--policies as the CI job. An entry it leaves out is dropped, and the CI job then reports that
+run as new, which passes whatever its numbers.
 
 Exit codes: 0 passed (or, with --update, the baseline was written); 1 an invariant failed
 (--update then writes nothing); 2 bad input, a malformed baseline included, reported with its
@@ -158,8 +161,8 @@ pub enum Command {
     /// and the Batch API. Markdown on stdout, JSON with --json, HTML with --out.
     #[command(after_help = crate::capacity::REPORT_HELP)]
     Report(ReportArgs),
-    /// Check scenario files without running them; every file is checked and every problem
-    /// reported.
+    /// Check scenario files without running them; every file is checked, and each bad one
+    /// reported with its first problem.
     #[command(after_help = VALIDATE_HELP)]
     Validate(ValidateArgs),
     /// Measure the simulator's speed on a scenario scaled to a number of images.
@@ -427,6 +430,9 @@ pub enum CliError {
     /// Several inputs were invalid; each was reported on its own line first.
     #[error("{0}")]
     Invalid(String),
+    /// Stdout's reader went away (`… | head`): the command stops quietly, as ripgrep does.
+    #[error("stdout: closed by its reader")]
+    StdoutClosed,
     /// Writing results failed.
     #[error("{path}: cannot write: {message}")]
     Output {
@@ -442,6 +448,7 @@ impl CliError {
     /// that could not be written.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::StdoutClosed => 0,
             CliError::Output { .. } => 3,
             _ => 2,
         }
@@ -498,8 +505,19 @@ pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
                 e.to_string().to_lowercase()
             ))
         })?;
-        return crate::scenario::policy_file(spec, &text)
-            .map_err(|e| CliError::Policy(e.to_string()));
+        let mut policy = crate::scenario::policy_file(spec, &text)
+            .map_err(|e| CliError::Policy(e.to_string()))?;
+        // A file that names no policy is called after itself, not after the preset it extends,
+        // so tables and results tell `tagstorm` and `cost-first.toml` apart.
+        let named = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("name"));
+        if !named {
+            if let Some(stem) = path.file_stem() {
+                policy.name = stem.to_string_lossy().into_owned();
+            }
+        }
+        return Ok(policy);
     }
     Err(CliError::Policy(format!(
         "--policy {spec}: not a preset ({}) or a .toml file",
@@ -787,8 +805,8 @@ fn cmd_validate(
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let sets = set_args(&a.flags)?;
-    // Every file is checked, so one run lists every problem; a single file's error is the
-    // command's error as is.
+    // Every file is checked, so one run lists every bad file (each with its first problem);
+    // a single file's error is the command's error as is.
     let mut bad = 0usize;
     for p in &a.scenarios {
         match validate_one(&display_path(p), &sets) {
@@ -867,10 +885,20 @@ pub fn json_line(r: &Results) -> String {
 
 /// Writes `s` and a newline to `out` (stdout).
 pub fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
-    writeln!(out, "{}", s.trim_end()).map_err(|e| CliError::Output {
-        path: "stdout".into(),
-        message: e.to_string(),
-    })
+    writeln!(out, "{}", s.trim_end()).map_err(stdout_error)
+}
+
+/// A failed write to stdout: [`CliError::StdoutClosed`] when its reader has gone (exit 0, no
+/// message, so `… | head` is not an error), else an output error (exit 3).
+pub fn stdout_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::StdoutClosed
+    } else {
+        CliError::Output {
+            path: "stdout".into(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// The files one run writes into `dir`.
