@@ -143,6 +143,18 @@ pub fn account(a: &AccountSummary) -> String {
     )
 }
 
+/// `s` as one POSIX shell word: as is when it is plain, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-=,:/+@%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn header(s: &Scenario, first: &Results) -> String {
     let spec = &s.spec;
     let a = &first.account;
@@ -154,6 +166,15 @@ fn header(s: &Scenario, first: &Results) -> String {
     );
     if !spec.description.trim().is_empty() {
         let _ = writeln!(out, "          {}", spec.description.trim());
+    }
+    // The description is the file's; what --set changed since is said here, ready to paste.
+    if !first.sets.is_empty() {
+        let sets: Vec<String> = first
+            .sets
+            .iter()
+            .map(|a| format!("--set {}", shell_word(a)))
+            .collect();
+        let _ = writeln!(out, "sets      {}", sets.join(" "));
     }
     let _ = writeln!(out, "account   {}", account(a));
     let _ = writeln!(

@@ -25,6 +25,9 @@ pub struct Results {
     pub policy: String,
     /// The scenario seed.
     pub seed: u64,
+    /// The `--set` overrides applied to the scenario file, in order, as given (`KEY=VALUE`):
+    /// with the scenario file and policy they reproduce the run.
+    pub sets: Vec<String>,
     /// The account the run used.
     pub account: AccountSummary,
     /// Image counts.

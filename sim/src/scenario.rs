@@ -519,6 +519,11 @@ impl Scenario {
         &self.spec.name
     }
 
+    /// The `--set` overrides applied to the file, in order.
+    pub fn sets(&self) -> &[SetArg] {
+        &self.sets
+    }
+
     /// `base` with the scenario's `[policy]` overrides applied, validated.
     pub fn policy(&self, base: &Policy) -> Result<Policy, ScenarioError> {
         let loc = self.locator();

@@ -1016,6 +1016,7 @@ impl<'a> Sim<'a> {
             scenario: s.name.clone(),
             policy: self.policy_name,
             seed: s.seed,
+            sets: self.scenario.sets().iter().map(|a| a.raw.clone()).collect(),
             account: AccountSummary {
                 model: s.account.model.as_str().to_owned(),
                 tier: s.account.tier,

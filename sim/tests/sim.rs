@@ -307,6 +307,34 @@ fn set_overrides_fields_and_names_unknown_paths() {
     assert_eq!(v["account"]["tier"], 2);
     assert_eq!(v["images"]["total"], 300);
     assert_eq!(v["seed"], 9);
+    // The results say which overrides made them, in order, and the table shows them ready to
+    // paste (the file's own description still says Tier 1).
+    assert_eq!(
+        v["sets"],
+        serde_json::json!([
+            "account.tier=2",
+            "uploads.0.images=30",
+            "policy.realtime_head_images=5",
+            // --seed N is --set seed=N, applied last.
+            "seed=9"
+        ])
+    );
+    let o = bin(&[
+        "run",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--set",
+        "account.tier=2",
+        "--set",
+        "uploads.0.images={ kind = \"uniform\", min = 1, max = 3 }",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(
+            "\nsets      --set account.tier=2 --set 'uploads.0.images={ kind = \"uniform\", min = 1, max = 3 }'\n"
+        ),
+        "{}",
+        text(&o.stdout)
+    );
 
     let o = bin(&[
         "validate",
