@@ -973,21 +973,43 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
         })
     };
     if let Ok(m) = std::fs::metadata(path) {
-        return match (folder, m.is_dir()) {
-            (true, false) => fail(path, "it is a file, not a folder"),
-            (false, true) => fail(path, "it is a folder, not a file"),
-            _ => Ok(()),
-        };
+        match (folder, m.is_dir()) {
+            (true, false) => return fail(path, "it is a file, not a folder"),
+            (false, true) => return fail(path, "it is a folder, not a file"),
+            _ => {}
+        }
     }
-    // The folders that do not exist yet are created inside the nearest one that does.
+    // What does not exist yet is created inside the nearest folder that does: it must be a
+    // folder, and one this process can write in. Probing with a file of our own now saves a
+    // run whose results could not be kept.
     let nearest = path
         .ancestors()
-        .skip(1)
-        .filter(|a| !a.as_os_str().is_empty())
+        .skip(usize::from(!(folder && path.is_dir())))
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
         .find(|a| std::fs::metadata(a).is_ok());
     match nearest {
         Some(a) if !a.is_dir() => fail(a, "it is a file, not a folder"),
-        _ => Ok(()),
+        Some(a) => {
+            let probe = a.join(format!(".tagstorm-probe-{}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(())
+                }
+                Err(e) => fail(a, &e.to_string().to_lowercase()),
+            }
+        }
+        None => Ok(()),
     }
 }
 

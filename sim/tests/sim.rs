@@ -364,6 +364,24 @@ fn set_overrides_fields_and_names_unknown_paths() {
 }
 
 #[test]
+fn an_out_folder_that_cannot_be_written_is_refused_before_the_run() {
+    // It was found only after the run, with the whole table already printed.
+    let o = bin(&[
+        "run",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--out",
+        "/proc/tagstorm-nope",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(text(&o.stdout), "");
+    assert!(
+        text(&o.stderr).starts_with("/proc: cannot write: "),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn out_writes_results_summary_hgrm_and_svg_files() {
     let dir = std::env::temp_dir().join(format!("tagstorm-sim-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
