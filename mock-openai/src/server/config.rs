@@ -574,6 +574,17 @@ max_chat_body_bytes) and a top-level seed. A scenario file's other tables ([imag
 [[uploads]], [policy], [prices], [sim], name, description) are ignored; any other top-level key
 is refused.";
 
+/// `--host`: an IP address, or `localhost` for 127.0.0.1. No name lookup: the mock binds where
+/// it is told, without asking a resolver.
+fn parse_host(s: &str) -> Result<IpAddr, String> {
+    if s.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    s.parse().map_err(|_| {
+        format!("expected an IP address (127.0.0.1, ::1, 0.0.0.0) or localhost, got {s:?}")
+    })
+}
+
 /// The command line.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -588,8 +599,8 @@ pub struct Args {
     /// Port to listen on; 0 picks a free one.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address to listen on: an IP address (0.0.0.0 for every interface), or `localhost`.
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
     pub host: IpAddr,
     /// An API key, optionally with a usage tier (`sk-abc:2`); repeatable, each key is its own
     /// organization. Without any, every key is accepted as one default organization.
@@ -754,6 +765,18 @@ keys = [{ key = "sk-small", rpm = 3 }]
         assert_eq!(c.keys[0].account.rpm, Some(3));
         assert_eq!(c.keys[0].account.tier, Some(2));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn host_is_an_ip_address_or_localhost() {
+        assert_eq!(parse_host("localhost"), Ok(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(parse_host("0.0.0.0"), Ok(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(parse_host("::1"), Ok("::1".parse().unwrap()));
+        assert!(
+            parse_host("example.com")
+                .unwrap_err()
+                .contains("or localhost")
+        );
     }
 
     /// A misspelt top-level table was ignored, so the mock ran on defaults without a word.
