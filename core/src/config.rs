@@ -237,7 +237,7 @@ impl Policy {
     /// overrides one field. Without `extends`, every field must be given.
     pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
         let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string()))?;
+            toml::from_str(text).map_err(|e| PolicyError::Toml(plain_message(&e.to_string())))?;
         let policy = match table.remove("extends") {
             None => Policy::deserialize(toml::Value::Table(table)),
             Some(toml::Value::String(base)) => {
@@ -245,8 +245,8 @@ impl Policy {
                     field: "extends".into(),
                     message: format!("unknown preset {base:?} (known: {})", PRESETS.join(", ")),
                 })?;
-                let mut merged =
-                    toml::Table::try_from(&preset).map_err(|e| PolicyError::Toml(e.to_string()))?;
+                let mut merged = toml::Table::try_from(&preset)
+                    .map_err(|e| PolicyError::Toml(plain_message(&e.to_string())))?;
                 merged.extend(table);
                 Policy::deserialize(toml::Value::Table(merged))
             }
@@ -257,7 +257,7 @@ impl Policy {
                 });
             }
         }
-        .map_err(|e| PolicyError::Toml(e.to_string()))?;
+        .map_err(|e| PolicyError::Toml(plain_message(&e.to_string())))?;
         policy.validate()?;
         Ok(policy)
     }
@@ -493,9 +493,70 @@ pub(crate) fn scaled(v: NonZeroU64, percent: u8) -> NonZeroU64 {
     NonZeroU64::new(u64::try_from(scaled).unwrap_or(u64::MAX)).unwrap_or(NonZeroU64::MIN)
 }
 
+/// A serde or TOML error message in the words of a configuration file's author: Rust's type
+/// names become the values they allow (`expected u8` → `expected a whole number from 0 to
+/// 255`), and the internal `as i128` of an out-of-range integer goes. Used by every place that
+/// reports a bad policy, scenario or mock configuration value.
+pub fn plain_message(m: &str) -> String {
+    const TYPES: [(&str, &str); 12] = [
+        ("expected u128", "expected a whole number ≥ 0"),
+        (
+            "expected u64",
+            "expected a whole number from 0 to 18446744073709551615",
+        ),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i128", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i16", "expected a whole number"),
+        ("expected i8", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ];
+    let mut out = m
+        .replace("` as i128", "`")
+        .replace("` as u128", "`")
+        .replace("floating point `", "number `");
+    for (from, to) in TYPES {
+        out = out.replace(from, to);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_messages_name_values_not_rust_types() {
+        let cases = [
+            (
+                "invalid value: integer `300`, expected u8",
+                "invalid value: integer `300`, expected a whole number from 0 to 255",
+            ),
+            (
+                "invalid type: integer `99999999999999999999` as i128, expected u64",
+                "invalid type: integer `99999999999999999999`, expected a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u32",
+                "invalid type: number `1.5`, expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "invalid type: string \"x\", expected f64",
+                "invalid type: string \"x\", expected a number",
+            ),
+            ("unknown field `acount`", "unknown field `acount`"),
+        ];
+        for (m, want) in cases {
+            assert_eq!(plain_message(m), want);
+        }
+    }
 
     #[test]
     fn presets_are_valid() {

@@ -579,7 +579,7 @@ fn located(field: String, e: &serde_json::Error) -> (String, String) {
             return (format!("{field}{dot}{key}"), what.to_owned());
         }
     }
-    (field, message.to_owned())
+    (field, tagstorm_core::config::plain_message(message))
 }
 
 /// The line entry `i` of a baseline that parsed starts on. serde_json keeps no position of a
@@ -1152,7 +1152,7 @@ mod tests {
         check_err(
             &entry_json(&good.replace("\"images.failed\": 1", "\"images.failed\": \"x\"")),
             "b.json:8: entries[0].metrics.images.failed: invalid type: string \"x\", \
-             expected u64",
+             expected a whole number from 0 to 18446744073709551615",
         );
         check_err(
             &entry_json(&good.replace("\"images.failed\"", "\"images.lost\"")),
@@ -1172,12 +1172,12 @@ mod tests {
         );
         check_err(
             &entry_json(&good.replace("\"bound_ratio\": 0.5", "\"bound_ratio\": -1.5")),
-            "b.json:8: entries[0].metrics.bound_ratio: invalid value: floating point `-1.5`, \
+            "b.json:8: entries[0].metrics.bound_ratio: invalid value: number `-1.5`, \
              expected a number ≥ 0",
         );
         check_err(
             &entry_json(&good).replace("\"seed\": 1", "\"seed\": \"one\""),
-            "b.json:7: entries[0].seed: invalid type: string \"one\", expected u64",
+            "b.json:7: entries[0].seed: invalid type: string \"one\", expected a whole number from 0 to 18446744073709551615",
         );
         check_err(
             &entry_json(&good).replace("tagstorm.baseline.v1", "tagstorm.baseline.v0"),
@@ -1231,7 +1231,7 @@ mod tests {
         check_err(
             &pretty.replace("\"bound_ratio\": 0.5", "\"bound_ratio\": -0.5"),
             &format!(
-                "b.json:{}: entries[0].metrics.bound_ratio: invalid value: floating point \
+                "b.json:{}: entries[0].metrics.bound_ratio: invalid value: number \
                  `-0.5`, expected a number ≥ 0",
                 line("bound_ratio")
             ),

@@ -728,7 +728,7 @@ fn optional_policy_key(key: &str) -> bool {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_owned()
+    tagstorm_core::config::plain_message(s.lines().next().unwrap_or_default())
 }
 
 fn check_time(path: FieldPath, v: f64, positive: bool) -> Result<(), (FieldPath, String)> {
@@ -1180,6 +1180,7 @@ impl<'a> Locator<'a> {
 
 /// toml's messages end with a newline and sometimes start upper-case; one lower-case line.
 fn clean_message(m: &str) -> String {
+    let m = tagstorm_core::config::plain_message(m);
     let line = m
         .trim()
         .lines()
@@ -1535,7 +1536,7 @@ at_s = 0
         check(
             &edit("tier = 1", "tier = \"one\""),
             &[],
-            "x.toml:6: account.tier: invalid type: string \"one\", expected u8",
+            "x.toml:6: account.tier: invalid type: string \"one\", expected a whole number from 0 to 255",
         );
         check(
             &edit("detail = \"low\"", "detail = \"low\"\ncolour = true"),
@@ -1666,7 +1667,7 @@ at_s = 0
         let got = |text: &str| policy_file("p.toml", text).unwrap_err().to_string();
         assert_eq!(
             got("extends = \"tagstorm\"\nchunk_size = \"x\"\n"),
-            "p.toml:2: chunk_size: invalid type: string \"x\", expected u32"
+            "p.toml:2: chunk_size: invalid type: string \"x\", expected a whole number from 0 to 4294967295"
         );
         assert_eq!(
             got("extends = \"tagstorm\"\n\nchunk_size = 0\n"),
@@ -1863,17 +1864,17 @@ at_s = 0
         check(
             BASE,
             &["sim.max_duration_s=\"1y\""],
-            "x.toml: --set sim.max_duration_s=\"1y\": sim.max_duration_s: invalid type: string \"1y\", expected f64",
+            "x.toml: --set sim.max_duration_s=\"1y\": sim.max_duration_s: invalid type: string \"1y\", expected a number",
         );
         check(
             BASE,
             &["upstream.server_error_rate=\"x\""],
-            "x.toml: --set upstream.server_error_rate=\"x\": upstream.server_error_rate: invalid type: string \"x\", expected f64",
+            "x.toml: --set upstream.server_error_rate=\"x\": upstream.server_error_rate: invalid type: string \"x\", expected a number",
         );
         check(
             BASE,
             &["account.tier=300"],
-            "x.toml: --set account.tier=300: account.tier: invalid value: integer `300`, expected u8",
+            "x.toml: --set account.tier=300: account.tier: invalid value: integer `300`, expected a whole number from 0 to 255",
         );
         check(
             BASE,
@@ -1897,7 +1898,7 @@ at_s = 0
                 "images = { kind = \"uniform\", min = \"one\", max = 3 }",
             ),
             &[],
-            "x.toml:16: uploads[0].images.min: invalid type: string \"one\", expected u32",
+            "x.toml:16: uploads[0].images.min: invalid type: string \"one\", expected a whole number from 0 to 4294967295",
         );
         check(
             &edit(
@@ -1911,7 +1912,7 @@ at_s = 0
         check(
             &format!("{BASE}{latency}p99_ms = \"x\"\n"),
             &[],
-            "x.toml:22: upstream.latency.p99_ms: invalid type: string \"x\", expected f64",
+            "x.toml:22: upstream.latency.p99_ms: invalid type: string \"x\", expected a number",
         );
         check(
             &format!("{BASE}{latency}p99_ms = 9000\ncolour = 1\n"),
@@ -1921,7 +1922,7 @@ at_s = 0
         check(
             BASE,
             &["uploads.0.images={ kind = \"pareto\", min = 1, max = 3, alpha = true }"],
-            "x.toml: --set uploads.0.images={ kind = \"pareto\", min = 1, max = 3, alpha = true }: uploads[0].images.alpha: invalid type: boolean `true`, expected f64",
+            "x.toml: --set uploads.0.images={ kind = \"pareto\", min = 1, max = 3, alpha = true }: uploads[0].images.alpha: invalid type: boolean `true`, expected a number",
         );
     }
 

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+use tagstorm_core::config::plain_message;
 
 use serde::{Deserialize, Serialize};
 use tagstorm_core::tokens::Model;
@@ -262,7 +263,10 @@ fn section<T: serde::de::DeserializeOwned>(
                 };
                 LoadError::Parse {
                     path,
-                    message: redact_keys(table, &format!("{field}: {}", e.message())),
+                    message: redact_keys(
+                        table,
+                        &format!("{field}: {}", plain_message(e.message())),
+                    ),
                 }
             }),
     }
@@ -346,9 +350,12 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
                 .rsplit('\n')
                 .next()
                 .map_or(1, |l| l.chars().count() + 1);
-            format!("line {line}, column {column}: {}", e.message())
+            format!(
+                "line {line}, column {column}: {}",
+                plain_message(e.message())
+            )
         }
-        None => e.message().to_owned(),
+        None => plain_message(e.message()),
     }
 }
 
