@@ -727,6 +727,15 @@ fn optional_policy_key(key: &str) -> bool {
     )
 }
 
+/// `1 entry`, `2 entries`.
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_owned()
+    } else {
+        format!("{n} entries")
+    }
+}
+
 fn first_line(s: &str) -> String {
     tagstorm_core::config::plain_message(s.lines().next().unwrap_or_default())
 }
@@ -1268,7 +1277,10 @@ fn descend<'i>(
         (DeValue::Array(a), Seg::Index(i)) => {
             let len = a.len();
             let Some(item) = a.get_mut(*i) else {
-                return Err(format!("`{at}` has {len} entries; there is no index {i}"));
+                return Err(format!(
+                    "`{at}` has {}; there is no index {i}",
+                    entries(len)
+                ));
             };
             if rest.len() == 1 {
                 *item = value;
@@ -1283,8 +1295,8 @@ fn descend<'i>(
             {
                 // `uploads.-1` or an index past usize: no entry, not a key.
                 return Err(format!(
-                    "`{at}` has {} entries; there is no index {k}",
-                    a.len()
+                    "`{at}` has {}; there is no index {k}",
+                    entries(a.len())
                 ));
             }
             Err(format!("`{at}` is a list; use an index, e.g. {at}.0.{k}"))
@@ -1838,12 +1850,12 @@ at_s = 0
         check(
             BASE,
             &["uploads.-1.images=3"],
-            "x.toml: --set uploads.-1.images=3: `uploads` has 1 entries; there is no index -1",
+            "x.toml: --set uploads.-1.images=3: `uploads` has 1 entry; there is no index -1",
         );
         check(
             BASE,
             &["uploads.99999999999999999999.images=3"],
-            "x.toml: --set uploads.99999999999999999999.images=3: `uploads` has 1 entries; there is no index 99999999999999999999",
+            "x.toml: --set uploads.99999999999999999999.images=3: `uploads` has 1 entry; there is no index 99999999999999999999",
         );
         check(
             BASE,
@@ -1948,7 +1960,7 @@ at_s = 0
             BASE,
             // With several scenario files, an index valid in one and not in another says which.
             &["uploads.3.images=1"],
-            "x.toml: --set uploads.3.images=1: `uploads` has 1 entries; there is no index 3",
+            "x.toml: --set uploads.3.images=1: `uploads` has 1 entry; there is no index 3",
         );
         check(
             BASE,
