@@ -13,6 +13,9 @@ use plotters::prelude::*;
 /// Tail depth of the x axis: percentiles up to 1 − 1/`X_MAX` (99.99%).
 const X_MAX: f64 = 10_000.0;
 
+/// Height of a percentile chart, in pixels.
+const HEIGHT: u32 = 520;
+
 /// Points per curve.
 const STEPS: u32 = 200;
 
@@ -41,7 +44,7 @@ fn draw(
     title: &str,
     series: &[(&str, &Histogram<u64>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::with_string(svg, (900, 520)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (900, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let curves: Vec<(&str, Vec<(f64, f64)>)> = series
         .iter()
@@ -57,17 +60,24 @@ fn draw(
         root.present()?;
         return Ok(());
     }
+    // The legend sits in the top-left corner, over the plot. A flat curve (every image of a
+    // batch tagged at once) can run along the top, so the y range leaves the legend's band
+    // free: no curve is drawn under it.
+    let (margin, caption, x_labels) = (12.0, 30.0, 40.0);
+    let plot_px = f64::from(HEIGHT) - 2.0 * margin - caption - x_labels;
+    let legend_px = 16.0 + 22.0 * curves.len() as f64;
     let y_max = curves
         .iter()
         .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
         .fold(0.0f64, f64::max)
         .max(0.001)
-        * 1.05;
+        * 1.05
+        / (1.0 - (legend_px / plot_px).min(0.5));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
-        .margin(12)
+        .margin(margin as u32)
         .margin_right(36)
-        .x_label_area_size(40)
+        .x_label_area_size(x_labels as u32)
         .y_label_area_size(60)
         .build_cartesian_2d((1.0f64..X_MAX).log_scale(), 0.0f64..y_max)?;
     chart
