@@ -853,17 +853,18 @@ fn validate_one(path: &str, sets: &[SetArg]) -> Result<String, CliError> {
 pub fn folder_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let clean = match clean.trim_start_matches('.') {
+        // Anything else becomes one `-` per run, so a TOML value such as
+        // `{ kind = "pareto", min = 5 }` reads `kind-pareto-min-5`.
+        let mut clean = String::with_capacity(name.len());
+        for c in name.chars() {
+            if c.is_alphanumeric() || matches!(c, '_' | '.') || (c == '-' && !clean.ends_with('-'))
+            {
+                clean.push(c);
+            } else if !clean.ends_with('-') {
+                clean.push('-');
+            }
+        }
+        let clean = match clean.trim_start_matches(['.', '-']).trim_end_matches('-') {
             "" => "_".to_owned(),
             c => c.to_owned(),
         };
@@ -1145,6 +1146,14 @@ mod tests {
     #[test]
     fn folder_names_are_single_distinct_components() {
         let got = folder_names(["a/b", "..", "", "x", "x", "x-2", "/etc", "ünï"].into_iter());
-        assert_eq!(got, ["a-b", "_", "_-2", "x", "x-2", "x-2-2", "-etc", "ünï"]);
+        assert_eq!(got, ["a-b", "_", "_-2", "x", "x-2", "x-2-2", "etc", "ünï"]);
+        let got = folder_names(
+            [
+                "images={ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }",
+                "a--b",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(got, ["images-kind-pareto-min-5-alpha-1.2-max-50", "a-b"]);
     }
 }

@@ -592,9 +592,9 @@ fn out_folders_stay_inside_out_and_never_collide() {
     assert_eq!(
         results,
         [
-            "-élan-x/results.json",
             "single-300-upload-2/results.json",
-            "single-300-upload/results.json"
+            "single-300-upload/results.json",
+            "élan-x/results.json"
         ]
     );
     // The same policy twice in compare: two folders, not one overwritten.
