@@ -40,7 +40,8 @@ Every value is one more --set KEY=VALUE after the others (a --set or --seed of t
 is refused). A comma inside a quoted string, an array or an inline table does not split the list:
 --vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values.
 A value that makes the scenario or the policy invalid is reported, naming it, and nothing runs.
-In the table, * marks the lowest figure of each column where lower is better.
+In the table, * marks the lowest figure of each column where lower is better; the totals
+(makespan, 429s, retries, failed, cost) only when every value gives as many images.
 
 --json prints one line per value, {\"vary\": {\"key\": KEY, \"value\": VALUE}, \"results\": {...}},
 with the results object exactly as `run --set KEY=VALUE --json` prints it. --out DIR writes
@@ -344,6 +345,9 @@ struct Column {
     bottom: &'static str,
     cell: fn(&Results) -> String,
     lower_is_better: Option<fn(&Results) -> Option<f64>>,
+    /// A total over the run's work (its makespan, counts, cost): only rows with as many images
+    /// are ranked, since a sweep that changes the workload makes a smaller one look best.
+    total: bool,
 }
 
 /// A latency's figure for ranking: none when the distribution is empty.
@@ -359,6 +363,7 @@ macro_rules! latency_column {
             bottom: stringify!($pct),
             cell: |r| latency(r.latency_ms.$hist.count, r.latency_ms.$hist.$pct),
             lower_is_better: Some(|r| ranked(r.latency_ms.$hist.count, r.latency_ms.$hist.$pct)),
+            total: false,
         }
     };
 }
@@ -374,36 +379,42 @@ fn columns() -> Vec<Column> {
             bottom: "makespan",
             cell: |r| fmt_ms(r.makespan_ms),
             lower_is_better: Some(|r| Some(r.makespan_ms as f64)),
+            total: true,
         },
         Column {
             top: "",
             bottom: "429s",
             cell: |r| thousands(r.upstream.rate_limited),
             lower_is_better: Some(|r| Some(r.upstream.rate_limited as f64)),
+            total: true,
         },
         Column {
             top: "",
             bottom: "retries",
             cell: |r| thousands(r.upstream.retries),
             lower_is_better: Some(|r| Some(r.upstream.retries as f64)),
+            total: true,
         },
         Column {
             top: "",
             bottom: "failed",
             cell: |r| thousands(r.images.failed),
             lower_is_better: Some(|r| Some(r.images.failed as f64)),
+            total: true,
         },
         Column {
             top: "",
             bottom: "pending",
             cell: |r| thousands(r.images.pending),
             lower_is_better: None,
+            total: false,
         },
         Column {
             top: "",
             bottom: "batches",
             cell: |r| thousands(r.upstream.batches_created),
             lower_is_better: None,
+            total: false,
         },
         Column {
             top: "tagged",
@@ -416,12 +427,14 @@ fn columns() -> Vec<Column> {
                 )
             },
             lower_is_better: None,
+            total: false,
         },
         Column {
             top: "",
             bottom: "cost",
             cell: |r| usd(r.cost_usd),
             lower_is_better: Some(|r| Some(r.cost_usd)),
+            total: true,
         },
         Column {
             top: "bound",
@@ -434,6 +447,7 @@ fn columns() -> Vec<Column> {
                 }
             },
             lower_is_better: Some(|r| (r.bound_ms > 0).then_some(r.bound_ratio)),
+            total: false,
         },
     ]
 }
@@ -447,12 +461,15 @@ fn cells(rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String, bool)>>) {
         .iter()
         .map(|(_, r)| cols.iter().map(|c| (c.cell)(r)).collect())
         .collect();
+    let same_work = rows
+        .iter()
+        .all(|(_, r)| r.images.total == rows[0].1.images.total);
     let best: Vec<Option<&str>> = cols
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let f = c.lower_is_better?;
-            if texts.iter().all(|row| row[i] == texts[0][i]) {
+            if texts.iter().all(|row| row[i] == texts[0][i]) || (c.total && !same_work) {
                 return None;
             }
             let (_, at) = rows
@@ -579,7 +596,8 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
 
 /// What the table's columns mean, under it.
 const GUIDE: &str = "\
-* marks the lowest figure of each column where lower is better (ties all marked). Read latencies
+* marks the lowest figure of each column where lower is better (ties all marked); the totals
+(makespan, 429s, retries, failed, cost) only when every value gives as many images. Read latencies
 and cost with \"failed\": a value that drops images finishes early and pays less. Latencies run from the upload's start:
 \"first tag\" is when its user first sees a result, \"tagged\" is per image, \"complete\" when every
 image of the upload is tagged or failed. rt / batch: images tagged through the realtime and the

@@ -1900,6 +1900,32 @@ fn every_shipped_scenario_configures_the_mock_too() {
 }
 
 #[test]
+fn a_sweep_that_changes_the_workload_does_not_rank_its_totals() {
+    // Five images cost less than fifty: marking that cost "best" would say nothing about the
+    // policy. Latencies are per upload and still ranked.
+    let o = bin(&[
+        "sweep",
+        "scenarios/single-300-upload.toml",
+        "--vary",
+        "uploads.0.images=5,50",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("uploads.0.images "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for row in &rows {
+        let cost = row.split_whitespace().find(|c| c.starts_with('$')).unwrap();
+        assert!(!cost.ends_with('*'), "{row}");
+    }
+    assert!(rows.iter().any(|r| r.contains("s*")), "{out}");
+}
+
+#[test]
 fn a_batch_upstream_never_ends_is_given_up_by_tagstorm_and_strands_seed_proposed() {
     let tmp = TempDir::new("stuck-batch");
     let file = tmp.path("stuck-batch.toml");
