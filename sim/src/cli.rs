@@ -35,7 +35,8 @@ Examples:
 (30, \"high\", { kind = \"pareto\", min = 5, alpha = 1.2, max = 5000 }).
 
 Exit codes (stable):
-  0  success (also when stdout's reader closes early, as `| head` does: output just stops)
+  0  success (stdout's reader closing early, as `| head` does, changes no exit code: the
+     output to stdout stops, and everything else, --out files and the verdict included, goes on)
   1  the run finished but an invariant failed: images still pending at the end, or tag mismatches
   2  bad input: usage, an unreadable or invalid scenario, policy or gate baseline
   3  the output could not be written
@@ -430,9 +431,6 @@ pub enum CliError {
     /// Several inputs were invalid; each was reported on its own line first.
     #[error("{0}")]
     Invalid(String),
-    /// Stdout's reader went away (`… | head`): the command stops quietly, as ripgrep does.
-    #[error("stdout: closed by its reader")]
-    StdoutClosed,
     /// Writing results failed.
     #[error("{path}: cannot write: {message}")]
     Output {
@@ -448,7 +446,6 @@ impl CliError {
     /// that could not be written.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::StdoutClosed => 0,
             CliError::Output { .. } => 3,
             _ => 2,
         }
@@ -889,15 +886,58 @@ pub fn write_line(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
     writeln!(out, "{}", s.trim_end()).map_err(stdout_error)
 }
 
-/// A failed write to stdout: [`CliError::StdoutClosed`] when its reader has gone (exit 0, no
-/// message, so `… | head` is not an error), else an output error (exit 3).
+/// A failed write to stdout, as an output error (exit 3).
 pub fn stdout_error(e: std::io::Error) -> CliError {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        CliError::StdoutClosed
-    } else {
-        CliError::Output {
-            path: "stdout".into(),
-            message: e.to_string(),
+    CliError::Output {
+        path: "stdout".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Stdout for the binary: once its reader has gone (`… | head`), further writes are dropped
+/// instead of failing, so the command still writes its `--out` files and `--summary`, says on
+/// stderr what went wrong, and exits with the code its outcome calls for, as if the rest had
+/// been read. Any other write error is returned as is.
+#[derive(Debug)]
+pub struct Stdout<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> Stdout<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Stdout<W> {
+        Stdout {
+            inner,
+            closed: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
         }
     }
 }

@@ -4,16 +4,14 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tagstorm_sim::cli::{Cli, CliError, execute};
+use tagstorm_sim::cli::{Cli, Stdout, execute};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Stdout::new(std::io::stdout().lock());
     let mut stderr = std::io::stderr();
     match execute(&cli, &mut stdout, &mut stderr) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
-        // Nothing to say: whoever would read it has gone.
-        Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             // Not `eprintln!`: with stderr a closed pipe it panics, and exit 3 becomes 101.
             let _ = writeln!(stderr, "{e}");

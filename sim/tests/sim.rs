@@ -2357,10 +2357,10 @@ fn bench_says_why_it_exits_1() {
 }
 
 #[test]
-fn a_reader_that_closes_stdout_early_is_not_an_error() {
+fn a_reader_that_closes_stdout_early_changes_no_outcome() {
     // `validate scenarios/*.toml | head -1`: the writes after the reader has gone fail with
-    // EPIPE, which is the reader's choice, not a failure: exit 0, nothing on stderr (it was
-    // exit 3 with a message, failing a CI step under `set -o pipefail`).
+    // EPIPE. That is the reader's choice, not a failure (it was exit 3 with a message, failing
+    // a CI step under `set -o pipefail`); nor may it hide one.
     let spawn = |args: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tagstorm-sim"))
             .args(args)
@@ -2378,6 +2378,30 @@ fn a_reader_that_closes_stdout_early_is_not_an_error() {
     let o = spawn(&args).wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr), "");
+    // A run that leaves images pending still exits 1, says why on stderr and writes --out.
+    let tmp = TempDir::new("closed-stdout");
+    let file = tmp.path("stuck-batch.toml");
+    std::fs::write(&file, STUCK_BATCH).unwrap();
+    let out = tmp.path("out");
+    let o = spawn(&[
+        "run",
+        &file,
+        "--policy",
+        "seed-proposed",
+        "--set",
+        "sim.max_duration_s=3600",
+        "--out",
+        &out,
+    ])
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("still pending"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(Path::new(&out).join("results.json").is_file());
     // `run ... 2>&1 | head -1`: with stderr closed too, nothing may panic (exit 101).
     let mut child = spawn(&["run", TEN]);
     drop(child.stderr.take());
