@@ -93,11 +93,13 @@ pub struct Policy {
     /// Stop polling a batch this long after it was created, failing its images with a reason.
     /// `None` polls until the batch ends (the Batch API ends every batch within 24 h).
     pub poll_give_up_ms: Option<u64>,
-    /// A batch still running this long after it was created is presumed lost: core asks
-    /// upstream to cancel it, stops polling it, and sends its images round again (another
-    /// Batch API attempt while `batch_max_attempts` allows, else they fail). `None` waits for
-    /// upstream to end it. Upstream's 24 h window should end every batch first; this is what
-    /// keeps a batch it never ends from leaving images pending forever.
+    /// A batch still running this long after it was created is overdue: core asks upstream to
+    /// cancel it and keeps polling; once it ends, its partial results count and the images
+    /// without one go round again (another Batch API attempt while `batch_max_attempts`
+    /// allows, else they fail). One that has not ended an hour after the cancel is let go of
+    /// without its results. `None` waits for upstream to end it. Upstream's 24 h window should
+    /// end every batch first; this keeps a batch it never ends from leaving images pending
+    /// forever.
     pub batch_overdue_ms: Option<u64>,
     /// Batches a workspace may create per hour, if limited.
     pub workspace_batches_per_hour: Option<u64>,

@@ -33,6 +33,11 @@ pub const MAX_IMAGES_PER_UPLOAD: usize = 1_000_000;
 /// How often a token-limit hold is retried before its images fail with [`FailReason::QueueFull`].
 const MAX_QUEUE_HOLDS: u8 = 24;
 
+/// How long a batch core has cancelled (`batch_overdue_ms`) may take to end before core lets
+/// go of it without its results: cancelling takes up to 10 minutes (facts §5), so an hour
+/// means upstream is not going to end it.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(3600);
+
 /// Whether a saturating per-image attempt counter has used up a policy's `max` attempts. A
 /// saturated counter counts as exhausted: otherwise a `max` above the counter's range would
 /// retry an image that always fails forever, and it would never end.
@@ -128,9 +133,9 @@ pub enum Action {
         /// Upstream's batch id.
         batch_id: String,
     },
-    /// Ask upstream to cancel a batch core has given up on (`batch_overdue_ms`). Core needs no
-    /// answer: the batch's images have already gone round again, and anything it still
-    /// reports is ignored.
+    /// Ask upstream to cancel a batch that passed the policy's `batch_overdue_ms`. Core needs
+    /// no answer: it goes on polling the batch, and a refusal (the batch has just ended)
+    /// changes nothing.
     CancelBatch {
         /// Core's handle.
         batch: BatchRef,
@@ -439,6 +444,8 @@ struct BatchRec {
     /// stage again (most polls: a batch runs for hours) leaves them as they are instead of
     /// walking every image.
     reported: Stage,
+    /// When core asked upstream to cancel it (`batch_overdue_ms`).
+    cancel_sent: Option<Time>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1776,6 +1783,7 @@ impl Engine {
             download_pending: false,
             queue_released: !reserved,
             terminal_state: None,
+            cancel_sent: None,
             reported: Stage::Preparing,
         });
     }
@@ -1821,12 +1829,16 @@ impl Engine {
         });
     }
 
-    /// Ends running `batch` if the policy's time for it is up, and says whether it did:
-    /// past `poll_give_up_ms` its images fail (the seed's bug, made visible); past
-    /// `batch_overdue_ms` upstream is asked to cancel it and its images go round again.
+    /// Acts on running `batch` if the policy's time for it is up, and says whether that ended
+    /// it. Past `poll_give_up_ms` its images fail (the seed's bug, made visible). Past
+    /// `batch_overdue_ms` upstream is asked to cancel it and polling goes on: once it ends,
+    /// its partial results are downloaded (and billed) as any cancelled batch's, its tokens
+    /// leave the queue, and the images without a result go round again. Only a batch that
+    /// has not ended [`CANCEL_GRACE`] after the cancel is let go of without its results.
     fn time_up(&mut self, now: Time, batch: BatchRef) -> bool {
         let policy = &self.cfg.policy;
-        let age = now - self.batches[batch.0 as usize].created_at;
+        let b = &self.batches[batch.0 as usize];
+        let age = now - b.created_at;
         let past = |limit: Option<u64>| limit.filter(|&ms| age >= Duration::from_millis(ms));
         if let Some(after_ms) = past(policy.poll_give_up_ms) {
             for img in self.let_go(batch) {
@@ -1834,19 +1846,30 @@ impl Engine {
                     self.finish(now, img, Err(FailReason::PollingAbandoned { after_ms }));
                 }
             }
-        } else if past(policy.batch_overdue_ms).is_some() {
-            self.stats.batches_overdue += 1;
-            if let Some(batch_id) = self.batches[batch.0 as usize].batch_id.clone() {
-                self.actions
-                    .push_back(Action::CancelBatch { batch, batch_id });
-            }
-            for img in self.let_go(batch) {
-                self.batch_attempt_failed(now, img, "batch_overdue");
-            }
-        } else {
+            return true;
+        }
+        if past(policy.batch_overdue_ms).is_none() {
             return false;
         }
-        true
+        match b.cancel_sent {
+            None => {
+                self.stats.batches_overdue += 1;
+                let b = &mut self.batches[batch.0 as usize];
+                b.cancel_sent = Some(now);
+                if let Some(batch_id) = b.batch_id.clone() {
+                    self.actions
+                        .push_back(Action::CancelBatch { batch, batch_id });
+                }
+                false
+            }
+            Some(sent) if now - sent >= CANCEL_GRACE => {
+                for img in self.let_go(batch) {
+                    self.batch_attempt_failed(now, img, "batch_overdue");
+                }
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// Stops tracking running `batch`: frees its share of the enqueued-token queue and hands

@@ -1847,6 +1847,7 @@ tier = 1
 
 [upstream.batch]
 batch_outcomes = ["stuck"]
+cancel_delay_s = 600
 
 [images]
 width_px = 1024
@@ -1939,6 +1940,9 @@ fn a_batch_upstream_never_ends_is_given_up_by_tagstorm_and_strands_seed_proposed
     let (code, v, err) = run("tagstorm");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(v["upstream"]["batches_overdue"], 1);
+    // Its tokens stayed in the queue until upstream had cancelled it (up to 10 min), so no
+    // batch sent meanwhile was refused for the queue's limit.
+    assert_eq!(v["upstream"]["batches_token_limit"], 0);
     assert_eq!(v["images"]["tagged"], 3000);
     assert_eq!(v["images"]["pending"], 0);
     assert!(v["makespan_ms"].as_u64().unwrap() > 25 * 3_600_000);

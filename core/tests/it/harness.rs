@@ -52,8 +52,10 @@ enum Plan {
     FailValidation,
     TokenLimit,
     Expire,
-    /// In progress until cancelled, past any window.
+    /// In progress until cancelled, past any window, with nothing done.
     Stuck,
+    /// In progress forever: a cancel changes nothing.
+    Lost,
 }
 
 #[derive(Debug)]
@@ -94,8 +96,11 @@ pub struct Harness {
     /// Every failed download answer is delivered twice (a duplicated message).
     pub duplicate_download_failures: bool,
     pub fail_next_creates: u32,
-    /// This many of the next batches created never end by themselves (scripted).
+    /// This many of the next batches created never end by themselves (scripted), and end
+    /// cancelled with nothing done once cancelled.
     pub stuck_next_batches: u32,
+    /// This many of the next batches (after the stuck ones) never end, cancelled or not.
+    pub lost_next_batches: u32,
     limits: RateLimits,
     rng: Pcg64Mcg,
     deliveries: BinaryHeap<Reverse<(Time, u64, usize)>>,
@@ -139,6 +144,7 @@ impl Harness {
             duplicate_download_failures: false,
             fail_next_creates: 0,
             stuck_next_batches: 0,
+            lost_next_batches: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
             deliveries: BinaryHeap::new(),
@@ -328,6 +334,9 @@ impl Harness {
                     let plan = if self.stuck_next_batches > 0 {
                         self.stuck_next_batches -= 1;
                         Plan::Stuck
+                    } else if self.lost_next_batches > 0 {
+                        self.lost_next_batches -= 1;
+                        Plan::Lost
                     } else if self.chance(self.faults.batch_validation_fail) {
                         Plan::FailValidation
                     } else if self.chance(self.faults.batch_token_limit) {
@@ -424,6 +433,7 @@ impl Harness {
         };
         let age = self.now - b.created;
         let state = match b.plan {
+            Plan::Lost => BatchState::InProgress,
             _ if b.cancelled => BatchState::Cancelled,
             _ if age < Duration::from_secs(10) => BatchState::Validating,
             Plan::FailValidation => BatchState::Failed {
@@ -452,6 +462,10 @@ impl Harness {
             return Vec::new();
         };
         let (plan, images) = (b.plan, b.images.clone());
+        if plan == Plan::Stuck {
+            // Cancelled with nothing done: no line for any image.
+            return Vec::new();
+        }
         let mut lines = Vec::new();
         for (i, img) in images.iter().enumerate() {
             // An expired batch finished only its first half.

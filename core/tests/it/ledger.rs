@@ -66,7 +66,8 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(cfg: Config) -> Ledger {
-        let give_up = cfg.policy.poll_give_up_ms.is_some();
+        // A policy time limit can end core's tracking of a batch on any poll answer.
+        let give_up = cfg.policy.poll_give_up_ms.is_some() || cfg.policy.batch_overdue_ms.is_some();
         Ledger {
             engine: Engine::new(cfg).expect("valid config"),
             now: Time::ZERO,
@@ -149,9 +150,8 @@ impl Ledger {
                     self.batch_images.insert(*batch, images.clone());
                 }
                 Action::CancelBatch { batch, batch_id } => {
-                    // Core gave the batch up (batch_overdue_ms): its images may go out again.
+                    // Takes no answer; core goes on polling the batch.
                     assert_eq!(self.batch_ids.get(batch), Some(batch_id));
-                    self.batch_may_have_ended.insert(*batch);
                     continue;
                 }
                 _ => {}
@@ -462,7 +462,7 @@ impl Ledger {
                     ),
                     Err(_) => false,
                 };
-                if ends || (self.give_up && r.is_ok()) {
+                if ends || self.give_up {
                     self.batch_may_have_ended.insert(*batch);
                 }
                 self.engine.handle_batch_status(now, *batch, r);

@@ -256,7 +256,8 @@ fn seed_current_gives_up_after_an_hour_but_says_so() {
 #[test]
 fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
     // Upstream should end every batch within 24 h; one that it never ends would leave its
-    // images pending forever. tagstorm gives it up at 25 h, cancels it and batches them again.
+    // images pending forever. tagstorm cancels it at 25 h, polls until it has ended, then
+    // batches its images again. Its tokens stay counted in the queue until it has ended.
     let mut h = harness(Policy::tagstorm(), 8);
     h.batch_turnaround = Duration::from_secs(3600);
     h.stuck_next_batches = 1;
@@ -281,9 +282,40 @@ fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
         *at <= Time::ZERO + Duration::from_secs(26 * 3600),
         "cancelled at {at:?}"
     );
-    // Polling stopped with the cancel, and the stuck batch's images were tagged after it.
-    assert!(h.log.last_poll[cancelled] <= *at);
+    // Polled once more after the cancel (to see it cancelled), then no more; the stuck
+    // batch's images were tagged after it.
+    let last = h.log.last_poll[cancelled];
+    assert!(
+        last > *at && last < *at + Duration::from_secs(600),
+        "{last:?}"
+    );
     assert!(h.log.tagged.values().any(|(t, _)| t > at));
+}
+
+#[test]
+fn a_batch_that_ignores_its_cancel_is_let_go_an_hour_later() {
+    let mut h = harness(Policy::tagstorm(), 8);
+    h.batch_turnaround = Duration::from_secs(3600);
+    h.lost_next_batches = 1;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(72 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert!(
+        h.log.failed.is_empty(),
+        "{:?}",
+        h.log.failed.values().next()
+    );
+    let [(lost, at)] = &h.log.cancels[..] else {
+        panic!("one cancel expected: {:?}", h.log.cancels)
+    };
+    // Polled through the grace, then let go; the images went round again.
+    let last = h.log.last_poll[lost];
+    assert!(
+        last >= *at + tagstorm_core::engine::CANCEL_GRACE,
+        "{last:?}"
+    );
+    assert!(last < *at + tagstorm_core::engine::CANCEL_GRACE + Duration::from_secs(600));
+    assert!(h.log.tagged.values().any(|(t, _)| *t > last));
 }
 
 #[test]
