@@ -514,6 +514,15 @@ pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
                 policy.name = stem.to_string_lossy().into_owned();
             }
         }
+        // Results, folders and gate baselines are keyed by the name: a file named like a
+        // preset would be taken for it (and gated against its baseline entry).
+        if Policy::preset(&policy.name).is_some() {
+            return Err(CliError::Policy(format!(
+                "{spec}: this policy file is named `{}`, like the preset; rename the file or \
+                 give it another `name = \"...\"`",
+                policy.name
+            )));
+        }
         return Ok(policy);
     }
     Err(CliError::Policy(format!(

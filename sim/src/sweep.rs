@@ -41,7 +41,8 @@ is refused). A comma inside a quoted string, an array or an inline table does no
 --vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values.
 A value that makes the scenario or the policy invalid is reported, naming it, and nothing runs.
 In the table, * marks the lowest figure of each column where lower is better; the totals
-(makespan, 429s, retries, failed, cost) only when every value gives as many images.
+(makespan, 429s, retries, failed, cost) only when the swept field leaves the workload as it is
+(not an images.* or uploads.* field) and every value gives as many images.
 
 --json prints one line per value, {\"vary\": {\"key\": KEY, \"value\": VALUE}, \"results\": {...}},
 with the results object exactly as `run --set KEY=VALUE --json` prints it. --out DIR writes
@@ -455,15 +456,19 @@ fn columns() -> Vec<Column> {
 /// The cells of every row, each with whether it is the best of its column: the one with the
 /// lowest figure and every cell that reads the same (so cells that look equal are marked
 /// alike), and none in a column whose cells all read the same.
-fn cells(rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String, bool)>>) {
+fn cells(key: &str, rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String, bool)>>) {
     let cols = columns();
     let texts: Vec<Vec<String>> = rows
         .iter()
         .map(|(_, r)| cols.iter().map(|c| (c.cell)(r)).collect())
         .collect();
-    let same_work = rows
-        .iter()
-        .all(|(_, r)| r.images.total == rows[0].1.images.total);
+    // The images and uploads fields change what is tagged (an image's detail its tokens, too),
+    // not only how many images there are.
+    let workload_key = key.starts_with("images.") || key.starts_with("uploads");
+    let same_work = !workload_key
+        && rows
+            .iter()
+            .all(|(_, r)| r.images.total == rows[0].1.images.total);
     let best: Vec<Option<&str>> = cols
         .iter()
         .enumerate()
@@ -538,7 +543,7 @@ fn header(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> S
 pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> String {
     let mut out = header(s, policy, key, rows);
     out.push('\n');
-    let (cols, cells) = cells(rows);
+    let (cols, cells) = cells(key, rows);
     let key_w = rows
         .iter()
         .map(|(v, _)| v.chars().count())
@@ -597,7 +602,8 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
 /// What the table's columns mean, under it.
 const GUIDE: &str = "\
 * marks the lowest figure of each column where lower is better (ties all marked); the totals
-(makespan, 429s, retries, failed, cost) only when every value gives as many images. Read latencies
+(makespan, 429s, retries, failed, cost) only when the swept field is not an images.* or
+uploads.* field and every value gives as many images. Read latencies
 and cost with \"failed\": a value that drops images finishes early and pays less. Latencies run from the upload's start:
 \"first tag\" is when its user first sees a result, \"tagged\" is per image, \"complete\" when every
 image of the upload is tagged or failed. rt / batch: images tagged through the realtime and the
@@ -617,7 +623,7 @@ pub fn markdown(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]
         let _ = writeln!(out, "{}\n", s.spec.description.trim());
     }
     let _ = writeln!(out, "Account: {account}. Workload: {workload}.\n");
-    let (cols, cells) = cells(rows);
+    let (cols, cells) = cells(key, rows);
     let _ = write!(out, "| `{key}` |");
     for c in &cols {
         let _ = write!(out, " {} |", format!("{} {}", c.top, c.bottom).trim());

@@ -1880,6 +1880,17 @@ fn the_shipped_policy_file_runs_under_its_own_name() {
     // Named after the file, not the preset it extends; and it does what it says: batches
     // most of the work at about half the cost.
     assert_eq!(runs[1]["policy"], "cost-first");
+    // A file named like a preset would be taken for it, by gate too: refused.
+    let tmp = TempDir::new("preset-named");
+    let file = tmp.path("tagstorm.toml");
+    std::fs::write(&file, "extends = \"seed-current\"\n").unwrap();
+    let o = bin(&["run", TEN, "--policy", &file]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("named `tagstorm`, like the preset"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(
         runs[1]["images"]["tagged_batch"].as_u64() > runs[1]["images"]["tagged_realtime"].as_u64()
     );
@@ -1902,28 +1913,29 @@ fn every_shipped_scenario_configures_the_mock_too() {
 
 #[test]
 fn a_sweep_that_changes_the_workload_does_not_rank_its_totals() {
-    // Five images cost less than fifty: marking that cost "best" would say nothing about the
-    // policy. Latencies are per upload and still ranked.
-    let o = bin(&[
-        "sweep",
-        "scenarios/single-300-upload.toml",
-        "--vary",
-        "uploads.0.images=5,50",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let out = text(&o.stdout);
-    let rows: Vec<&str> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("uploads.0.images "))
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .collect();
-    assert_eq!(rows.len(), 2, "{out}");
-    for row in &rows {
-        let cost = row.split_whitespace().find(|c| c.starts_with('$')).unwrap();
-        assert!(!cost.ends_with('*'), "{row}");
+    // Five images cost less than fifty, and low detail less than high: marking that cost
+    // "best" would say nothing about the policy. Latencies are per upload and still ranked.
+    for (file, vary) in [
+        ("scenarios/single-300-upload.toml", "uploads.0.images=5,50"),
+        (TEN, "images.detail=\"low\",\"high\""),
+    ] {
+        let o = bin(&["sweep", file, "--vary", vary]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let out = text(&o.stdout);
+        let key = vary.split('=').next().unwrap();
+        let rows: Vec<&str> = out
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{key} ")))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        for row in &rows {
+            let cost = row.split_whitespace().find(|c| c.starts_with('$')).unwrap();
+            assert!(!cost.ends_with('*'), "{row}");
+        }
+        assert!(rows.iter().any(|r| r.contains("s*")), "{out}");
     }
-    assert!(rows.iter().any(|r| r.contains("s*")), "{out}");
 }
 
 #[test]
