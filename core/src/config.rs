@@ -527,6 +527,13 @@ pub fn plain_message(m: &str) -> String {
     for (from, to) in TYPES {
         out = out.replace(from, to);
     }
+    // toml's words for an integer past 64 bits.
+    if out.contains("integer `") {
+        out = out.replace(
+            ", expected any valid TOML value",
+            ", larger than TOML's largest integer, 9223372036854775807",
+        );
+    }
     out
 }
 
@@ -554,6 +561,10 @@ mod tests {
                 "invalid type: string \"x\", expected a number",
             ),
             ("unknown field `acount`", "unknown field `acount`"),
+            (
+                "invalid type: integer `99999999999999999999`, expected any valid TOML value",
+                "invalid type: integer `99999999999999999999`, larger than TOML's largest integer, 9223372036854775807",
+            ),
         ];
         for (m, want) in cases {
             assert_eq!(plain_message(m), want);

@@ -386,7 +386,8 @@ fn parse_limit_s(s: &str) -> Result<f64, String> {
 
 fn parse_failed_pct(s: &str) -> Result<f64, String> {
     match s.trim_end_matches('%').parse::<f64>() {
-        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        // `+ 0.0` turns -0 into 0, which prints without a sign.
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v + 0.0),
         _ => Err(format!(
             "expected a percentage from 0 to 100, such as 1 or 0.5, got {s:?}"
         )),

@@ -692,6 +692,21 @@ pub fn policy_file(file: &str, text: &str) -> Result<Policy, ScenarioError> {
     loc.document()?;
     Policy::from_toml_str(text).map_err(|e| match e {
         PolicyError::Invalid { field, message } => loc.at(&FieldPath::parse(&field), message),
+        // A value the document parser kept but toml's reader refuses (an integer past 64
+        // bits): toml's own report, whose reason is its last line, names the line.
+        PolicyError::Toml(m) if m.starts_with("TOML parse error at line ") => {
+            let line: Option<usize> = m["TOML parse error at line ".len()..]
+                .split(',')
+                .next()
+                .and_then(|n| n.trim().parse().ok());
+            let key = line
+                .and_then(|l| text.lines().nth(l.saturating_sub(1)))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().trim_matches(['"', '\'']).to_owned())
+                .unwrap_or_default();
+            let reason = m.lines().last().unwrap_or_default();
+            loc.at(&FieldPath::parse(&key), clean_message(reason))
+        }
         PolicyError::Toml(m) => {
             // Core reads the file into a plain table first, so toml's message has no line; it
             // names the key as "in `key`" on a line of its own, or in the message itself.
@@ -1196,10 +1211,12 @@ fn clean_message(m: &str) -> String {
         .next()
         .unwrap_or_default()
         .trim_end_matches('.');
+    // Lower-case the first letter of a sentence, not of an acronym ("TOML parse error").
     let mut c = line.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => String::new(),
+    match (c.next(), c.clone().next()) {
+        (Some(f), Some(g)) if g.is_uppercase() => std::iter::once(f).chain(c).collect(),
+        (Some(f), _) => f.to_lowercase().chain(c).collect(),
+        (None, _) => String::new(),
     }
 }
 
@@ -1620,6 +1637,18 @@ at_s = 0
             &[],
             "x.toml:14: uploads: 4097 [[uploads]] groups; at most 4096 are supported",
         );
+    }
+
+    #[test]
+    fn a_policy_value_past_64_bits_names_its_line_and_field() {
+        let e = policy_file(
+            "p.toml",
+            "extends = \"tagstorm\"\nchunk_size = 99999999999999999999\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.toml:2: chunk_size: "), "{e}");
+        assert!(!e.contains("tOML"), "{e}");
     }
 
     #[test]

@@ -339,23 +339,22 @@ fn redact_keys(table: &toml::Table, message: &str) -> String {
     out
 }
 
-/// A TOML syntax error as `line L, column C: message`, without the parser's snippet of the
+/// A TOML syntax error located as every other config error is, `(path:LINE, field: message)`
+/// (the field written on that line, when there is one), without the parser's snippet of the
 /// offending line: that line may hold an API key.
-fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+fn syntax_error(path: &str, text: &str, e: &toml::de::Error) -> (String, String) {
+    let message = plain_message(e.message());
     match e.span() {
         Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before
-                .rsplit('\n')
-                .next()
-                .map_or(1, |l| l.chars().count() + 1);
-            format!(
-                "line {line}, column {column}: {}",
-                plain_message(e.message())
-            )
+            let (line, field) = field_at(text, span.start);
+            let message = if field.is_empty() {
+                message
+            } else {
+                format!("{field}: {message}")
+            };
+            (format!("{path}:{line}"), message)
         }
-        None => plain_message(e.message()),
+        None => (path.to_owned(), message),
     }
 }
 
@@ -407,16 +406,20 @@ pub const SCENARIO_KEYS: [&str; 7] = [
 /// The 1-based line where top-level `key` is written (`key =`, `[key]`, `[key.…]` or
 /// `[[key]]`), if it is.
 fn top_level_line(text: &str, key: &str) -> Option<usize> {
+    let named = |rest: &str| {
+        rest.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with(['=', ']', '.']))
+    };
+    // A `key =` line is top-level only before the first table header.
+    let mut in_table = false;
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            let named = |rest: &str| {
-                rest.strip_prefix(key)
-                    .is_some_and(|r| r.trim_start().starts_with(['=', ']', '.']))
-            };
-            named(l)
-                || l.strip_prefix("[[").is_some_and(named)
-                || l.strip_prefix('[').is_some_and(named)
+            if let Some(header) = l.strip_prefix('[') {
+                in_table = true;
+                return named(header.strip_prefix('[').unwrap_or(header));
+            }
+            !in_table && named(l)
         })
         .map(|i| i + 1)
 }
@@ -427,12 +430,10 @@ impl ServerConfig {
     /// `[[uploads]]`, …) are ignored, so a scenario file works as a configuration file; any
     /// other top-level key is refused, so a misspelt table is not silently dropped.
     pub fn apply_toml(&mut self, text: &str, path: &str) -> Result<(), LoadError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| LoadError::Parse {
-                path: path.to_owned(),
-                message: syntax_error(text, &e),
-            })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let (path, message) = syntax_error(path, text, &e);
+            LoadError::Parse { path, message }
+        })?;
         let known = |k: &str| CONFIG_KEYS.contains(&k) || SCENARIO_KEYS.contains(&k);
         if let Some(unknown) = table.keys().find(|k| !known(k)) {
             return Err(LoadError::Parse {
@@ -805,6 +806,9 @@ keys = [{ key = "sk-small", rpm = 3 }]
         assert!(e.starts_with("m.toml:1: upload: unknown"), "{e}");
         let e = load("[upstreem.batch]\nfail_rate = 0\n").unwrap_err();
         assert!(e.starts_with("m.toml:1: upstreem: unknown"), "{e}");
+        // A key of the same name inside a table is not the stray top-level one.
+        let e = load("[mock_server]\nkeys = []\n\n[[keys]]\nkey = \"k\"\n").unwrap_err();
+        assert!(e.starts_with("m.toml:4: keys: unknown"), "{e}");
         // A scenario's own tables are not the mock's, and stay allowed.
         load(
             "name = \"x\"\ndescription = \"y\"\n[images]\n[[uploads]]\n[policy]\n[prices]\n[sim]\n",
