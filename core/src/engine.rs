@@ -472,6 +472,8 @@ pub struct Engine {
     front_credited: bool,
     /// Every upload's head, in upload order, served before the ring.
     heads: VecDeque<ImageId>,
+    /// The charges of `heads`, summed (saturating, an estimate for routing like the backlog).
+    heads_tokens: u64,
     /// Workspaces with images waiting for a batch, by first arrival.
     batch_waiting: VecDeque<usize>,
     /// Something that can change a batch plan happened (new images, queue room, a hold ended)
@@ -542,6 +544,7 @@ impl Engine {
             ring: VecDeque::new(),
             front_credited: false,
             heads: VecDeque::new(),
+            heads_tokens: 0,
             batch_waiting: VecDeque::new(),
             batch_dirty: false,
             in_flight: HashMap::default(),
@@ -1183,7 +1186,7 @@ impl Engine {
                 }
             }
             Routing::Adaptive => {
-                let (realtime, _batch) = self.adaptive_split(id, deadline);
+                let (realtime, _batch) = self.adaptive_split(now, id, deadline);
                 let head = realtime.min(self.cfg.policy.realtime_head_images);
                 for index in 0..head {
                     self.enqueue_realtime(ImageId { upload: id, index }, Lane::Head);
@@ -1201,7 +1204,7 @@ impl Engine {
     /// it can finish by the deadline under the account's remaining rate, given the work already
     /// queued; with `prefer = latency`, everything stays realtime when realtime would finish
     /// before a batch would come back anyway.
-    fn adaptive_split(&self, id: UploadId, deadline: Duration) -> (u32, u32) {
+    fn adaptive_split(&self, now: Time, id: UploadId, deadline: Duration) -> (u32, u32) {
         let u = &self.uploads[id.0 as usize];
         let n = u.images.len() as u32;
         let per_image = u
@@ -1234,16 +1237,20 @@ impl Engine {
         let head = n.min(self.cfg.policy.realtime_head_images);
         let wait = |tokens: u64, requests: u64| -> Duration {
             self.drain_time(
+                now,
                 tokens.saturating_add(ahead_tokens),
                 requests.saturating_add(ahead_requests),
             ) + self.realtime_latency
         };
         // Heads are served before every workspace's other work, in upload order, so only the
-        // heads already queued run ahead of this one (each estimated at this upload's charge),
-        // not the backlog of everyone's tails.
-        let heads = u64::from(head).saturating_add(self.heads.len() as u64);
-        let head_wait =
-            self.drain_time(heads.saturating_mul(per_image), heads) + self.realtime_latency;
+        // heads already queued run ahead of this one, not the backlog of everyone's tails.
+        let head_wait = self.drain_time(
+            now,
+            u64::from(head)
+                .saturating_mul(per_image)
+                .saturating_add(self.heads_tokens),
+            u64::from(head).saturating_add(self.heads.len() as u64),
+        ) + self.realtime_latency;
         if head > 0 && head_wait > deadline {
             return (0, n);
         }
@@ -1264,6 +1271,7 @@ impl Engine {
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             if self.drain_time(
+                now,
                 u64::from(mid)
                     .saturating_mul(per_image)
                     .saturating_add(ahead_tokens),
@@ -1281,17 +1289,26 @@ impl Engine {
         (fit, n - fit)
     }
 
-    /// Time for the account's paced limits to let `tokens` and `requests` through, given what
-    /// the buckets hold right now.
-    fn drain_time(&self, tokens: u64, requests: u64) -> Duration {
-        let per = |bucket: &Bucket, amount: u64| -> Duration {
-            // Every bucket refills `limit` per `window`; a full bucket's capacity passes at once.
-            let beyond = amount.saturating_sub(bucket.capacity());
+    /// Time for the account's paced limits to let `tokens` and `requests` through: the
+    /// per-minute buckets as if full (a minute's burst passes at once, then they refill at
+    /// their rate), and the daily one as it stands at `now`, since a day's requests, once
+    /// spent, come back only over the day.
+    fn drain_time(&self, now: Time, tokens: u64, requests: u64) -> Duration {
+        let after = |bucket: &Bucket, amount: u64, at_once: u64| -> Duration {
+            // Every bucket refills `limit` per `window`.
+            let beyond = amount.saturating_sub(at_once);
             let nanos =
                 u128::from(beyond) * bucket.window().as_nanos() / u128::from(bucket.limit().max(1));
             Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
         };
-        per(self.account.tokens(), tokens).max(per(self.account.requests(), requests))
+        let per = |bucket: &Bucket, amount: u64| after(bucket, amount, bucket.capacity());
+        let daily = self
+            .account
+            .requests_per_day()
+            .map_or(Duration::ZERO, |b| after(b, requests, b.remaining(now)));
+        per(self.account.tokens(), tokens)
+            .max(per(self.account.requests(), requests))
+            .max(daily)
     }
 
     fn route_range(&mut self, id: UploadId, range: std::ops::Range<u32>, route: Route) {
@@ -1337,6 +1354,7 @@ impl Engine {
         self.backlog_requests += 1;
         if lane == Lane::Head {
             self.heads.push_back(image);
+            self.heads_tokens = self.heads_tokens.saturating_add(charge);
             return;
         }
         let w = &mut self.workspaces[ws];
@@ -1384,6 +1402,12 @@ impl Engine {
         self.flush_progress(now);
     }
 
+    /// Takes the front of `heads`, whose charge is `tokens`.
+    fn pop_head(&mut self, tokens: u64) {
+        self.heads.pop_front();
+        self.heads_tokens = self.heads_tokens.saturating_sub(tokens);
+    }
+
     fn dispatch_realtime(&mut self, now: Time) {
         if self.pacing_wake.is_some_and(|t| t > now) {
             return;
@@ -1403,13 +1427,13 @@ impl Engine {
             };
             if self.workspaces[ws].blocked_until > now {
                 // Its workspace is out of quota: the head waits at the front of its own queue.
-                self.heads.pop_front();
+                self.pop_head(tokens);
                 self.park_in_workspace(ws, image);
                 continue;
             }
             match self.admit(now, ws, charge) {
                 Ok(()) => {
-                    self.heads.pop_front();
+                    self.pop_head(tokens);
                     self.leave_backlog(tokens);
                     self.send_realtime(now, image, ws, charge);
                 }
@@ -1419,7 +1443,7 @@ impl Engine {
                     self.workspaces[ws].blocked_until = earliest;
                     earliest_blocked =
                         Some(earliest_blocked.map_or(earliest, |e: Time| e.min(earliest)));
-                    self.heads.pop_front();
+                    self.pop_head(tokens);
                     self.park_in_workspace(ws, image);
                 }
                 Err(Denied::NotUntil { earliest, .. }) => {
@@ -1432,7 +1456,7 @@ impl Engine {
                     dimension,
                     ..
                 }) => {
-                    self.heads.pop_front();
+                    self.pop_head(tokens);
                     self.leave_backlog(tokens);
                     self.never_fits(now, image, requested, capacity, dimension);
                 }

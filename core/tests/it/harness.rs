@@ -1,11 +1,12 @@
 //! A virtual-time driver for the engine against a fake upstream that enforces the same limits.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
+use tagstorm_core::cost::Channel;
 use tagstorm_core::limit::{Denied, Observed, RateLimits};
 use tagstorm_core::tokens::{Detail, ImageSpec, Usage};
 use tagstorm_core::{
@@ -70,6 +71,8 @@ struct FakeBatch {
 #[derive(Debug, Default)]
 pub struct Log {
     pub tagged: BTreeMap<ImageId, (Time, u32)>,
+    /// The tagged images whose tags came from a realtime request.
+    pub tagged_realtime: BTreeSet<ImageId>,
     pub failed: BTreeMap<ImageId, (FailReason, u32)>,
     pub upload_complete: BTreeMap<UploadId, Time>,
     pub upload_start: BTreeMap<UploadId, Time>,
@@ -202,8 +205,13 @@ impl Harness {
         }
         while let Some(event) = self.engine.poll_event() {
             match event {
-                Event::ImageTagged { image, at, .. } => {
-                    self.log.tagged.entry(image).or_insert((at, 0)).1 += 1
+                Event::ImageTagged {
+                    image, at, channel, ..
+                } => {
+                    self.log.tagged.entry(image).or_insert((at, 0)).1 += 1;
+                    if channel == Channel::Realtime {
+                        self.log.tagged_realtime.insert(image);
+                    }
                 }
                 Event::ImageFailed { image, reason, .. } => {
                     self.log.failed.entry(image).or_insert((reason, 0)).1 += 1

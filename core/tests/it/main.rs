@@ -775,3 +775,63 @@ proptest! {
         l.run(&script);
     }
 }
+
+#[test]
+fn heads_queued_ahead_are_counted_at_their_own_charge() {
+    // 41 uploads of 3 high-detail images (25,517 tokens each at gpt-4o-mini's image rate) put
+    // 3.1 M tokens of heads ahead of 150 small uploads at 200,000 TPM: about 16 minutes. Priced
+    // at a small upload's charge the queue looked like seconds, and those heads went realtime
+    // to wait past the 15-minute deadline; now the router sees the wait and batches them.
+    let mut h = harness(Policy::tagstorm(), 5);
+    let high = image(1024, 1024, Detail::High);
+    let mut ups: Vec<(UploadId, u32)> = (0..41).map(|u| (h.upload(u, vec![high; 3]), 3)).collect();
+    let lows: Vec<UploadId> = (100..250).map(|u| h.upload(u, vec![low(); 3])).collect();
+    ups.extend(lows.iter().map(|&u| (u, 3)));
+    h.run(Duration::from_secs(48 * 3600));
+    h.assert_all_terminal_once(&ups);
+    // The estimate is an estimate (request latency is a running average): a minute's slack.
+    // Before, the last of these heads went realtime and was tagged 21 minutes in.
+    let deadline = Time::from_secs(16 * 60);
+    for &up in &lows {
+        for index in 0..3 {
+            let img = ImageId { upload: up, index };
+            let at = h.log.tagged[&img].0;
+            assert!(
+                at <= deadline || !h.log.tagged_realtime.contains(&img),
+                "{img} went realtime and was tagged at {at:?}, past the deadline"
+            );
+        }
+    }
+}
+
+#[test]
+fn heads_are_batched_when_the_days_requests_are_spent() {
+    // One 3-image upload every 10 s for 20 h at Tier 1 spends its 10,000 requests a day in
+    // about 9 h. Realtime then frees one request every 8.6 s, less than the uploads bring, so
+    // heads sent realtime waited hours (2.7 h at worst); the estimate now counts the day's
+    // requests left, and such heads go to the Batch API (20 minutes here) instead.
+    let mut h = harness(Policy::tagstorm(), 6);
+    let mut ups = Vec::new();
+    for i in 0..(20 * 360) {
+        ups.push((h.upload(i % 50, vec![low(); 3]), 3));
+        h.run(Duration::from_secs(10));
+    }
+    h.run(Duration::from_secs(72 * 3600));
+    h.assert_all_terminal_once(&ups);
+    let worst = ups
+        .iter()
+        .map(|&(up, _)| {
+            let first = (0..3)
+                .map(|index| h.log.tagged[&ImageId { upload: up, index }].0)
+                .min()
+                .unwrap();
+            first - h.log.upload_start[&up]
+        })
+        .max()
+        .unwrap();
+    assert!(
+        worst < Duration::from_secs(30 * 60),
+        "worst first tag after {worst:?}"
+    );
+    assert!(h.log.batches_created > 0);
+}
