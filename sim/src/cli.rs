@@ -1057,6 +1057,8 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
                     let _ = std::fs::remove_file(&probe);
                     Ok(())
                 }
+                // One left behind by a process of the same id: files can be made here.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
                 Err(e) => fail(a, &e.to_string().to_lowercase()),
             }
         }
