@@ -253,14 +253,17 @@ fn seed_current_gives_up_after_an_hour_but_says_so() {
     assert_eq!(h.log.failed.len(), 300);
 }
 
-#[test]
-fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
-    // Upstream should end every batch within 24 h; one that it never ends would leave its
-    // images pending forever. tagstorm cancels it at 25 h, polls until it has ended, then
-    // batches its images again. Its tokens stay counted in the queue until it has ended.
+/// One 3,000-image upload under tagstorm whose first batch upstream never ends by itself
+/// (`stuck`: it ends once cancelled; else it ignores the cancel too), run until idle. Every
+/// image must end tagged; returns the harness and the one cancel (batch id, when).
+fn unended_batch(stuck: bool) -> (Harness, String, Time) {
     let mut h = harness(Policy::tagstorm(), 8);
     h.batch_turnaround = Duration::from_secs(3600);
-    h.stuck_next_batches = 1;
+    if stuck {
+        h.stuck_next_batches = 1;
+    } else {
+        h.lost_next_batches = 1;
+    }
     let up = h.upload(1, vec![low(); 3_000]);
     h.run(Duration::from_secs(72 * 3600));
     h.assert_all_terminal_once(&[(up, 3_000)]);
@@ -270,51 +273,46 @@ fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
         h.log.failed.values().next()
     );
     assert_eq!(h.engine.stats().batches_overdue, 1);
-    let [(cancelled, at)] = &h.log.cancels[..] else {
+    let [(id, at)] = &h.log.cancels[..] else {
         panic!("one cancel expected: {:?}", h.log.cancels)
     };
-    let first = h.log.first_poll[cancelled];
+    let (id, at) = (id.clone(), *at);
+    // Cancelled at 25 h (polls run every 30 s).
+    let first = h.log.first_poll[&id];
     assert!(
-        *at >= first + Duration::from_secs(24 * 3600),
+        at >= first + Duration::from_secs(24 * 3600),
         "cancelled at {at:?}"
     );
     assert!(
-        *at <= Time::ZERO + Duration::from_secs(26 * 3600),
+        at <= Time::ZERO + Duration::from_secs(26 * 3600),
         "cancelled at {at:?}"
     );
+    (h, id, at)
+}
+
+#[test]
+fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
+    // Upstream should end every batch within 24 h; one that it never ends would leave its
+    // images pending forever. tagstorm cancels it at 25 h, polls until it has ended, then
+    // batches its images again. Its tokens stay counted in the queue until it has ended.
+    let (h, id, at) = unended_batch(true);
     // Polled once more after the cancel (to see it cancelled), then no more; the stuck
     // batch's images were tagged after it.
-    let last = h.log.last_poll[cancelled];
+    let last = h.log.last_poll[&id];
     assert!(
-        last > *at && last < *at + Duration::from_secs(600),
+        last > at && last < at + Duration::from_secs(600),
         "{last:?}"
     );
-    assert!(h.log.tagged.values().any(|(t, _)| t > at));
+    assert!(h.log.tagged.values().any(|(t, _)| *t > at));
 }
 
 #[test]
 fn a_batch_that_ignores_its_cancel_is_let_go_an_hour_later() {
-    let mut h = harness(Policy::tagstorm(), 8);
-    h.batch_turnaround = Duration::from_secs(3600);
-    h.lost_next_batches = 1;
-    let up = h.upload(1, vec![low(); 3_000]);
-    h.run(Duration::from_secs(72 * 3600));
-    h.assert_all_terminal_once(&[(up, 3_000)]);
-    assert!(
-        h.log.failed.is_empty(),
-        "{:?}",
-        h.log.failed.values().next()
-    );
-    let [(lost, at)] = &h.log.cancels[..] else {
-        panic!("one cancel expected: {:?}", h.log.cancels)
-    };
+    let (h, id, at) = unended_batch(false);
     // Polled through the grace, then let go; the images went round again.
-    let last = h.log.last_poll[lost];
-    assert!(
-        last >= *at + tagstorm_core::engine::CANCEL_GRACE,
-        "{last:?}"
-    );
-    assert!(last < *at + tagstorm_core::engine::CANCEL_GRACE + Duration::from_secs(600));
+    let last = h.log.last_poll[&id];
+    assert!(last >= at + tagstorm_core::engine::CANCEL_GRACE, "{last:?}");
+    assert!(last < at + tagstorm_core::engine::CANCEL_GRACE + Duration::from_secs(600));
     assert!(h.log.tagged.values().any(|(t, _)| *t > last));
 }
 
