@@ -302,7 +302,8 @@ pub struct Stats {
     pub batches_created: u64,
     /// Images moved from the realtime queue to the batch queue after a failure.
     pub fallbacks_to_batch: u64,
-    /// Batches given up on after `batch_overdue_ms` (each with an [`Action::CancelBatch`]).
+    /// Batches still running past `batch_overdue_ms`, each cancelled once with an
+    /// [`Action::CancelBatch`] (upstream may refuse: the batch had just ended).
     pub batches_overdue: u64,
 }
 
@@ -472,8 +473,8 @@ pub struct Engine {
     front_credited: bool,
     /// Every upload's head, in upload order, served before the ring.
     heads: VecDeque<ImageId>,
-    /// The charges of `heads`, summed (saturating, an estimate for routing like the backlog).
-    heads_tokens: u64,
+    /// The charges of `heads`, summed: in 128 bits, since a charge may be up to `u64::MAX`.
+    heads_tokens: u128,
     /// Workspaces with images waiting for a batch, by first arrival.
     batch_waiting: VecDeque<usize>,
     /// Something that can change a batch plan happened (new images, queue room, a hold ended)
@@ -1248,7 +1249,7 @@ impl Engine {
             now,
             u64::from(head)
                 .saturating_mul(per_image)
-                .saturating_add(self.heads_tokens),
+                .saturating_add(u64::try_from(self.heads_tokens).unwrap_or(u64::MAX)),
             u64::from(head).saturating_add(self.heads.len() as u64),
         ) + self.realtime_latency;
         if head > 0 && head_wait > deadline {
@@ -1304,7 +1305,7 @@ impl Engine {
         let per = |bucket: &Bucket, amount: u64| after(bucket, amount, bucket.capacity());
         let daily = self
             .account
-            .requests_per_day()
+            .rpd()
             .map_or(Duration::ZERO, |b| after(b, requests, b.remaining(now)));
         per(self.account.tokens(), tokens)
             .max(per(self.account.requests(), requests))
@@ -1354,7 +1355,7 @@ impl Engine {
         self.backlog_requests += 1;
         if lane == Lane::Head {
             self.heads.push_back(image);
-            self.heads_tokens = self.heads_tokens.saturating_add(charge);
+            self.heads_tokens += u128::from(charge);
             return;
         }
         let w = &mut self.workspaces[ws];
@@ -1405,7 +1406,7 @@ impl Engine {
     /// Takes the front of `heads`, whose charge is `tokens`.
     fn pop_head(&mut self, tokens: u64) {
         self.heads.pop_front();
-        self.heads_tokens = self.heads_tokens.saturating_sub(tokens);
+        self.heads_tokens -= u128::from(tokens);
     }
 
     fn dispatch_realtime(&mut self, now: Time) {
@@ -1854,7 +1855,8 @@ impl Engine {
     }
 
     /// Acts on running `batch` if the policy's time for it is up, and says whether that ended
-    /// it. Past `poll_give_up_ms` its images fail (the seed's bug, made visible). Past
+    /// it. Past `poll_give_up_ms` its images fail (the seed's bug, made visible), unless it
+    /// has been cancelled as overdue already. Past
     /// `batch_overdue_ms` upstream is asked to cancel it and polling goes on: once it ends,
     /// its partial results are downloaded (and billed) as any cancelled batch's, its tokens
     /// leave the queue, and the images without a result go round again. Only a batch that
@@ -1864,7 +1866,10 @@ impl Engine {
         let b = &self.batches[batch.0 as usize];
         let age = now - b.created_at;
         let past = |limit: Option<u64>| limit.filter(|&ms| age >= Duration::from_millis(ms));
-        if let Some(after_ms) = past(policy.poll_give_up_ms) {
+        // Once a cancel is out, the batch's end (and its partial results) is waited for, up
+        // to the grace, whatever the give-up says.
+        let give_up = past(policy.poll_give_up_ms).filter(|_| b.cancel_sent.is_none());
+        if let Some(after_ms) = give_up {
             for img in self.let_go(batch) {
                 if self.stage(img).is_some_and(|s| !s.is_terminal()) {
                     self.finish(now, img, Err(FailReason::PollingAbandoned { after_ms }));

@@ -778,11 +778,6 @@ impl RateLimits {
         &self.tokens
     }
 
-    /// The requests-per-day bucket, if the account has one.
-    pub fn requests_per_day(&self) -> Option<&Bucket> {
-        self.rpd.as_ref()
-    }
-
     /// The requests-per-day bucket, if configured.
     pub fn rpd(&self) -> Option<&Bucket> {
         self.rpd.as_ref()

@@ -184,7 +184,8 @@ pub struct UpstreamCounts {
     pub batches_token_limit: u64,
     /// Batches that ended `expired`.
     pub batches_expired: u64,
-    /// Batches core gave up on and cancelled, still running past `policy.batch_overdue_ms`.
+    /// Batches still running past `policy.batch_overdue_ms`, which core asked upstream to
+    /// cancel.
     pub batches_overdue: u64,
     /// Batch status polls.
     pub batch_polls: u64,

@@ -59,15 +59,17 @@ pub struct Ledger {
     complete: HashSet<UploadId>,
     tickets: Vec<(ImageId, Channel, Option<BatchRef>)>,
     next_request_seen: u64,
-    give_up: bool,
     /// The batch answered since the last pending check.
     answered_batch: Option<BatchRef>,
+    /// When each batch was created (its first create answer), and when core will have sent
+    /// its cancel (the first poll answer past `batch_overdue_ms`): the policy's time limits
+    /// end core's hold on a batch at those times, as `time_up` does.
+    created_at: HashMap<BatchRef, Time>,
+    cancel_at: HashMap<BatchRef, Time>,
 }
 
 impl Ledger {
     pub fn new(cfg: Config) -> Ledger {
-        // A policy time limit can end core's tracking of a batch on any poll answer.
-        let give_up = cfg.policy.poll_give_up_ms.is_some() || cfg.policy.batch_overdue_ms.is_some();
         Ledger {
             engine: Engine::new(cfg).expect("valid config"),
             now: Time::ZERO,
@@ -84,8 +86,9 @@ impl Ledger {
             complete: HashSet::new(),
             tickets: Vec::new(),
             next_request_seen: 0,
-            give_up,
             answered_batch: None,
+            created_at: HashMap::new(),
+            cancel_at: HashMap::new(),
         }
     }
 
@@ -445,6 +448,8 @@ impl Ledger {
                 } else {
                     let id = format!("batch_{}", batch.0);
                     self.batch_ids.insert(*batch, id.clone());
+                    // A re-delivered create answer does not move the batch's birth.
+                    self.created_at.entry(*batch).or_insert(now);
                     Ok(id)
                 };
                 self.engine.handle_batch_created(now, *batch, r);
@@ -462,7 +467,21 @@ impl Ledger {
                     ),
                     Err(_) => false,
                 };
-                if ends || self.give_up {
+                // Whether this answer lets core's time limits end its hold on the batch.
+                let p = &self.engine.config().policy;
+                let age = now - self.created_at[batch];
+                let past = |l: Option<u64>| l.is_some_and(|ms| age >= Duration::from_millis(ms));
+                let cancelled = self.cancel_at.get(batch).copied();
+                let mut let_go = past(p.poll_give_up_ms) && cancelled.is_none();
+                if !let_go && past(p.batch_overdue_ms) {
+                    match cancelled {
+                        None => {
+                            self.cancel_at.insert(*batch, now);
+                        }
+                        Some(c) => let_go = now - c >= tagstorm_core::engine::CANCEL_GRACE,
+                    }
+                }
+                if ends || let_go {
                     self.batch_may_have_ended.insert(*batch);
                 }
                 self.engine.handle_batch_status(now, *batch, r);

@@ -860,3 +860,108 @@ fn answers_for_unknown_batches_change_nothing() {
     assert_eq!(e.progress(Time::ZERO, up), before);
     assert_eq!(e.poll_timeout(), timer);
 }
+
+// ---- overdue batches (batch_overdue_ms) -----------------------------------------------------
+
+/// One 100-image upload under `policy`, batched whole and accepted at t = 0.
+fn overdue_setup(policy: Policy) -> (Engine, BatchRef, Vec<ImageId>) {
+    let mut e = engine(policy, 1);
+    upload(&mut e, Time::ZERO, vec![low(); 100]);
+    let files = batch_files(&actions(&mut e));
+    assert_eq!(files.len(), 1);
+    let (batch, images, _) = files[0].clone();
+    accept(&mut e, Time::ZERO, batch);
+    (e, batch, images)
+}
+
+/// seed-proposed with a 2-hour overdue limit (and `give_up_ms`, if any).
+fn overdue_policy(give_up_ms: Option<u64>) -> Policy {
+    Policy {
+        batch_overdue_ms: Some(2 * 3_600_000),
+        poll_give_up_ms: give_up_ms,
+        ..Policy::seed_proposed()
+    }
+}
+
+#[test]
+fn an_overdue_batch_whose_cancel_is_refused_is_still_downloaded_and_credited() {
+    // The batch was finalizing when the cancel went out: upstream refuses it and completes.
+    let (mut e, batch, images) = overdue_setup(overdue_policy(None));
+    let overdue = Time::from_secs(2 * 3600);
+    let (_, mut seen) = poll_until(&mut e, batch, Time::from_secs(4 * 3600), |now| {
+        if now < overdue {
+            status(BatchState::InProgress)
+        } else if now < overdue + Duration::from_secs(300) {
+            status(BatchState::Finalizing)
+        } else {
+            status(BatchState::Completed)
+        }
+    });
+    seen.extend(actions(&mut e));
+    let cancels = seen
+        .iter()
+        .filter(|a| matches!(a, Action::CancelBatch { .. }))
+        .count();
+    assert_eq!(cancels, 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|a| matches!(a, Action::DownloadResults { .. })),
+        "{seen:?}"
+    );
+    e.handle_batch_results(Time::from_secs(4 * 3600), batch, Ok(all_lines(&images)));
+    let mut ends = Ends::default();
+    ends.collect(&mut e);
+    assert_eq!(ends.tagged.len(), 100, "{:?}", ends.failed.values().next());
+    assert_eq!(e.stats().batches_overdue, 1);
+}
+
+#[test]
+fn an_overdue_batch_whose_polls_then_fail_is_let_go_after_the_grace() {
+    let (mut e, batch, images) = overdue_setup(overdue_policy(None));
+    let overdue = Time::from_secs(2 * 3600);
+    let (_, mut seen) = poll_until(&mut e, batch, Time::from_secs(5 * 3600), |now| {
+        if now < overdue {
+            status(BatchState::InProgress)
+        } else {
+            Err(fail("connection reset"))
+        }
+    });
+    seen.extend(actions(&mut e));
+    let cancels = seen
+        .iter()
+        .filter(|a| matches!(a, Action::CancelBatch { .. }))
+        .count();
+    assert_eq!(cancels, 1);
+    // The same images, in a new batch file.
+    let again = batch_files(&seen);
+    assert_eq!(again.len(), 1, "{seen:?}");
+    assert_eq!(again[0].1, images);
+    assert_eq!(e.stats().batches_overdue, 1);
+}
+
+#[test]
+fn a_give_up_due_while_an_overdue_batch_is_cancelling_waits_for_its_results() {
+    // The give-up falls 5 minutes after the cancel, while upstream is still cancelling (up to
+    // 10 minutes, facts §5). It used to fail every image and drop the partial results upstream
+    // bills; the cancelled batch's results are now downloaded.
+    let (mut e, batch, _images) = overdue_setup(overdue_policy(Some(2 * 3_600_000 + 300_000)));
+    let overdue = Time::from_secs(2 * 3600);
+    let (_, mut seen) = poll_until(&mut e, batch, Time::from_secs(3 * 3600), |now| {
+        if now < overdue {
+            status(BatchState::InProgress)
+        } else if now < overdue + Duration::from_secs(600) {
+            status(BatchState::Cancelling)
+        } else {
+            status(BatchState::Cancelled)
+        }
+    });
+    seen.extend(actions(&mut e));
+    let mut ends = Ends::default();
+    ends.collect(&mut e);
+    assert!(ends.failed.is_empty(), "{:?}", ends.failed.values().next());
+    assert!(
+        seen.iter()
+            .any(|a| matches!(a, Action::DownloadResults { .. })),
+        "{seen:?}"
+    );
+}

@@ -733,6 +733,22 @@ fn bookkeeping_policy() -> impl Strategy<Value = Policy> {
             on_retries_exhausted: tagstorm_core::config::Exhausted::Fail,
             ..Policy::tagstorm()
         }),
+        // Batches cancelled as overdue within the runs, with and without a give-up after the
+        // cancel; and workspace quotas, which park heads.
+        Just(Policy {
+            batch_overdue_ms: Some(3_600_000),
+            ..Policy::tagstorm()
+        }),
+        Just(Policy {
+            batch_overdue_ms: Some(3_600_000),
+            poll_give_up_ms: Some(5_400_000),
+            ..Policy::tagstorm()
+        }),
+        Just(Policy {
+            workspace_rpm: Some(2),
+            workspace_tpm: Some(4_000),
+            ..Policy::tagstorm()
+        }),
         // Per-hour batch budgets hold work back; small batches make many of them.
         Just(Policy {
             workspace_batches_per_hour: Some(2),
