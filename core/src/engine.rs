@@ -1201,10 +1201,10 @@ impl Engine {
     /// How many of the upload's images (a prefix) go realtime; the rest go to the Batch API.
     ///
     /// Every upload gets a realtime head for a fast first tag unless the account is so
-    /// saturated that even the head, behind the heads already queued, would miss the deadline. Past the head, realtime takes what
-    /// it can finish by the deadline under the account's remaining rate, given the work already
-    /// queued; with `prefer = latency`, everything stays realtime when realtime would finish
-    /// before a batch would come back anyway.
+    /// saturated that even the head, behind the heads already queued, would miss the deadline.
+    /// Past the head, realtime takes what it can finish by the deadline under the account's
+    /// remaining rate, given the work already queued; with `prefer = latency`, everything stays
+    /// realtime when realtime would finish before a batch would come back anyway.
     fn adaptive_split(&self, now: Time, id: UploadId, deadline: Duration) -> (u32, u32) {
         let u = &self.uploads[id.0 as usize];
         let n = u.images.len() as u32;
@@ -1856,11 +1856,11 @@ impl Engine {
 
     /// Acts on running `batch` if the policy's time for it is up, and says whether that ended
     /// it. Past `poll_give_up_ms` its images fail (the seed's bug, made visible), unless it
-    /// has been cancelled as overdue already. Past
-    /// `batch_overdue_ms` upstream is asked to cancel it and polling goes on: once it ends,
-    /// its partial results are downloaded (and billed) as any cancelled batch's, its tokens
-    /// leave the queue, and the images without a result go round again. Only a batch that
-    /// has not ended [`CANCEL_GRACE`] after the cancel is let go of without its results.
+    /// has been cancelled as overdue already. Past `batch_overdue_ms` upstream is asked to
+    /// cancel it and polling goes on: once it ends, its partial results are downloaded (and
+    /// billed) as any cancelled batch's, its tokens leave the queue, and the images without a
+    /// result go round again. Only a batch that has not ended [`CANCEL_GRACE`] after the
+    /// cancel is let go of without its results.
     fn time_up(&mut self, now: Time, batch: BatchRef) -> bool {
         let policy = &self.cfg.policy;
         let b = &self.batches[batch.0 as usize];
