@@ -1962,8 +1962,34 @@ impl Engine {
             );
         } else {
             self.stats.retries += 1;
-            self.requeue_for_batch(image);
+            if self.reroute_realtime(now, image) {
+                self.set_stage(image, Stage::Queued);
+                self.enqueue_realtime(image, Lane::Rest);
+            } else {
+                self.requeue_for_batch(image);
+            }
         }
+    }
+
+    /// Whether an image whose batch attempt failed (an expired or cancelled batch's unfinished
+    /// work, a failed line) goes round through realtime instead of another batch: under the
+    /// adaptive router preferring latency, when realtime would tag it, behind everything
+    /// already queued, before another batch would come back. The rule the router applies to
+    /// a new upload past its head; without it, work that already waited a day for a batch
+    /// that expired waited for another batch.
+    fn reroute_realtime(&self, now: Time, image: ImageId) -> bool {
+        let p = &self.cfg.policy;
+        if p.routing != Routing::Adaptive || p.prefer != Preference::Latency {
+            return false;
+        }
+        let charge =
+            self.uploads[image.upload.0 as usize].images[image.index as usize].charge_tokens;
+        let wait = self.drain_time(
+            now,
+            self.backlog_tokens.saturating_add(charge),
+            self.backlog_requests.saturating_add(1),
+        ) + self.realtime_latency;
+        wait <= self.batch_turnaround
     }
 
     fn hold_for_queue(&mut self, now: Time, image: ImageId) {

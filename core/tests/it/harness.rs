@@ -104,6 +104,8 @@ pub struct Harness {
     pub stuck_next_batches: u32,
     /// This many of the next batches (after the stuck ones) never end, cancelled or not.
     pub lost_next_batches: u32,
+    /// This many of the next batches (after those) expire at 24 h with half their lines done.
+    pub expire_next_batches: u32,
     limits: RateLimits,
     rng: Pcg64Mcg,
     deliveries: BinaryHeap<Reverse<(Time, u64, usize)>>,
@@ -148,6 +150,7 @@ impl Harness {
             fail_next_creates: 0,
             stuck_next_batches: 0,
             lost_next_batches: 0,
+            expire_next_batches: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
             deliveries: BinaryHeap::new(),
@@ -345,6 +348,9 @@ impl Harness {
                     } else if self.lost_next_batches > 0 {
                         self.lost_next_batches -= 1;
                         Plan::Lost
+                    } else if self.expire_next_batches > 0 {
+                        self.expire_next_batches -= 1;
+                        Plan::Expire
                     } else if self.chance(self.faults.batch_validation_fail) {
                         Plan::FailValidation
                     } else if self.chance(self.faults.batch_token_limit) {
