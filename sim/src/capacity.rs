@@ -1436,15 +1436,40 @@ fn document(i: &Inputs) -> Doc {
     } else {
         0.0
     };
-    b.push(Block::Para(format!(
-        "The Batch API {} {} ({pct:.0}% of realtime) and tags every image in {} instead of {}.",
-        if saved >= 0.0 { "saves" } else { "costs" },
-        usd(saved.abs()),
-        fmt_ms(bt.makespan_ms),
-        fmt_ms(rt.makespan_ms),
-    )));
+    let dropped = |r: &Results| r.images.failed + r.images.pending;
+    if dropped(rt) == 0 && dropped(bt) == 0 {
+        b.push(Block::Para(format!(
+            "The Batch API {} {} ({pct:.0}% of realtime) and tags every image in {} instead of {}.",
+            if saved >= 0.0 { "saves" } else { "costs" },
+            usd(saved.abs()),
+            fmt_ms(bt.makespan_ms),
+            fmt_ms(rt.makespan_ms),
+        )));
+    } else {
+        // A way that drops images bills and waits only for the rest: its cost and makespan are
+        // not those of 1,000 images, so the two ways compare per tagged image instead.
+        let per_thousand_tagged = |r: &Results| match r.images.tagged {
+            0 => "–".to_owned(),
+            n => usd(r.cost_usd * COST_IMAGES as f64 / n as f64),
+        };
+        b.push(Block::Para(format!(
+            "Not like for like: of the {} images, realtime left {} and the Batch API {} untagged \
+             (failed or pending), so the cost and time of a way that drops images are not those \
+             of {} images. Per {} tagged images: realtime {}, Batch API {}.",
+            thousands(COST_IMAGES),
+            thousands(dropped(rt)),
+            thousands(dropped(bt)),
+            thousands(COST_IMAGES),
+            thousands(COST_IMAGES),
+            per_thousand_tagged(rt),
+            per_thousand_tagged(bt),
+        )));
+    }
     let price = spec.prices.price(plan.model);
-    let per_image = |v: u64| v as f64 / COST_IMAGES as f64;
+    // Tokens per image are those of the images billed: the tagged ones (an image that failed
+    // bills nothing), from the realtime run unless it tagged none.
+    let billed = if rt.images.tagged > 0 { rt } else { bt };
+    let per_image = |v: u64| v as f64 / billed.images.tagged.max(1) as f64;
     b.push(Block::Para(format!(
         "Assumptions: one upload of {} images at t = 0 on the scenario's account ({}); {} \
          detail {}×{} px, {} input tokens per image, up to {} output tokens per image \
@@ -1458,9 +1483,9 @@ fn document(i: &Inputs) -> Doc {
         img.detail.as_str(),
         img.width_px,
         img.height_px,
-        thousands(per_image(rt.tokens.billed_input).round() as u64),
+        thousands(per_image(billed.tokens.billed_input).round() as u64),
         thousands(u64::from(img.output_tokens)),
-        per_image(rt.tokens.billed_output),
+        per_image(billed.tokens.billed_output),
         price.input_usd_per_mtok,
         price.output_usd_per_mtok,
         spec.prices.batch_discount() * 100.0,

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use expect_test::expect;
 use tagstorm_core::Policy;
 use tagstorm_core::config::PRESETS;
-use tagstorm_sim::report::summary_line;
+use tagstorm_sim::report::{summary_line, thousands};
 use tagstorm_sim::{Results, Scenario, SetArg, sim};
 
 fn scenarios_dir() -> PathBuf {
@@ -1719,6 +1719,48 @@ fn report_finds_each_tiers_capacity_boundary_and_prices_both_ways() {
         assert_eq!(row[7], "0", "no image failed: {row:?}");
     }
     assert!(md.contains("50% off through the Batch API"), "{md}");
+}
+
+#[test]
+fn a_report_whose_realtime_way_drops_images_prices_per_tagged_image() {
+    // Under seed-current, 1,000 realtime images at once mostly fail after 429s and the run bills
+    // only the few it tagged: its cost is not that of 1,000 images, nor its makespan the time to
+    // tag them, and its tokens per image are still those of one request.
+    let args = ["report", TEN, "--tiers", "1", "--policy", "seed-current"];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    let o = bin(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let realtime = &v["cost"]["realtime"];
+    let failed = realtime["failed"].as_u64().unwrap();
+    assert!(failed > 0, "the case this test is about: {realtime}");
+    let tagged = 1_000 - failed;
+    let cost = realtime["cost_usd"].as_f64().unwrap();
+    assert!(!md.contains("tags every image in"), "{md}");
+    assert!(!md.contains("% of realtime)"), "{md}");
+    let sentence = md
+        .lines()
+        .find(|l| l.starts_with("Not like for like:"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(
+        sentence.contains(&format!(
+            "realtime left {failed} and the Batch API 0 untagged"
+        )),
+        "{sentence}"
+    );
+    let per_thousand = format!("realtime ${:.4}, ", cost * 1_000.0 / tagged as f64);
+    assert!(
+        sentence.contains(&per_thousand),
+        "{per_thousand}: {sentence}"
+    );
+    let one = run(&scenario("ten-users-fifteen-images"), "tagstorm");
+    let per_image = thousands(one.tokens.billed_input / one.images.tagged);
+    assert!(
+        md.contains(&format!(" {per_image} input tokens per image")),
+        "{per_image}: {md}"
+    );
 }
 
 #[test]
