@@ -1251,7 +1251,14 @@ fn document(i: &Inputs) -> Doc {
     let at = |t: u8, l: Load| ran(i.points, t, l);
     let p95 = |r: &Results| {
         let l = a.metric.of(r);
-        latency(l.count, l.p95)
+        let cell = latency(l.count, l.p95);
+        // A p95 just over the limit can read as the limit itself (120,703 ms is "2m 00s"): it
+        // is then given in milliseconds, so the cell does not contradict the verdict beside it.
+        if l.count > 0 && l.p95 > plan.limit_ms && cell == limit {
+            format!("{} ms", thousands(l.p95))
+        } else {
+            cell
+        }
     };
     let mut rows = Vec::new();
     for (&t, c) in plan.tiers.iter().zip(i.found) {

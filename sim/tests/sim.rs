@@ -1764,6 +1764,35 @@ fn a_report_whose_realtime_way_drops_images_prices_per_tagged_image() {
 }
 
 #[test]
+fn a_report_p95_just_over_the_limit_does_not_read_as_the_limit() {
+    // The limit is set to the whole seconds of tier 1's p95 at 14 users, so that run fails by
+    // less than a second: "2m 05s" beside "≤ 2m 05s: no" would contradict itself.
+    let p95 = complete_p95("1", 14);
+    assert!(p95 % 1_000 > 0, "the case this test is about: {p95}");
+    let limit_s = (p95 / 1_000).to_string();
+    let args = ["report", TEN, "--tiers", "1", "--p95-limit-s", &limit_s];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    let runs = report_rows(&md, "## p95 of upload complete against concurrent users");
+    let row = runs
+        .iter()
+        .find(|r| r[1] == "14")
+        .unwrap_or_else(|| panic!("the search ran 14 users: {md}"));
+    assert_eq!(row[4], "no", "{row:?}");
+    assert_eq!(row[3], format!("{} ms", thousands(p95)), "{row:?}");
+    // No run whose p95 reads as the limit fails.
+    let head = md
+        .lines()
+        .find(|l| l.starts_with("| tier | users | images |"))
+        .unwrap();
+    let limit = head.split("≤ ").nth(1).unwrap().split(" |").next().unwrap();
+    for r in runs.iter().filter(|r| r[3] == limit) {
+        assert_eq!(r[4], "yes", "{r:?} against {limit}");
+    }
+}
+
+#[test]
 fn report_out_html_is_one_self_contained_file_with_identical_bytes_each_time() {
     let dir = std::env::temp_dir().join(format!("tagstorm-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
