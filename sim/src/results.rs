@@ -291,6 +291,36 @@ pub fn new_histogram() -> Histogram<u64> {
     h
 }
 
+/// The rows of Java's `PercentileIterator` over `h`: (value, quantile, count up to the value).
+///
+/// The levels are stepped in percent as Java steps them (0, 10, …, 50, 55, …, 90, 91.25, …),
+/// which stay exact in binary; the hdrhistogram crate's `iter_quantiles` steps fractions of 1,
+/// whose sums drift above the level (0.9000000000000002), so at a level that falls exactly on a
+/// sample (the 270th of 300 at 90%) it reported the next sample, not the percentile that
+/// `value_at_quantile` and results.json give.
+fn percentile_rows(h: &Histogram<u64>, ticks_per_half: u64) -> Vec<(u64, f64, u64)> {
+    let mut rows = Vec::new();
+    let total = h.len();
+    let mut level = 0.0f64;
+    let mut below = 0u64;
+    for v in h.iter_recorded() {
+        below += v.count_at_value();
+        let value = v.value_iterated_to();
+        let percent = 100.0 * below as f64 / total as f64;
+        while percent >= level {
+            rows.push((value, level / 100.0, below));
+            let halvings = ((100.0 / (100.0 - level)).ln() / 2f64.ln()) as u32;
+            level += 100.0 / (ticks_per_half << (halvings + 1)) as f64;
+            if below == total {
+                // Past the last value Java takes one more step, straight to 100%.
+                rows.push((value, 1.0, below));
+                break;
+            }
+        }
+    }
+    rows
+}
+
 /// The histogram in HdrHistogram's percentile-distribution layout (Java's
 /// `outputPercentileDistribution` with 5 ticks per half distance and values in ms).
 pub fn hgrm(h: &Histogram<u64>) -> String {
@@ -300,23 +330,18 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
-    let mut total = 0u64;
-    if !h.is_empty() {
-        for v in h.iter_quantiles(5) {
-            total += v.count_since_last_iteration();
-            let q = v.quantile_iterated_to();
-            // Java's `%12.3f` leaves no blank before a value of 10,000,000 ms (2.8 hours) or
-            // more, and parsers that expect one (hdr-plot matches `\s+` at the line's start)
-            // then skip the row: such a value gets one blank in front.
-            let mut value = format!("{:12.3}", v.value_iterated_to() as f64);
-            if !value.starts_with(' ') {
-                value.insert(0, ' ');
-            }
-            if q < 1.0 {
-                let _ = writeln!(out, "{value} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
-            } else {
-                let _ = writeln!(out, "{value} {q:2.12} {total:10}");
-            }
+    for (value, q, total) in percentile_rows(h, 5) {
+        // Java's `%12.3f` leaves no blank before a value of 10,000,000 ms (2.8 hours) or
+        // more, and parsers that expect one (hdr-plot matches `\s+` at the line's start)
+        // then skip the row: such a value gets one blank in front.
+        let mut value = format!("{:12.3}", value as f64);
+        if !value.starts_with(' ') {
+            value.insert(0, ' ');
+        }
+        if q < 1.0 {
+            let _ = writeln!(out, "{value} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+        } else {
+            let _ = writeln!(out, "{value} {q:2.12} {total:10}");
         }
     }
     let _ = writeln!(
@@ -370,6 +395,47 @@ mod tests {
             "#[Max     =     1000.000, Total count    =         1000]"
         );
         assert_eq!(Summary::of(&h).p50, 500);
+    }
+
+    #[test]
+    fn hgrm_rows_give_the_percentiles_the_summary_gives() {
+        // 1..=1000 ms and 300 samples: 90% and 95% fall exactly on a sample (the 900th; the
+        // 270th and 285th), where a level that drifted above them reported the next one.
+        let mut uniform = new_histogram();
+        for v in 1..=1000u64 {
+            uniform.record(v).unwrap();
+        }
+        let mut spread = new_histogram();
+        for i in 0..300u64 {
+            spread.record(1_000 + i * i * 7).unwrap();
+        }
+        for h in [&uniform, &spread] {
+            let text = hgrm(h);
+            let rows: Vec<(f64, f64, u64)> = text
+                .lines()
+                .skip(2)
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| {
+                    let c: Vec<&str> = l.split_whitespace().collect();
+                    (
+                        c[0].parse().unwrap(),
+                        c[1].parse().unwrap(),
+                        c[2].parse().unwrap(),
+                    )
+                })
+                .collect();
+            let s = Summary::of(h);
+            for (q, want) in [(0.5, s.p50), (0.9, s.p90), (0.95, s.p95)] {
+                let row = rows
+                    .iter()
+                    .find(|r| r.1 == q)
+                    .unwrap_or_else(|| panic!("no row at {q}: {text}"));
+                assert_eq!(row.0, want as f64, "at {q}: {row:?}\n{text}");
+                assert_eq!(row.2, (q * h.len() as f64).ceil() as u64, "at {q}: {row:?}");
+            }
+            let last = rows.last().unwrap();
+            assert_eq!((last.0, last.1, last.2), (s.max as f64, 1.0, h.len()));
+        }
     }
 
     #[test]
