@@ -1264,14 +1264,9 @@ fn document(i: &Inputs) -> Doc {
     for (&t, c) in plan.tiers.iter().zip(i.found) {
         let r = c.load().and_then(|l| at(t, l));
         // The limits the runs had: explicit account fields in the scenario override the tier's.
+        // Every one of them, RPD and the batch queue included: either can be what binds.
         let limits = at(t, own)
-            .map(|r| {
-                format!(
-                    "{} RPM, {} TPM",
-                    thousands(r.account.rpm),
-                    thousands(r.account.tpm)
-                )
-            })
+            .map(|r| report::limits(&r.account))
             .unwrap_or_default();
         let cell = |f: &dyn Fn(&Results) -> String| r.map_or("–".into(), f);
         let mut row = vec![t.to_string(), limits, c.text()];

@@ -131,12 +131,17 @@ fn rows(runs: &[&Results]) -> Vec<(&'static str, Vec<String>)> {
 /// queue 2,000,000 tokens`.
 pub fn account(a: &AccountSummary) -> String {
     let tier = a.tier.map_or(String::new(), |t| format!(" tier {t}"));
+    format!("{}{tier}: {}", a.model, limits(a))
+}
+
+/// An account's limits without its model and tier: `500 RPM, 200,000 TPM, 10,000 RPD, batch
+/// queue 2,000,000 tokens`.
+pub fn limits(a: &AccountSummary) -> String {
     let rpd = a
         .rpd
         .map_or(String::new(), |v| format!(", {} RPD", thousands(v)));
     format!(
-        "{}{tier}: {} RPM, {} TPM{rpd}, batch queue {} tokens",
-        a.model,
+        "{} RPM, {} TPM{rpd}, batch queue {} tokens",
         thousands(a.rpm),
         thousands(a.tpm),
         thousands(a.batch_queue_tokens)

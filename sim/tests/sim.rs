@@ -1793,6 +1793,45 @@ fn a_report_p95_just_over_the_limit_does_not_read_as_the_limit() {
 }
 
 #[test]
+fn a_report_limits_column_shows_every_limit_the_runs_had() {
+    // The scenario's own RPD overrides every tier's, and the note says the limits column shows
+    // what the runs had: it must show that RPD (and the batch queue), as `run --json` has them.
+    let o = bin(&["report", TEN, "--tiers", "1,2", "--set", "account.rpd=5000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let md = text(&o.stdout);
+    assert!(
+        md.contains("the limits column shows what the runs had"),
+        "{md}"
+    );
+    let tiers = report_rows(&md, "## 1. Capacity per tier");
+    assert_eq!(tiers.len(), 2, "{md}");
+    for row in &tiers {
+        let o = bin(&[
+            "run",
+            TEN,
+            "--set",
+            "account.rpd=5000",
+            "--set",
+            &format!("account.tier={}", row[0]),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let n = |k: &str| thousands(v["account"][k].as_u64().unwrap());
+        assert_eq!(
+            row[1],
+            format!(
+                "{} RPM, {} TPM, {} RPD, batch queue {} tokens",
+                n("rpm"),
+                n("tpm"),
+                n("rpd"),
+                n("batch_queue_tokens")
+            ),
+            "{md}"
+        );
+    }
+}
+
+#[test]
 fn report_out_html_is_one_self_contained_file_with_identical_bytes_each_time() {
     let dir = std::env::temp_dir().join(format!("tagstorm-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -2269,7 +2308,16 @@ fn a_report_says_when_explicit_account_limits_hold_at_every_tier() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let md = text(&o.stdout);
     let tiers = report_rows(&md, "## 1. Capacity per tier");
-    assert_eq!(tiers[0][1], tiers[1][1], "{md}");
+    // The pinned limits are the same in both rows; the RPD the scenario leaves to the tiers
+    // is tier 1's alone.
+    assert_eq!(
+        tiers[0][1], "500 RPM, 200,000 TPM, 10,000 RPD, batch queue 2,000,000 tokens",
+        "{md}"
+    );
+    assert_eq!(
+        tiers[1][1], "500 RPM, 200,000 TPM, batch queue 2,000,000 tokens",
+        "{md}"
+    );
     assert!(
         md.contains(
             "The scenario sets `account.rpm`, `account.tpm`, `account.batch_queue_tokens` \
