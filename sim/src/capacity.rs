@@ -1623,11 +1623,17 @@ fn document(i: &Inputs) -> Doc {
             Vary::Factor { .. } => " (× 1)",
         }
     ));
-    read.push(
-        "Section 3 prices the same 1,000 images both ways: the Batch API is half price and \
-         slow; realtime is paced by the account's RPM and TPM."
-            .into(),
-    );
+    // The scenario's price table sets the discount; half price is only OpenAI's default.
+    let discount = spec.prices.batch_discount();
+    read.push(format!(
+        "Section 3 prices the same 1,000 images both ways: the Batch API is {} and slow; \
+         realtime is paced by the account's RPM and TPM.",
+        if discount == 0.5 {
+            "half price".to_owned()
+        } else {
+            format!("{:.0}% off", discount * 100.0)
+        }
+    ));
     read.push(format!(
         "A run with more than {}% of its images failed does not pass: a policy that drops \
          images finishes early and flatters its p95 (--max-failed-pct). {}",

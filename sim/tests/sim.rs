@@ -1832,6 +1832,24 @@ fn a_report_limits_column_shows_every_limit_the_runs_had() {
 }
 
 #[test]
+fn a_report_reads_the_batch_discount_from_the_scenarios_price_table() {
+    let how_to_read = |sets: &[&str]| -> String {
+        let o = bin(&[&["report", TEN, "--tiers", "1"], sets].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let md = text(&o.stdout);
+        md.lines()
+            .find(|l| l.starts_with("- Section 3 prices"))
+            .unwrap_or_else(|| panic!("{md}"))
+            .to_owned()
+    };
+    assert!(how_to_read(&[]).contains("the Batch API is half price"));
+    // At 20% off, the section's own figures say 20%: the reading guide must not say half.
+    let line = how_to_read(&["--set", "prices.batch_discount=0.2"]);
+    assert!(line.contains("the Batch API is 20% off"), "{line}");
+    assert!(!line.contains("half"), "{line}");
+}
+
+#[test]
 fn report_out_html_is_one_self_contained_file_with_identical_bytes_each_time() {
     let dir = std::env::temp_dir().join(format!("tagstorm-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
