@@ -1,0 +1,208 @@
+//! Random scenarios through the whole simulator: core against the OpenAI model under random
+//! accounts, workloads, faults and policy settings. Whatever the draw, no image is lost or
+//! credited twice, the counts add up, and two runs give the same bytes; under the tagstorm
+//! preset, however its knobs are set, every image also ends tagged or failed.
+//!
+//! CI runs a few dozen cases; a longer hunt is `PROPTEST_CASES=2000 cargo test --release -p
+//! tagstorm-sim --test random_scenarios`.
+
+use std::fmt::Write as _;
+
+use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
+use tagstorm_core::Policy;
+use tagstorm_core::config::PRESETS;
+use tagstorm_sim::{Scenario, sim};
+
+/// One upload group of a random scenario.
+#[derive(Clone, Debug)]
+struct Group {
+    users: u32,
+    images: u32,
+    at_s: u32,
+    every_s: Option<u32>,
+    workspaces: Option<u32>,
+}
+
+fn group() -> impl Strategy<Value = Group> {
+    (
+        1u32..=8,
+        prop_oneof![1u32..=20, 20u32..=400],
+        0u32..=900,
+        prop::option::of(1u32..=120),
+        prop::option::of(1u32..=4),
+    )
+        .prop_map(|(users, images, at_s, every_s, workspaces)| Group {
+            users,
+            images,
+            at_s,
+            every_s,
+            workspaces,
+        })
+}
+
+/// The text of a random scenario: an account, the upstream's faults, images, 1–3 upload groups
+/// and a `[policy]` table of overrides (applied on top of whichever preset runs it).
+fn scenario_text() -> impl Strategy<Value = String> {
+    let account = (
+        1u8..=5,
+        prop::option::of(50u64..=3000),
+        prop::option::of(100_000u64..=3_000_000),
+    );
+    let faults = (
+        0.0f64..0.3,
+        0.0f64..0.1,
+        0.0f64..0.1,
+        prop::option::of((0u64..20, 1u64..30, 0usize..4)),
+        prop::collection::vec(0usize..4, 0..3),
+        (0.0f64..0.2, 0.0f64..0.2, 0.0f64..0.2),
+    );
+    let images = (prop::bool::ANY, 256u32..=4096, 256u32..=4096);
+    let groups = prop::collection::vec(group(), 1..=3);
+    let policy = (
+        prop::option::of(0u32..=20),
+        prop::option::of(1u32..=2000),
+        prop::option::of(60_000u64..=7_200_000),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of(0u8..=50),
+        prop::option::of(1u32..=6),
+        prop::option::of(0u64..=200_000),
+    );
+    (account, faults, images, groups, policy).prop_map(
+        |(
+            (tier, rpd, queue),
+            (err, overloaded, timeout, script, outcomes, (fail, expire, line)),
+            (high, w, h),
+            groups,
+            (head, per_batch, deadline, latency, fair, headroom, attempts, foreign),
+        )| {
+            let mut t = String::from("name = \"random\"\nseed = 7\n\n[account]\nmodel = \"gpt-4o-mini\"\n");
+            let _ = writeln!(t, "tier = {tier}");
+            if let Some(rpd) = rpd {
+                let _ = writeln!(t, "rpd = {rpd}");
+            }
+            if let Some(q) = queue {
+                let _ = writeln!(t, "batch_queue_tokens = {q}");
+            }
+            let _ = writeln!(
+                t,
+                "\n[upstream]\nserver_error_rate = {err}\noverloaded_rate = {overloaded}\n\
+                 timeout_rate = {timeout}\ntimeout_after_ms = 20000"
+            );
+            if let Some((after, times, kind)) = script {
+                let kind = ["429", "500", "503", "timeout"][kind];
+                let _ = writeln!(
+                    t,
+                    "faults = [{{ after = {after}, outcome = \"{kind}\", times = {times} }}]"
+                );
+            }
+            let outcomes: Vec<&str> = outcomes
+                .iter()
+                .map(|&k| ["\"completed\"", "\"expired\"", "\"failed\"", "\"stuck\""][k])
+                .collect();
+            let _ = writeln!(
+                t,
+                "\n[upstream.batch]\nfail_rate = {fail}\nexpire_rate = {expire}\n\
+                 line_failure_rate = {line}\nbatch_outcomes = [{}]",
+                outcomes.join(", ")
+            );
+            let detail = if high { "high" } else { "low" };
+            let _ = writeln!(
+                t,
+                "\n[images]\nwidth_px = {w}\nheight_px = {h}\ndetail = \"{detail}\"\noutput_tokens = 60"
+            );
+            for g in &groups {
+                let _ = writeln!(t, "\n[[uploads]]\nusers = {}\nimages = {}", g.users, g.images);
+                match g.every_s {
+                    Some(e) => {
+                        let _ = writeln!(t, "start_s = {}\nevery_s = {e}", g.at_s);
+                    }
+                    None => {
+                        let _ = writeln!(t, "at_s = {}", g.at_s);
+                    }
+                }
+                if let Some(ws) = g.workspaces {
+                    let _ = writeln!(t, "workspaces = {ws}");
+                }
+            }
+            // A month of virtual time: a draw the router handles slowly (a tail queued
+            // behind many batch rounds) still ends, so an image left pending is a lost one.
+            let _ = writeln!(
+                t,
+                "\n[sim]\nmax_duration_s = 2592000\nforeign_batch_tokens = {}",
+                foreign.unwrap_or(0)
+            );
+            t.push_str("\n[policy]\n");
+            if let Some(v) = head {
+                let _ = writeln!(t, "realtime_head_images = {v}");
+            }
+            if let Some(v) = per_batch {
+                let _ = writeln!(t, "max_images_per_batch = {v}");
+            }
+            if let Some(v) = deadline {
+                let _ = writeln!(t, "deadline_ms = {v}");
+            }
+            if let Some(v) = latency {
+                let _ = writeln!(t, "prefer = \"{}\"", if v { "latency" } else { "cost" });
+            }
+            if let Some(v) = fair {
+                let _ = writeln!(t, "fair_share = {v}");
+            }
+            if let Some(v) = headroom {
+                let _ = writeln!(t, "account_headroom_percent = {v}");
+            }
+            if let Some(v) = attempts {
+                let _ = writeln!(t, "retry_max_attempts = {v}\nbatch_max_attempts = {v}");
+            }
+            t
+        },
+    )
+}
+
+/// 24 cases from a fixed seed, so CI runs the same draws every time; `PROPTEST_CASES` and
+/// `PROPTEST_RNG_SEED` widen or move the hunt.
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 24;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = RngSeed::Fixed(20261123);
+    }
+    c
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn no_image_is_lost_under_random_accounts_workloads_faults_and_settings(text in scenario_text()) {
+        // Every draw is a valid scenario for every preset: a refusal fails the test too.
+        let s = Scenario::from_text("random.toml", &text, &[])
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for preset in PRESETS {
+            let policy = s
+                .policy(&Policy::preset(preset).unwrap())
+                .unwrap_or_else(|e| panic!("{preset}: {e}\n{text}"));
+            let a = sim::run(&s, &policy).unwrap().results;
+            let b = sim::run(&s, &policy).unwrap().results;
+            prop_assert_eq!(
+                serde_json::to_string(&a).unwrap(),
+                serde_json::to_string(&b).unwrap(),
+                "not deterministic under {}", preset
+            );
+            let i = &a.images;
+            prop_assert_eq!(i.tagged + i.failed + i.pending, i.total, "counts under {}", preset);
+            prop_assert_eq!(i.tagged_realtime + i.tagged_batch, i.tagged, "channels under {}", preset);
+            prop_assert_eq!(a.verification.tag_mismatches, 0, "tag mismatches under {}", preset);
+            prop_assert_eq!(a.verification.duplicate_terminal, 0, "terminal twice under {}", preset);
+            if preset == "tagstorm" {
+                prop_assert!(
+                    a.invariant_failures().is_empty(),
+                    "tagstorm: {:?}\n{}", a.invariant_failures(), text
+                );
+            }
+        }
+    }
+}
