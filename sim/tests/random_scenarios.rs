@@ -1,7 +1,7 @@
 //! Random scenarios through the whole simulator: core against the OpenAI model under random
-//! accounts, workloads, faults and policy settings. Whatever the draw, no image is lost or
-//! credited twice, the counts add up, and two runs give the same bytes; under the tagstorm
-//! preset, however its knobs are set, every image also ends tagged or failed.
+//! accounts, workloads, faults and policy settings, under every preset. Whatever the draw, no
+//! image is lost (left pending with nothing left to happen) or credited twice, every tag
+//! matches its image, the counts add up, and two runs give the same bytes.
 //!
 //! CI runs a few dozen cases; a longer hunt is `PROPTEST_CASES=2000 cargo test --release -p
 //! tagstorm-sim --test random_scenarios`.
@@ -14,30 +14,69 @@ use tagstorm_core::Policy;
 use tagstorm_core::config::PRESETS;
 use tagstorm_sim::{Scenario, sim};
 
-/// One upload group of a random scenario.
+/// One upload group of a random scenario: when its uploads arrive, and how many images each.
+#[derive(Clone, Debug)]
+enum Arrivals {
+    /// `users` uploads at `at_s`.
+    At { users: u32, at_s: u32 },
+    /// `users` uploads, one every `every_s` from `start_s`.
+    Every {
+        users: u32,
+        start_s: u32,
+        every_s: u32,
+    },
+    /// A Poisson process of `per_hour` for `for_s` seconds.
+    Poisson { per_hour: u32, for_s: u32 },
+}
+
 #[derive(Clone, Debug)]
 struct Group {
-    users: u32,
-    images: u32,
-    at_s: u32,
-    every_s: Option<u32>,
+    arrivals: Arrivals,
+    /// The `images = …` value: a number or a size distribution.
+    images: String,
     workspaces: Option<u32>,
+    deadline_s: Option<u32>,
 }
 
 fn group() -> impl Strategy<Value = Group> {
+    let arrivals = prop_oneof![
+        (1u32..=8, 0u32..=900).prop_map(|(users, at_s)| Arrivals::At { users, at_s }),
+        (1u32..=8, 0u32..=900, 1u32..=120).prop_map(|(users, start_s, every_s)| {
+            Arrivals::Every {
+                users,
+                start_s,
+                every_s,
+            }
+        }),
+        (1u32..=60, 60u32..=3600)
+            .prop_map(|(per_hour, for_s)| Arrivals::Poisson { per_hour, for_s }),
+    ];
+    let images = prop_oneof![
+        (1u32..=20).prop_map(|n| n.to_string()),
+        (20u32..=400).prop_map(|n| n.to_string()),
+        (1u32..=50, 0u32..=500).prop_map(|(min, span)| format!(
+            "{{ kind = \"uniform\", min = {min}, max = {} }}",
+            min + span
+        )),
+        (2u32..=30).prop_map(|median| format!(
+            "{{ kind = \"lognormal\", median = {median}, p99 = {}, max = 1500 }}",
+            median * 40
+        )),
+        (1u32..=10).prop_map(|min| format!(
+            "{{ kind = \"pareto\", min = {min}, alpha = 1.2, max = 1500 }}"
+        )),
+    ];
     (
-        1u32..=8,
-        prop_oneof![1u32..=20, 20u32..=400],
-        0u32..=900,
-        prop::option::of(1u32..=120),
+        arrivals,
+        images,
         prop::option::of(1u32..=4),
+        prop::option::of(30u32..=7200),
     )
-        .prop_map(|(users, images, at_s, every_s, workspaces)| Group {
-            users,
+        .prop_map(|(arrivals, images, workspaces, deadline_s)| Group {
+            arrivals,
             images,
-            at_s,
-            every_s,
             workspaces,
+            deadline_s,
         })
 }
 
@@ -65,7 +104,7 @@ fn scenario_text() -> impl Strategy<Value = String> {
         prop::option::of(60_000u64..=7_200_000),
         prop::option::of(prop::bool::ANY),
         prop::option::of(prop::bool::ANY),
-        prop::option::of(0u8..=50),
+        prop::option::of(20u8..=100),
         prop::option::of(1u32..=6),
         prop::option::of(0u64..=200_000),
     );
@@ -113,17 +152,27 @@ fn scenario_text() -> impl Strategy<Value = String> {
                 "\n[images]\nwidth_px = {w}\nheight_px = {h}\ndetail = \"{detail}\"\noutput_tokens = 60"
             );
             for g in &groups {
-                let _ = writeln!(t, "\n[[uploads]]\nusers = {}\nimages = {}", g.users, g.images);
-                match g.every_s {
-                    Some(e) => {
-                        let _ = writeln!(t, "start_s = {}\nevery_s = {e}", g.at_s);
-                    }
-                    None => {
-                        let _ = writeln!(t, "at_s = {}", g.at_s);
-                    }
-                }
+                let _ = writeln!(t, "\n[[uploads]]\nimages = {}", g.images);
+                let _ = match g.arrivals {
+                    Arrivals::At { users, at_s } => writeln!(t, "users = {users}\nat_s = {at_s}"),
+                    Arrivals::Every {
+                        users,
+                        start_s,
+                        every_s,
+                    } => writeln!(
+                        t,
+                        "users = {users}\nstart_s = {start_s}\nevery_s = {every_s}"
+                    ),
+                    Arrivals::Poisson { per_hour, for_s } => writeln!(
+                        t,
+                        "poisson = {{ per_hour = {per_hour}, for_s = {for_s} }}"
+                    ),
+                };
                 if let Some(ws) = g.workspaces {
                     let _ = writeln!(t, "workspaces = {ws}");
+                }
+                if let Some(d) = g.deadline_s {
+                    let _ = writeln!(t, "deadline_s = {d}");
                 }
             }
             // A month of virtual time: a draw the router handles slowly (a tail queued
@@ -197,12 +246,14 @@ proptest! {
             prop_assert_eq!(i.tagged_realtime + i.tagged_batch, i.tagged, "channels under {}", preset);
             prop_assert_eq!(a.verification.tag_mismatches, 0, "tag mismatches under {}", preset);
             prop_assert_eq!(a.verification.duplicate_terminal, 0, "terminal twice under {}", preset);
-            if preset == "tagstorm" {
-                prop_assert!(
-                    a.invariant_failures().is_empty(),
-                    "tagstorm: {:?}\n{}", a.invariant_failures(), text
-                );
-            }
+            // Lost: pending when nothing is left to happen (no answer on its way, no timer).
+            // An image still waiting when the month runs out is slow, not lost (a batch
+            // upstream that lets a fifth of its batches run to the 24 h window can take weeks
+            // to drain a big enough workload through the enqueued-token limit).
+            prop_assert!(
+                i.pending == 0 || a.sim.hit_max_duration,
+                "{} images pending after the last event under {}\n{}", i.pending, preset, text
+            );
         }
     }
 }
