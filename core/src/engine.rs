@@ -38,6 +38,10 @@ const MAX_QUEUE_HOLDS: u8 = 24;
 /// means upstream is not going to end it.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(3600);
 
+/// How long after a cancel core asks again while upstream still reports the batch running (not
+/// `cancelling`): the request may have been lost on its way or refused for a moment.
+pub const CANCEL_RETRY: Duration = Duration::from_secs(300);
+
 /// Whether a saturating per-image attempt counter has used up a policy's `max` attempts. A
 /// saturated counter counts as exhausted: otherwise a `max` above the counter's range would
 /// retry an image that always fails forever, and it would never end.
@@ -445,8 +449,10 @@ struct BatchRec {
     /// stage again (most polls: a batch runs for hours) leaves them as they are instead of
     /// walking every image.
     reported: Stage,
-    /// When core asked upstream to cancel it (`batch_overdue_ms`).
+    /// When core first asked upstream to cancel it (`batch_overdue_ms`).
     cancel_sent: Option<Time>,
+    /// When core may ask again, should upstream still report it running.
+    cancel_again_at: Time,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -913,7 +919,7 @@ impl Engine {
                 // A failed poll is no reason to poll past the policy's limits: the time is up
                 // whether or not upstream answers (the images would otherwise wait forever
                 // while every poll fails).
-                if self.time_up(now, batch) {
+                if self.time_up(now, batch, false) {
                     self.schedule_drive(now);
                     return;
                 }
@@ -945,7 +951,11 @@ impl Engine {
                 }
                 self.batches[batch.0 as usize].images = images;
             }
-            if self.time_up(now, batch) {
+            let running = matches!(
+                status.state,
+                BatchState::Validating | BatchState::InProgress
+            );
+            if self.time_up(now, batch, running) {
                 self.schedule_drive(now);
                 return;
             }
@@ -1809,6 +1819,7 @@ impl Engine {
             queue_released: !reserved,
             terminal_state: None,
             cancel_sent: None,
+            cancel_again_at: Time::ZERO,
             reported: Stage::Preparing,
         });
     }
@@ -1860,8 +1871,10 @@ impl Engine {
     /// cancel it and polling goes on: once it ends, its partial results are downloaded (and
     /// billed) as any cancelled batch's, its tokens leave the queue, and the images without a
     /// result go round again. Only a batch that has not ended [`CANCEL_GRACE`] after the
-    /// cancel is let go of without its results.
-    fn time_up(&mut self, now: Time, batch: BatchRef) -> bool {
+    /// cancel is let go of without its results. While upstream still reports it `running`
+    /// (not cancelling), the cancel is sent again every [`CANCEL_RETRY`]: a lost cancel
+    /// request must not cost the batch's results.
+    fn time_up(&mut self, now: Time, batch: BatchRef, running: bool) -> bool {
         let policy = &self.cfg.policy;
         let b = &self.batches[batch.0 as usize];
         let age = now - b.created_at;
@@ -1883,12 +1896,8 @@ impl Engine {
         match b.cancel_sent {
             None => {
                 self.stats.batches_overdue += 1;
-                let b = &mut self.batches[batch.0 as usize];
-                b.cancel_sent = Some(now);
-                if let Some(batch_id) = b.batch_id.clone() {
-                    self.actions
-                        .push_back(Action::CancelBatch { batch, batch_id });
-                }
+                self.batches[batch.0 as usize].cancel_sent = Some(now);
+                self.send_cancel(now, batch);
                 false
             }
             Some(sent) if now - sent >= CANCEL_GRACE => {
@@ -1897,7 +1906,22 @@ impl Engine {
                 }
                 true
             }
-            Some(_) => false,
+            Some(_) => {
+                if running && now >= b.cancel_again_at {
+                    self.send_cancel(now, batch);
+                }
+                false
+            }
+        }
+    }
+
+    /// Asks upstream to cancel `batch`, and not again before [`CANCEL_RETRY`] has passed.
+    fn send_cancel(&mut self, now: Time, batch: BatchRef) {
+        let b = &mut self.batches[batch.0 as usize];
+        b.cancel_again_at = now + CANCEL_RETRY;
+        if let Some(batch_id) = b.batch_id.clone() {
+            self.actions
+                .push_back(Action::CancelBatch { batch, batch_id });
         }
     }
 

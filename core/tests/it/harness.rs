@@ -104,6 +104,9 @@ pub struct Harness {
     pub stuck_next_batches: u32,
     /// This many of the next batches (after the stuck ones) never end, cancelled or not.
     pub lost_next_batches: u32,
+    /// This many of the next cancel requests are lost on their way (logged as sent, never
+    /// applied).
+    pub drop_next_cancels: u32,
     /// This many of the next batches (after those) expire at 24 h with half their lines done.
     pub expire_next_batches: u32,
     limits: RateLimits,
@@ -150,6 +153,7 @@ impl Harness {
             fail_next_creates: 0,
             stuck_next_batches: 0,
             lost_next_batches: 0,
+            drop_next_cancels: 0,
             expire_next_batches: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
@@ -399,7 +403,9 @@ impl Harness {
             }
             Action::CancelBatch { batch_id, .. } => {
                 self.log.cancels.push((batch_id.clone(), now));
-                if let Some(b) = self.batches.get_mut(&batch_id) {
+                if self.drop_next_cancels > 0 {
+                    self.drop_next_cancels -= 1;
+                } else if let Some(b) = self.batches.get_mut(&batch_id) {
                     b.cancelled = true;
                 }
             }

@@ -273,8 +273,8 @@ fn unended_batch(stuck: bool) -> (Harness, String, Time) {
         h.log.failed.values().next()
     );
     assert_eq!(h.engine.stats().batches_overdue, 1);
-    let [(id, at)] = &h.log.cancels[..] else {
-        panic!("one cancel expected: {:?}", h.log.cancels)
+    let Some((id, at)) = h.log.cancels.first() else {
+        panic!("no cancel")
     };
     let (id, at) = (id.clone(), *at);
     // Cancelled at 25 h (polls run every 30 s).
@@ -296,6 +296,8 @@ fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
     // images pending forever. tagstorm cancels it at 25 h, polls until it has ended, then
     // batches its images again. Its tokens stay counted in the queue until it has ended.
     let (h, id, at) = unended_batch(true);
+    // Upstream took the cancel (it answered `cancelling`): asked once.
+    assert_eq!(h.log.cancels.len(), 1, "{:?}", h.log.cancels);
     // Polled once more after the cancel (to see it cancelled), then no more; the stuck
     // batch's images were tagged after it.
     let last = h.log.last_poll[&id];
@@ -309,11 +311,50 @@ fn a_batch_upstream_never_ends_is_cancelled_and_its_images_go_round_again() {
 #[test]
 fn a_batch_that_ignores_its_cancel_is_let_go_an_hour_later() {
     let (h, id, at) = unended_batch(false);
+    // Asked again every 5 minutes while upstream still said `in_progress`, within the grace.
+    let grace = tagstorm_core::engine::CANCEL_GRACE;
+    let retry = tagstorm_core::engine::CANCEL_RETRY;
+    assert_eq!(
+        h.log.cancels.len() as u32,
+        grace.as_secs() as u32 / retry.as_secs() as u32
+    );
+    for pair in h.log.cancels.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        assert!(
+            gap >= retry && gap < retry + Duration::from_secs(60),
+            "{gap:?}"
+        );
+    }
     // Polled through the grace, then let go; the images went round again.
     let last = h.log.last_poll[&id];
     assert!(last >= at + tagstorm_core::engine::CANCEL_GRACE, "{last:?}");
     assert!(last < at + tagstorm_core::engine::CANCEL_GRACE + Duration::from_secs(600));
     assert!(h.log.tagged.values().any(|(t, _)| *t > last));
+}
+
+#[test]
+fn a_lost_cancel_is_sent_again_and_the_batch_ends_with_its_results() {
+    // The first cancel request never reaches upstream. Core asks again five minutes later,
+    // upstream cancels, and the batch ends well within the grace: polled to its end, not let
+    // go of with its tokens possibly still held upstream.
+    let mut h = harness(Policy::tagstorm(), 8);
+    h.batch_turnaround = Duration::from_secs(3600);
+    h.stuck_next_batches = 1;
+    h.drop_next_cancels = 1;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(72 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    let [(id, first), (again_id, again)] = &h.log.cancels[..] else {
+        panic!("two cancels expected: {:?}", h.log.cancels)
+    };
+    assert_eq!(id, again_id);
+    let retry = tagstorm_core::engine::CANCEL_RETRY;
+    assert!(*again >= *first + retry && *again < *first + retry + Duration::from_secs(60));
+    let last = h.log.last_poll[id];
+    assert!(
+        last > *again && last < *again + Duration::from_secs(600),
+        "{last:?}"
+    );
 }
 
 #[test]
