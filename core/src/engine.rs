@@ -1076,11 +1076,14 @@ impl Engine {
                 Err(code) => self.batch_attempt_failed(now, img, &code),
             }
         }
-        let state = self.batches[batch.0 as usize].terminal_state.clone();
+        let b = &self.batches[batch.0 as usize];
+        let (state, overdue) = (b.terminal_state.clone(), b.cancel_sent.is_some());
         for img in images {
             if self.stage(img) == Some(Stage::Completing) {
                 let code = match state {
                     Some(BatchState::Expired) => "batch_expired",
+                    // Core cancelled it for running past `batch_overdue_ms`: say so.
+                    Some(BatchState::Cancelled) if overdue => "batch_overdue",
                     Some(BatchState::Cancelled) => "batch_cancelled",
                     _ => "missing_from_results",
                 };

@@ -333,6 +333,27 @@ fn a_batch_that_ignores_its_cancel_is_let_go_an_hour_later() {
 }
 
 #[test]
+fn images_of_a_batch_cancelled_as_overdue_fail_as_overdue_once_their_attempts_are_spent() {
+    let mut policy = Policy::tagstorm();
+    policy.batch_max_attempts = 1;
+    let mut h = harness(policy, 8);
+    h.batch_turnaround = Duration::from_secs(3600);
+    h.stuck_next_batches = 1;
+    let up = h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(72 * 3600));
+    h.assert_all_terminal_once(&[(up, 3_000)]);
+    assert!(!h.log.failed.is_empty());
+    for (reason, _) in h.log.failed.values() {
+        assert_eq!(
+            *reason,
+            FailReason::BatchAttemptsExhausted {
+                last: "batch_overdue".into()
+            }
+        );
+    }
+}
+
+#[test]
 fn a_lost_cancel_is_sent_again_and_the_batch_ends_with_its_results() {
     // The first cancel request never reaches upstream. Core asks again five minutes later,
     // upstream cancels, and the batch ends well within the grace: polled to its end, not let
