@@ -1746,15 +1746,20 @@ impl Engine {
                 w.batch.push_front((waiting[i], items[i].tokens));
             }
             if !w.batch.is_empty() {
-                // Retry when the per-hour budgets refill or the token hold lapses; a batch that
-                // ends frees queue room and calls back into `drive` on its own.
+                // Retry when a spent per-hour budget refills or the token hold lapses; a batch
+                // that ends frees queue room and calls back into `drive` on its own. A budget
+                // with room left is not what held the work (the queue's room was): waking at its
+                // "refill" (now) would retry every millisecond until a batch ends.
                 let mut at = now + Duration::from_secs(60);
-                if let Some(t) = w
-                    .batches_per_hour
-                    .as_ref()
-                    .and_then(|b| b.time_until(now, 1))
+                for budget in [&w.batches_per_hour, &w.images_per_hour]
+                    .into_iter()
+                    .flatten()
                 {
-                    at = at.min(now + t.max(Duration::from_millis(1)));
+                    if budget.remaining(now) == 0 {
+                        if let Some(t) = budget.time_until(now, 1) {
+                            at = at.min(now + t.max(Duration::from_millis(1)));
+                        }
+                    }
                 }
                 if self.queue_blocked_until > now {
                     at = at.max(self.queue_blocked_until);

@@ -107,6 +107,8 @@ pub struct Harness {
     /// This many of the next cancel requests are lost on their way (logged as sent, never
     /// applied).
     pub drop_next_cancels: u32,
+    /// Times `run` woke core for a timer.
+    pub wakeups: u64,
     /// This many of the next batches (after those) expire at 24 h with half their lines done.
     pub expire_next_batches: u32,
     limits: RateLimits,
@@ -154,6 +156,7 @@ impl Harness {
             stuck_next_batches: 0,
             lost_next_batches: 0,
             drop_next_cancels: 0,
+            wakeups: 0,
             expire_next_batches: 0,
             limits,
             rng: Pcg64Mcg::seed_from_u64(seed),
@@ -570,6 +573,7 @@ impl Harness {
                     Delivery::Results(b, r) => self.engine.handle_batch_results(now, b, r),
                 }
             } else {
+                self.wakeups += 1;
                 self.engine.handle_timeout(self.now);
             }
         }

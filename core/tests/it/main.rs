@@ -333,6 +333,23 @@ fn a_batch_that_ignores_its_cancel_is_let_go_an_hour_later() {
 }
 
 #[test]
+fn work_held_by_a_full_batch_queue_does_not_wake_core_every_millisecond() {
+    // seed-proposed batches 3,000 images in batches of 200; Tier 1's queue takes about 700
+    // lines, so the rest waits for room. The workspace's per-hour batch budget still has room,
+    // which used to schedule the next try "when it refills", that is at once: core woke every
+    // millisecond until a batch ended (600,000 times in these ten minutes).
+    let mut policy = Policy::seed_proposed();
+    policy.workspace_batches_per_hour = Some(10);
+    policy.workspace_images_per_hour = Some(100_000);
+    let mut h = harness(policy, 4);
+    h.batch_turnaround = Duration::from_secs(2 * 3600);
+    h.upload(1, vec![low(); 3_000]);
+    h.run(Duration::from_secs(600));
+    assert!(h.log.batches_created >= 1);
+    assert!(h.wakeups < 1_000, "{} wake-ups", h.wakeups);
+}
+
+#[test]
 fn images_of_a_batch_cancelled_as_overdue_fail_as_overdue_once_their_attempts_are_spent() {
     let mut policy = Policy::tagstorm();
     policy.batch_max_attempts = 1;
