@@ -108,13 +108,27 @@ fn scenario_text() -> impl Strategy<Value = String> {
         prop::option::of(1u32..=6),
         prop::option::of(0u64..=200_000),
     );
-    (account, faults, images, groups, policy).prop_map(
+    // More policy knobs, each left to the preset half the time: workspace quotas, polling
+    // and its limits, what a 429 and spent retries do, pacing itself, and the thresholds.
+    let knobs = (
+        prop::option::of((1u64..=600, 20_000u64..=2_000_000)),
+        prop::option::of((1u32..=30, 60_000u64..=7_200_000)),
+        prop::option::of(600_000u64..=90_000_000),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of(prop::bool::ANY),
+        prop::option::of((0u32..=100, 0u32..=400, 1u32..=20, 0u64..=10_000)),
+        prop::option::of((1u64..=20, 1u64..=5_000)),
+    );
+    (account, faults, images, groups, policy, knobs).prop_map(
         |(
             (tier, rpd, queue),
             (err, overloaded, timeout, script, outcomes, (fail, expire, line)),
             (high, w, h),
             groups,
             (head, per_batch, deadline, latency, fair, headroom, attempts, foreign),
+            (ws_limits, poll, give_up, fallback, honor, pacing, exhausted_fail, thresholds, per_hour),
         )| {
             let mut t = String::from("name = \"random\"\nseed = 7\n\n[account]\nmodel = \"gpt-4o-mini\"\n");
             let _ = writeln!(t, "tier = {tier}");
@@ -204,6 +218,50 @@ fn scenario_text() -> impl Strategy<Value = String> {
             if let Some(v) = attempts {
                 let _ = writeln!(t, "retry_max_attempts = {v}\nbatch_max_attempts = {v}");
             }
+            if let Some((rpm, tpm)) = ws_limits {
+                let _ = writeln!(t, "workspace_rpm = {rpm}\nworkspace_tpm = {tpm}");
+            }
+            if let Some((secs, max_ms)) = poll {
+                let _ = writeln!(
+                    t,
+                    "poll_interval_ms = {}\npoll_max_interval_ms = {}",
+                    secs * 1000,
+                    max_ms.max(u64::from(secs) * 1000)
+                );
+            }
+            if let Some(v) = give_up {
+                let _ = writeln!(t, "poll_give_up_ms = {v}\nbatch_overdue_ms = {}", v / 2 + 1);
+            }
+            if let Some(v) = fallback {
+                let _ = writeln!(t, "fallback_to_batch_on_rate_limit = {v}");
+            }
+            if let Some(v) = honor {
+                let _ = writeln!(t, "honor_retry_after = {v}");
+            }
+            if let Some(v) = pacing {
+                let _ = writeln!(t, "client_pacing = {v}");
+            }
+            if let Some(v) = exhausted_fail {
+                let _ = writeln!(
+                    t,
+                    "on_retries_exhausted = \"{}\"",
+                    if v { "fail" } else { "batch" }
+                );
+            }
+            if let Some((max, extra, chunk, interval)) = thresholds {
+                let _ = writeln!(
+                    t,
+                    "realtime_max_images = {max}\nrealtime_chunked_max = {}\n\
+                     chunk_size = {chunk}\nchunk_interval_ms = {interval}",
+                    max + extra
+                );
+            }
+            if let Some((batches, images)) = per_hour {
+                let _ = writeln!(
+                    t,
+                    "workspace_batches_per_hour = {batches}\nworkspace_images_per_hour = {images}"
+                );
+            }
             t
         },
     )
@@ -246,6 +304,15 @@ proptest! {
             prop_assert_eq!(i.tagged_realtime + i.tagged_batch, i.tagged, "channels under {}", preset);
             prop_assert_eq!(a.verification.tag_mismatches, 0, "tag mismatches under {}", preset);
             prop_assert_eq!(a.verification.duplicate_terminal, 0, "terminal twice under {}", preset);
+            // No busy loop: a core that re-arms a timer for "now" wakes a thousand times a
+            // simulated second. Real work is a few events per image plus polls and retries
+            // spaced by seconds.
+            let seconds = a.sim.end_ms / 1000 + 1;
+            prop_assert!(
+                a.sim.events <= 100 * i.total + 20 * seconds,
+                "{} events for {} images over {} s under {}\n{}",
+                a.sim.events, i.total, seconds, preset, text
+            );
             // Lost: pending when nothing is left to happen (no answer on its way, no timer).
             // An image still waiting when the month runs out is slow, not lost (a batch
             // upstream that lets a fifth of its batches run to the 24 h window can take weeks
