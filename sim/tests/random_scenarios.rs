@@ -197,27 +197,15 @@ fn scenario_text() -> impl Strategy<Value = String> {
                 foreign.unwrap_or(0)
             );
             t.push_str("\n[policy]\n");
-            if let Some(v) = head {
-                let _ = writeln!(t, "realtime_head_images = {v}");
-            }
-            if let Some(v) = per_batch {
-                let _ = writeln!(t, "max_images_per_batch = {v}");
-            }
-            if let Some(v) = deadline {
-                let _ = writeln!(t, "deadline_ms = {v}");
-            }
-            if let Some(v) = latency {
-                let _ = writeln!(t, "prefer = \"{}\"", if v { "latency" } else { "cost" });
-            }
-            if let Some(v) = fair {
-                let _ = writeln!(t, "fair_share = {v}");
-            }
-            if let Some(v) = headroom {
-                let _ = writeln!(t, "account_headroom_percent = {v}");
-            }
-            if let Some(v) = attempts {
-                let _ = writeln!(t, "retry_max_attempts = {v}\nbatch_max_attempts = {v}");
-            }
+            let quoted = |v: &str| format!("\"{v}\"");
+            set(&mut t, "realtime_head_images", head);
+            set(&mut t, "max_images_per_batch", per_batch);
+            set(&mut t, "deadline_ms", deadline);
+            set(&mut t, "prefer", latency.map(|v| quoted(if v { "latency" } else { "cost" })));
+            set(&mut t, "fair_share", fair);
+            set(&mut t, "account_headroom_percent", headroom);
+            set(&mut t, "retry_max_attempts", attempts);
+            set(&mut t, "batch_max_attempts", attempts);
             if let Some((rpm, tpm)) = ws_limits {
                 let _ = writeln!(t, "workspace_rpm = {rpm}\nworkspace_tpm = {tpm}");
             }
@@ -232,22 +220,14 @@ fn scenario_text() -> impl Strategy<Value = String> {
             if let Some(v) = give_up {
                 let _ = writeln!(t, "poll_give_up_ms = {v}\nbatch_overdue_ms = {}", v / 2 + 1);
             }
-            if let Some(v) = fallback {
-                let _ = writeln!(t, "fallback_to_batch_on_rate_limit = {v}");
-            }
-            if let Some(v) = honor {
-                let _ = writeln!(t, "honor_retry_after = {v}");
-            }
-            if let Some(v) = pacing {
-                let _ = writeln!(t, "client_pacing = {v}");
-            }
-            if let Some(v) = exhausted_fail {
-                let _ = writeln!(
-                    t,
-                    "on_retries_exhausted = \"{}\"",
-                    if v { "fail" } else { "batch" }
-                );
-            }
+            set(&mut t, "fallback_to_batch_on_rate_limit", fallback);
+            set(&mut t, "honor_retry_after", honor);
+            set(&mut t, "client_pacing", pacing);
+            set(
+                &mut t,
+                "on_retries_exhausted",
+                exhausted_fail.map(|v| quoted(if v { "fail" } else { "batch" })),
+            );
             if let Some((max, extra, chunk, interval)) = thresholds {
                 let _ = writeln!(
                     t,
@@ -265,6 +245,13 @@ fn scenario_text() -> impl Strategy<Value = String> {
             t
         },
     )
+}
+
+/// Appends `key = value` to a TOML table when the draw set it.
+fn set(t: &mut String, key: &str, value: Option<impl std::fmt::Display>) {
+    if let Some(v) = value {
+        let _ = writeln!(t, "{key} = {v}");
+    }
 }
 
 /// 24 cases from a fixed seed, so CI runs the same draws every time; `PROPTEST_CASES` and
