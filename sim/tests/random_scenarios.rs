@@ -292,13 +292,20 @@ proptest! {
             prop_assert_eq!(a.verification.tag_mismatches, 0, "tag mismatches under {}", preset);
             prop_assert_eq!(a.verification.duplicate_terminal, 0, "terminal twice under {}", preset);
             // No busy loop: a core that re-arms a timer for "now" wakes a thousand times a
-            // simulated second. Real work is a few events per image plus polls and retries
-            // spaced by seconds.
+            // simulated second. Besides polls (two events each: the timer and the answer),
+            // real work is a few events per image plus retries spaced by seconds; polls come
+            // at most once a second per batch (the draws' fastest interval).
             let seconds = a.sim.end_ms / 1000 + 1;
+            let polls = a.upstream.batch_polls;
             prop_assert!(
-                a.sim.events <= 100 * i.total + 20 * seconds,
-                "{} events for {} images over {} s under {}\n{}",
-                a.sim.events, i.total, seconds, preset, text
+                a.sim.events.saturating_sub(2 * polls) <= 100 * i.total + 20 * seconds,
+                "{} events ({} polls) for {} images over {} s under {}\n{}",
+                a.sim.events, polls, i.total, seconds, preset, text
+            );
+            prop_assert!(
+                polls <= (a.upstream.batches_created + 1) * (seconds + 10),
+                "{} polls of {} batches over {} s under {}\n{}",
+                polls, a.upstream.batches_created, seconds, preset, text
             );
             // Lost: pending when nothing is left to happen (no answer on its way, no timer).
             // An image still waiting when the month runs out is slow, not lost (a batch
