@@ -1746,10 +1746,12 @@ impl Engine {
                 w.batch.push_front((waiting[i], items[i].tokens));
             }
             if !w.batch.is_empty() {
-                // Retry when a spent per-hour budget refills or the token hold lapses; a batch
-                // that ends frees queue room and calls back into `drive` on its own. A budget
-                // with room left is not what held the work (the queue's room was): waking at its
-                // "refill" (now) would retry every millisecond until a batch ends.
+                // Retry when a spent per-hour budget refills or the token hold lapses, else in a
+                // minute: queue room a batch frees is taken at that retry, not at once (at once,
+                // core refills room another client may hold, and in batch-queue-full that cost
+                // one more `token_limit_exceeded`). A budget with room left is not what held the
+                // work (the queue's room was): waking at its "refill" (now) would retry every
+                // millisecond.
                 let mut at = now + Duration::from_secs(60);
                 for budget in [&w.batches_per_hour, &w.images_per_hour]
                     .into_iter()
