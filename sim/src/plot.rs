@@ -228,18 +228,19 @@ pub fn capacity_svg(
     svg
 }
 
-/// Seconds as an axis label: `0.5 s`, `90 s`, `2 min`, `2.5 h`.
+/// Seconds as an axis label: `0.5 s`, `90 s`, `2 min`, `2.5 h`. The unit is chosen on the
+/// rounded figure, so 119.97 s reads `2 min` as 120 s does, not `120 s`.
 fn seconds_label(s: f64) -> String {
+    // One decimal, without a `.0`, and whether that figure is under 120.
     let trim = |v: f64| {
         let t = format!("{v:.1}");
-        t.strip_suffix(".0").map_or(t.clone(), str::to_owned)
+        let under = t.parse::<f64>().is_ok_and(|r| r < 120.0);
+        (t.strip_suffix(".0").map_or(t.clone(), str::to_owned), under)
     };
-    if s < 120.0 {
-        format!("{} s", trim(s))
-    } else if s < 7200.0 {
-        format!("{} min", trim(s / 60.0))
-    } else {
-        format!("{} h", trim(s / 3600.0))
+    match (trim(s), trim(s / 60.0)) {
+        ((secs, true), _) => format!("{secs} s"),
+        (_, (mins, true)) => format!("{mins} min"),
+        _ => format!("{} h", trim(s / 3600.0).0),
     }
 }
 
@@ -422,6 +423,17 @@ mod tests {
         assert_eq!(seconds_label(0.5), "0.5 s");
         assert_eq!(seconds_label(90.0), "90 s");
         assert_eq!(seconds_label(9000.0), "2.5 h");
+        // The unit follows the rounded figure: never `120 s` or `120 min`.
+        for (s, want) in [
+            (119.94, "119.9 s"),
+            (119.96, "2 min"),
+            (120.0, "2 min"),
+            (7196.9, "119.9 min"),
+            (7197.0, "2 h"),
+            (7200.0, "2 h"),
+        ] {
+            assert_eq!(seconds_label(s), want, "{s} s");
+        }
         assert!(capacity_svg("c", "users", "p95", &[], 120.0).contains("no runs"));
     }
 }

@@ -8,11 +8,20 @@ use crate::results::{AccountSummary, Results};
 use crate::scenario::Scenario;
 
 /// `ms` in the unit a person reads fastest: `850 ms`, `3.2 s`, `4m 05s`, `2h 05m`, `1d 02h`.
+///
+/// Seconds are rounded to one decimal; minutes, hours and days are truncated, so they never read
+/// `60m`, `24h`. From 59,950 ms the seconds would round to `60.0 s`: those read as the minute
+/// they round to, `1m 00s`, as every longer duration does.
 pub fn fmt_ms(ms: u64) -> String {
+    let ms = if (59_950..60_000).contains(&ms) {
+        60_000
+    } else {
+        ms
+    };
     let s = ms / 1000;
     match ms {
         0..=999 => format!("{ms} ms"),
-        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        1_000..=59_949 => format!("{:.1} s", ms as f64 / 1000.0),
         60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
         3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d {:02}h", s / 86_400, (s % 86_400) / 3600),
@@ -400,6 +409,66 @@ mod tests {
         );
         assert_eq!(thousands(2_000_000), "2,000,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn durations_never_round_past_their_unit() {
+        let cases = [
+            (999, "999 ms"),
+            (1_000, "1.0 s"),
+            (59_949, "59.9 s"),
+            (59_950, "1m 00s"),
+            (59_960, "1m 00s"),
+            (59_999, "1m 00s"),
+            (60_000, "1m 00s"),
+            (60_999, "1m 00s"),
+            (3_599_999, "59m 59s"),
+            (3_600_000, "1h 00m"),
+            (86_399_999, "23h 59m"),
+            (86_400_000, "1d 00h"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(fmt_ms(ms), want, "{ms} ms");
+        }
+        // Around every switch, a reading stays within its unit and never goes down as the
+        // duration goes up.
+        let read = |t: &str| -> f64 {
+            let num = |v: &str| {
+                v.trim_end_matches(char::is_alphabetic)
+                    .parse::<f64>()
+                    .unwrap()
+            };
+            let parts: Vec<&str> = t.split(' ').collect();
+            match parts[..] {
+                [v, "ms"] => num(v),
+                [v, "s"] => {
+                    assert!(num(v) < 60.0, "{t}");
+                    num(v) * 1e3
+                }
+                [a, b] if a.ends_with('m') => {
+                    assert!(num(b) < 60.0 && num(a) < 60.0, "{t}");
+                    num(a) * 6e4 + num(b) * 1e3
+                }
+                [a, b] if a.ends_with('h') => {
+                    assert!(num(b) < 60.0 && num(a) < 24.0, "{t}");
+                    num(a) * 3.6e6 + num(b) * 6e4
+                }
+                [a, b] if a.ends_with('d') => {
+                    assert!(num(b) < 24.0, "{t}");
+                    num(a) * 8.64e7 + num(b) * 3.6e6
+                }
+                _ => panic!("{t}"),
+            }
+        };
+        let mut last = 0.0;
+        for ms in (0..=130_000)
+            .chain(3_590_000..=3_610_000)
+            .chain(86_390_000..=86_410_000)
+        {
+            let got = read(&fmt_ms(ms));
+            assert!(got >= last, "{ms} ms reads {}", fmt_ms(ms));
+            last = got;
+        }
     }
 
     #[test]
