@@ -42,6 +42,41 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(3600);
 /// `cancelling`): the request may have been lost on its way or refused for a moment.
 pub const CANCEL_RETRY: Duration = Duration::from_secs(300);
 
+/// How long a learned [`ForeignShare`] is first kept before core probes the whole queue
+/// again; it doubles with each `token_limit_exceeded` in a row.
+const FOREIGN_HOLD: Duration = Duration::from_secs(60);
+
+/// Tokens other clients of the organization hold in upstream's enqueued-token queue, which
+/// core cannot see. A `token_limit_exceeded` teaches it: all of the queue that is not ours is
+/// taken as theirs, so the queue reads full. Room our own batches free after that is ours to
+/// take again at once. Theirs is kept for [`FOREIGN_HOLD`], doubled with every failure in a
+/// row up to one batch turnaround, and then dropped: the next batch probes the whole queue. A
+/// failed probe costs only a validation; a batch upstream accepts ends the run of failures.
+#[derive(Clone, Copy, Debug, Default)]
+struct ForeignShare {
+    tokens: u64,
+    until: Time,
+    /// `token_limit_exceeded` failures since upstream last accepted one of our batches.
+    strikes: u32,
+}
+
+impl ForeignShare {
+    /// What is still taken as theirs at `now`.
+    fn tokens_at(&self, now: Time) -> u64 {
+        if now < self.until { self.tokens } else { 0 }
+    }
+
+    /// A `token_limit_exceeded` at `now`, with `theirs` the queue's tokens that are not ours.
+    fn learn(&mut self, now: Time, theirs: u64, longest: Duration) {
+        let hold = FOREIGN_HOLD
+            .saturating_mul(1 << self.strikes.min(16))
+            .min(longest.max(FOREIGN_HOLD));
+        self.strikes = self.strikes.saturating_add(1);
+        self.tokens = theirs;
+        self.until = now + hold;
+    }
+}
+
 /// Whether a saturating per-image attempt counter has used up a policy's `max` attempts. A
 /// saturated counter counts as exhausted: otherwise a `max` above the counter's range would
 /// retry an image that always fails forever, and it would never end.
@@ -499,9 +534,13 @@ pub struct Engine {
     /// A `handle_*` call ran at this instant and decisions are due at the next `poll_*`.
     drive_at: Option<Time>,
     workspace_wake: Option<Time>,
+    /// The next retry of held batch work (a minute on, or when a spent per-hour budget
+    /// refills); room our own batch frees clears it, so that room is taken at once.
     batch_hold_until: Option<Time>,
-    /// After `token_limit_exceeded`, hold new batches until one of ours ends or this passes.
-    queue_blocked_until: Time,
+    /// After a failed file upload or batch creation, no new batch before this.
+    submit_backoff_until: Time,
+    /// What other clients hold in upstream's enqueued-token queue, as far as core can tell.
+    foreign: ForeignShare,
     /// Realtime work queued: tokens and requests.
     backlog_tokens: u64,
     backlog_requests: u64,
@@ -566,7 +605,8 @@ impl Engine {
             drive_at: None,
             workspace_wake: None,
             batch_hold_until: None,
-            queue_blocked_until: Time::ZERO,
+            submit_backoff_until: Time::ZERO,
+            foreign: ForeignShare::default(),
             backlog_tokens: 0,
             backlog_requests: 0,
             quantum: 1,
@@ -932,6 +972,16 @@ impl Engine {
                 return;
             }
         };
+        if b.created_at >= self.foreign.until
+            && matches!(
+                status.state,
+                BatchState::InProgress | BatchState::Finalizing | BatchState::Completed
+            )
+        {
+            // Upstream took a batch made without the learned foreign share (a probe) into its
+            // queue: the run of token-limit failures is over.
+            self.foreign.strikes = 0;
+        }
         let stage = match &status.state {
             BatchState::Validating => Some(Stage::Submitted),
             BatchState::InProgress | BatchState::Cancelling => Some(Stage::Processing),
@@ -974,10 +1024,10 @@ impl Engine {
                 b.phase = BatchPhase::Done;
                 let images = std::mem::take(&mut b.images);
                 if code == "token_limit_exceeded" {
-                    // Upstream's queue is fuller than ours says (other clients share it): hold
-                    // batch work until one of our batches ends, or a while passes.
-                    let hold = Duration::from_millis(self.cfg.policy.poll_interval_ms.max(60_000));
-                    self.queue_blocked_until = now + hold;
+                    // Upstream's queue is fuller than ours says: other clients share it. Take
+                    // all of it that is not ours as theirs, for now.
+                    let theirs = self.queue.limit().saturating_sub(self.queue.enqueued());
+                    self.foreign.learn(now, theirs, self.batch_turnaround);
                     for img in images {
                         self.hold_for_queue(now, img);
                     }
@@ -1669,6 +1719,7 @@ impl Engine {
         if !self.batch_dirty
             || self.batch_waiting.is_empty()
             || self.batch_hold_until.is_some_and(|t| t > now)
+            || self.submit_backoff_until > now
         {
             return;
         }
@@ -1680,11 +1731,10 @@ impl Engine {
             let Some(ws) = self.batch_waiting.pop_front() else {
                 break;
             };
-            let queue_free = if self.queue_blocked_until > now {
-                0
-            } else {
-                self.queue.free()
-            };
+            let queue_free = self
+                .queue
+                .free()
+                .saturating_sub(self.foreign.tokens_at(now));
             let mut caps = self.cfg.split_caps();
             caps.queue_tokens_free = queue_free;
             let w = &self.workspaces[ws];
@@ -1746,13 +1796,16 @@ impl Engine {
                 w.batch.push_front((waiting[i], items[i].tokens));
             }
             if !w.batch.is_empty() {
-                // Retry when a spent per-hour budget refills or the token hold lapses, else in a
-                // minute: queue room a batch frees is taken at that retry, not at once (at once,
-                // core refills room another client may hold, and in batch-queue-full that cost
-                // one more `token_limit_exceeded`). A budget with room left is not what held the
-                // work (the queue's room was): waking at its "refill" (now) would retry every
+                // Retry when a spent per-hour budget refills, else in a minute (as another
+                // client's share of the queue fades); room one of our batches frees is taken at
+                // once (`release_queue`). A budget with room left is not what held the work (the
+                // queue's room was): waking at its "refill" (now) would retry every
                 // millisecond.
                 let mut at = now + Duration::from_secs(60);
+                if self.foreign.until > now {
+                    // The probe of the whole queue, when the learned foreign share lapses.
+                    at = at.min(self.foreign.until);
+                }
                 for budget in [&w.batches_per_hour, &w.images_per_hour]
                     .into_iter()
                     .flatten()
@@ -1762,9 +1815,6 @@ impl Engine {
                             at = at.min(now + t.max(Duration::from_millis(1)));
                         }
                     }
-                }
-                if self.queue_blocked_until > now {
-                    at = at.max(self.queue_blocked_until);
                 }
                 next_try = Some(next_try.map_or(at, |t: Time| t.min(at)));
                 self.batch_waiting.push_back(ws);
@@ -1847,8 +1897,8 @@ impl Engine {
         // Back off before the next attempt at building a batch.
         let delay = self.backoff.delay(0, &mut self.rng);
         let at = now + delay;
-        if self.batch_hold_until.is_none_or(|t| at > t) {
-            self.batch_hold_until = Some(at);
+        if at > self.submit_backoff_until {
+            self.submit_backoff_until = at;
             self.timer(at, Timer::BatchHold);
         }
     }
@@ -1859,8 +1909,9 @@ impl Engine {
             b.queue_released = true;
             self.queue.release(b.tokens);
             self.batch_dirty = true;
-            // Room freed by our own batch ends any token-limit hold.
-            self.queue_blocked_until = Time::ZERO;
+            // The room is ours to take again at once: what another client holds is counted
+            // in `foreign`, so this room is not theirs.
+            self.batch_hold_until = None;
         }
     }
 

@@ -540,6 +540,93 @@ fn token_limit_exceeded_forever_ends_in_queue_full() {
     assert_eq!(e.stats().batches_created, 25);
 }
 
+/// After a `token_limit_exceeded`, core takes the part of the queue it does not hold as another
+/// client's. Room its own batch frees later is refilled at once, with no more than that room;
+/// the whole queue is probed again only when the hold lapses (60 s, then 120 s after a second
+/// failure in a row).
+#[test]
+fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
+    let q = {
+        let mut e = engine(Policy::seed_current(), 1);
+        let up = upload(&mut e, Time::ZERO, vec![low()]);
+        e.image_tokens(ImageId {
+            upload: up,
+            index: 0,
+        })
+        .unwrap()
+        .0
+    };
+    let mut account = tier(1);
+    account.batch_queue_tokens = std::num::NonZeroU64::new(24 * q).unwrap();
+    let policy = Policy {
+        // The holds double up to one batch turnaround: far above these minutes.
+        batch_turnaround_estimate_ms: 30 * 60_000,
+        ..Policy::seed_current()
+    };
+    let mut e = Engine::new(Config::new(policy, account)).unwrap();
+    upload(&mut e, Time::ZERO, vec![low(); 20]);
+    let mut now = Time::ZERO;
+    // (seconds, images) of every batch file, in order.
+    let mut started: Vec<(u64, usize)> = Vec::new();
+    let mut images: BTreeMap<BatchRef, Vec<ImageId>> = BTreeMap::new();
+    let mut second_upload = false;
+    while now <= Time::from_secs(250) {
+        let acts = actions(&mut e);
+        let answered = !acts.is_empty();
+        for a in acts {
+            match a {
+                Action::UploadBatchFile {
+                    batch, images: i, ..
+                } => {
+                    started.push((now.as_millis() / 1000, i.len()));
+                    images.insert(batch, i);
+                    e.handle_file_uploaded(now, batch, ok("file-in"));
+                }
+                Action::CreateBatch { batch, .. } => {
+                    e.handle_batch_created(now, batch, Ok(format!("batch_{}", batch.0)));
+                }
+                Action::PollBatch { batch, .. } => {
+                    let state = match batch.0 {
+                        0 if now >= Time::from_secs(30) => BatchState::Completed,
+                        1 | 3 => BatchState::Failed {
+                            code: "token_limit_exceeded".into(),
+                        },
+                        _ => BatchState::InProgress,
+                    };
+                    e.handle_batch_status(now, batch, status(state));
+                }
+                Action::DownloadResults { batch, .. } => {
+                    e.handle_batch_results(now, batch, Ok(all_lines(&images[&batch])));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if answered {
+            continue;
+        }
+        if !second_upload {
+            // A second upload a second later finds 4 images' room left.
+            second_upload = true;
+            now = Time::from_secs(1);
+            upload(&mut e, now, vec![low(); 30]);
+            continue;
+        }
+        let Some(t) = e.poll_timeout() else { break };
+        now = t;
+        e.handle_timeout(now);
+    }
+    assert_eq!(
+        started,
+        [
+            (0, 20),  // the first upload: 20 of the queue's 24 images of room
+            (1, 4),   // the second: the 4 left, refused at 11 s (another client holds them)
+            (30, 20), // batch 0 ends at 30 s: its 20 images' room, at once, and no more
+            (71, 4),  // the hold lapses 60 s after the refusal: a probe, refused at 81 s
+            (201, 4), // a second refusal in a row holds for 120 s
+        ]
+    );
+}
+
 /// Failed lines of a completed batch count as a trip each; with one trip allowed
 /// (seed-current) they fail with the line's code, and the good lines are tagged.
 #[test]
