@@ -40,7 +40,8 @@ Every value is one more --set KEY=VALUE after the others (a --set or --seed of t
 is refused). A comma inside a quoted string, an array or an inline table does not split the list:
 --vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values.
 A value that makes the scenario or the policy invalid is reported, naming it, and nothing runs.
-In the table, * marks the lowest figure of each column where lower is better; the totals
+In the table, * marks the lowest figure of each column where lower is better, among the values
+that drop the fewest images (a value that fails images finishes early and pays less); the totals
 (makespan, 429s, retries, failed, cost) only when the swept field leaves the workload as it is
 (not an images.* or uploads.* field) and every value gives as many images.
 
@@ -469,6 +470,11 @@ fn cells(key: &str, rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String,
         && rows
             .iter()
             .all(|(_, r)| r.images.total == rows[0].1.images.total);
+    // A value that drops images finishes early and pays less: only the values that drop the
+    // fewest (failed or pending; usually none) compete for a star.
+    let dropped = |r: &Results| r.images.failed.saturating_add(r.images.pending);
+    let fewest = rows.iter().map(|(_, r)| dropped(r)).min().unwrap_or(0);
+    let competes: Vec<bool> = rows.iter().map(|(_, r)| dropped(r) == fewest).collect();
     let best: Vec<Option<&str>> = cols
         .iter()
         .enumerate()
@@ -480,6 +486,7 @@ fn cells(key: &str, rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String,
             let (_, at) = rows
                 .iter()
                 .enumerate()
+                .filter(|&(k, _)| competes[k])
                 .filter_map(|(k, (_, r))| Some((f(r)?, k)))
                 .min_by(|a, b| a.0.total_cmp(&b.0))?;
             Some(texts[at][i].as_str())
@@ -487,10 +494,11 @@ fn cells(key: &str, rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String,
         .collect();
     let cells = texts
         .iter()
-        .map(|row| {
+        .zip(&competes)
+        .map(|(row, &competes)| {
             row.iter()
                 .zip(&best)
-                .map(|(text, b)| (text.clone(), *b == Some(text.as_str())))
+                .map(|(text, b)| (text.clone(), competes && *b == Some(text.as_str())))
                 .collect()
         })
         .collect();
@@ -601,10 +609,11 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
 
 /// What the table's columns mean, under it.
 const GUIDE: &str = "\
-* marks the lowest figure of each column where lower is better (ties all marked); the totals
-(makespan, 429s, retries, failed, cost) only when the swept field is not an images.* or
-uploads.* field and every value gives as many images. Read latencies
-and cost with \"failed\": a value that drops images finishes early and pays less. Latencies run from the upload's start:
+* marks the lowest figure of each column where lower is better (ties all marked), among the
+values that drop the fewest images (failed or pending): one that drops images finishes early
+and pays less, so it takes no star from one that tags them. The totals (makespan, 429s,
+retries, failed, cost) are marked only when the swept field is not an images.* or uploads.*
+field and every value gives as many images. Latencies run from the upload's start:
 \"first tag\" is when its user first sees a result, \"tagged\" is per image, \"complete\" when every
 image of the upload is tagged or failed. rt / batch: images tagged through the realtime and the
 Batch API. bound ratio: makespan / the shortest the account's RPM/TPM allow. Pending must be 0.
@@ -655,7 +664,10 @@ pub fn markdown(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]
             );
         }
     }
-    out.push_str("Bold: the lowest figure of its column where lower is better.\n");
+    out.push_str(
+        "Bold: the lowest figure of its column where lower is better, among the values that \
+         drop the fewest images.\n",
+    );
     out
 }
 
@@ -807,6 +819,43 @@ mod tests {
             "policy..x=5",
             "`policy..x` is not a field path (e.g. policy.chunk_size or uploads.0.images)",
         );
+    }
+
+    /// A value that fails images is faster and cheaper on paper: it must not take the star from
+    /// the values that tag every image.
+    #[test]
+    fn a_value_that_drops_images_takes_no_star() {
+        let text = "name = \"t\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 1\n\
+                    [images]\nwidth_px = 512\nheight_px = 512\ndetail = \"low\"\n\
+                    output_tokens = 60\n[[uploads]]\nusers = 2\nimages = 5\nat_s = 0\n";
+        let s = Scenario::from_text("t.toml", text, &[]).unwrap();
+        let policy = s.policy(&tagstorm_core::Policy::tagstorm()).unwrap();
+        let whole = crate::sim::run(&s, &policy).unwrap().results;
+        let mut drops = whole.clone();
+        drops.images.failed = 2;
+        drops.images.tagged -= 2;
+        drops.latency_ms.upload_complete.p95 /= 2;
+        drops.makespan_ms /= 2;
+        drops.cost_usd /= 2.0;
+        let rows = [("10", &drops), ("20", &whole)];
+        let (cols, marked) = cells("policy.realtime_max_images", &rows);
+        let star = |row: usize, name: &str| {
+            let i = cols
+                .iter()
+                .position(|c| format!("{} {}", c.top, c.bottom).trim() == name)
+                .unwrap_or_else(|| panic!("no column {name}"));
+            marked[row][i].1
+        };
+        for name in ["complete p95", "makespan", "cost", "failed"] {
+            assert!(!star(0, name), "{name}: the dropping value is starred");
+            assert!(star(1, name), "{name}: the whole value is not starred");
+        }
+        // When every value drops as many, the fastest is starred again.
+        let mut whole_drops = whole.clone();
+        whole_drops.images.failed = 2;
+        let rows = [("10", &drops), ("20", &whole_drops)];
+        let (_, cells_same) = cells("policy.realtime_max_images", &rows);
+        assert_ne!(cells_same[0], marked[0]);
     }
 
     #[test]
