@@ -8,6 +8,7 @@
 //! up as one curve moving against another.
 
 use hdrhistogram::Histogram;
+use plotters::coord::ranged1d::BoldPoints;
 use plotters::prelude::*;
 
 /// Tail depth of the x axis: percentiles up to 1 − 1/`X_MAX` (99.99%).
@@ -244,6 +245,26 @@ fn seconds_label(s: f64) -> String {
     }
 }
 
+/// `coord`'s own ticks for about `n` labels, less each one whose label reads as the one before
+/// it: a log axis ends one decade's steps on the next decade's first tick (10 × (1 + 9), then
+/// 100), which drew `100 s` twice, and rounding can make two close ticks read alike.
+fn distinct_ticks(
+    coord: &impl Ranged<ValueType = f64>,
+    n: usize,
+    label: &dyn Fn(f64) -> String,
+) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut last = None;
+    for v in coord.key_points(BoldPoints(n)) {
+        let text = label(v);
+        if last.as_ref() != Some(&text) {
+            ticks.push(v);
+            last = Some(text);
+        }
+    }
+    ticks
+}
+
 fn draw_capacity(
     svg: &mut String,
     title: &str,
@@ -278,20 +299,26 @@ fn draw_capacity(
         .fold(limit_s, f64::min)
         .max(floor)
         / 1.5;
+    let (x_range, y_range) = ((x_min..x_max).log_scale(), (y_min..y_max).log_scale());
+    let x_label = |x: f64| format!("{x:.0}");
+    let x_ticks = distinct_ticks(&LogCoord::from(x_range.clone()), 11, &x_label);
+    let y_ticks = distinct_ticks(&LogCoord::from(y_range.clone()), 12, &seconds_label);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((x_min..x_max).log_scale(), (y_min..y_max).log_scale())?;
+        .build_cartesian_2d(
+            x_range.with_key_points(x_ticks),
+            y_range.with_key_points(y_ticks),
+        )?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
         .light_line_style(WHITE)
-        .y_labels(12)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| x_label(*x))
         .y_label_formatter(&|y| seconds_label(*y))
         .draw()?;
     let grey = RGBColor(0x60, 0x60, 0x60);
@@ -435,5 +462,42 @@ mod tests {
             assert_eq!(seconds_label(s), want, "{s} s");
         }
         assert!(capacity_svg("c", "users", "p95", &[], 120.0).contains("no runs"));
+    }
+
+    #[test]
+    fn capacity_chart_draws_each_axis_label_once() {
+        // A log axis's ticks end one decade's steps on the next decade (10 × (1 + 9) and 100),
+        // which both read `100 s` on y, and `10` on x when the users span one decade.
+        for (x_top, y_top) in [(4.0, 300.0), (8.0, 80.0), (300.0, 3000.0), (40.0, 9000.0)] {
+            let svg = capacity_svg(
+                "capacity",
+                "concurrent users",
+                "p95 (s)",
+                &[("tier 1", vec![(1.0, 8.0), (x_top, y_top)])],
+                120.0,
+            );
+            let labels: Vec<String> = svg
+                .split("<text")
+                .skip(1)
+                .filter_map(|t| t.split('>').nth(1)?.split('<').next())
+                .map(|t| t.trim().to_owned())
+                .collect();
+            for l in &labels {
+                assert_eq!(
+                    labels.iter().filter(|m| *m == l).count(),
+                    1,
+                    "{l:?} in {labels:?}"
+                );
+            }
+            // The axes are still labelled.
+            assert!(labels.iter().any(|l| l == "1"), "{labels:?}");
+            let y_labels = labels
+                .iter()
+                .filter(|l| {
+                    !l.starts_with("limit ") && [" s", " min", " h"].iter().any(|u| l.ends_with(u))
+                })
+                .count();
+            assert!(y_labels >= 3, "{labels:?}");
+        }
     }
 }
