@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use mock_openai::batch::{BatchLine, BatchStatus as ApiStatus, LineOutcome};
 use mock_openai::chat::FinishReason;
 use mock_openai::chat::{ChatOutcome, ChatRequest};
+use mock_openai::latency;
 use mock_openai::tags::{self, Tags};
 use mock_openai::{OrgId, Upstream};
 use tagstorm_core::cost::Channel;
@@ -175,6 +176,8 @@ struct UploadRec {
     /// FNV-1a of the upload's URL prefix (see [`url_hash`]).
     url_hash: u64,
     base: usize,
+    /// Its images.
+    images: u32,
     first_tag: bool,
 }
 
@@ -487,6 +490,7 @@ impl<'a> Sim<'a> {
             start: self.now,
             url_hash: tags::fnv1a64(prefix.as_bytes()),
             base,
+            images: a.images,
             first_tag: false,
         });
         match self.engine.handle_upload(self.now, upload) {
@@ -949,8 +953,42 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// The fastest answer the model can give any image of this run: the fastest base latency
+    /// plus `latency_ms_per_output_token` times the fewest output tokens it answers any of them
+    /// with. Output tokens follow each image's tags (capped at `max_tokens`) unless
+    /// `upstream.output_tokens` fixes them, so the fewest is found over every image of every
+    /// upload core accepted, each named and answered as [`Sim::act`] does; with no per-token
+    /// latency, there is nothing to look up.
+    fn fastest_request(&self) -> Duration {
+        let cfg = self.up.config();
+        let base = cfg.latency.min();
+        if cfg.latency_ms_per_output_token <= 0.0 {
+            return base;
+        }
+        let output_tokens = |tags| {
+            let (usage, _) = self.up.answer(
+                self.model,
+                self.max_tokens,
+                self.text_chars,
+                std::slice::from_ref(&self.spec),
+                tags,
+            );
+            usage.output_tokens
+        };
+        let fewest = self
+            .uploads
+            .iter()
+            .flat_map(|u| (0..u.images).map(|i| Tags::of_url_hash(url_hash(u.url_hash, i))))
+            .map(output_tokens)
+            .min()
+            .unwrap_or(0);
+        // As the model adds it to each answer's latency.
+        base + latency::ms_to_duration(cfg.latency_ms_per_output_token * fewest as f64)
+    }
+
     fn finish(mut self) -> RunOutput {
         self.flush_tagged();
+        let fastest_request = self.fastest_request();
         let s = &self.scenario.spec;
         let stats = self.engine.stats();
         let limits = s.account.resolve().ok();
@@ -977,7 +1015,7 @@ impl<'a> Sim<'a> {
                 image_url: "",
                 tags: None,
             });
-            bound_time(&self.arrivals, charge, rl).map(|t| t + self.up.config().latency.min())
+            bound_time(&self.arrivals, charge, rl).map(|t| t + fastest_request)
         });
         let bound_ms = match bound {
             Some(Some(t)) => ms(t - first_arrival),

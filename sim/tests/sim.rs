@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use expect_test::expect;
+use mock_openai::tags::Tags;
 use tagstorm_core::Policy;
 use tagstorm_core::config::PRESETS;
 use tagstorm_sim::report::{summary_line, thousands};
@@ -92,6 +93,57 @@ fn ten_users_fifteen_images_at_tier_1() {
     for preset in PRESETS {
         assert_eq!(run(&s, preset).images.pending, 0, "{preset}");
     }
+}
+
+/// The fewest output tokens the model answers any image of `uploads` uploads of `images` each
+/// with, worked out from the images' URLs: each answer is its tags' JSON, a token per 4 bytes
+/// rounded up (all under the 60 max_tokens of the scenarios below).
+fn fewest_output_tokens(uploads: u32, images: u32) -> (u64, u64) {
+    let tokens: Vec<u64> = (0..uploads)
+        .flat_map(|u| (0..images).map(move |i| format!("https://img.tagstorm.test/u{u}/i{i}.jpg")))
+        .map(|url| (Tags::of(&url).json_len() as u64).div_ceil(4))
+        .collect();
+    (*tokens.iter().min().unwrap(), *tokens.iter().max().unwrap())
+}
+
+#[test]
+fn the_bound_counts_the_latency_every_output_token_adds() {
+    let plain = run(&scenario("ten-users-fifteen-images"), "tagstorm");
+    assert_eq!((plain.uploads.total, plain.images.total), (10, 150));
+    let (fewest, most) = fewest_output_tokens(10, 15);
+    // The images' answers differ in length, so the bound must take the shortest.
+    assert!(fewest < most, "{fewest} {most}");
+    let slow = scenario_with(
+        "ten-users-fifteen-images",
+        &["upstream.latency_ms_per_output_token=50"],
+    );
+    let slow = run(&slow, "tagstorm");
+    assert_eq!(slow.bound_ms, plain.bound_ms + 50 * fewest);
+    assert!(slow.bound_ratio >= 1.0, "{}", slow.bound_ratio);
+    // With `upstream.output_tokens` every answer has that many.
+    let fixed = scenario_with(
+        "ten-users-fifteen-images",
+        &[
+            "upstream.latency_ms_per_output_token=50",
+            "upstream.output_tokens=40",
+        ],
+    );
+    let fixed = run(&fixed, "tagstorm");
+    assert_eq!(fixed.bound_ms, plain.bound_ms + 50 * 40);
+    assert!(fixed.bound_ratio >= 1.0, "{}", fixed.bound_ratio);
+    // One image at a fixed latency: the bound is the run, to the millisecond.
+    let text = "name = \"one\"\nseed = 1\n[account]\nmodel = \"gpt-4o-mini\"\ntier = 1\n\
+                [images]\nwidth_px = 512\nheight_px = 512\noutput_tokens = 60\n\
+                [[uploads]]\nusers = 1\nimages = 1\nat_s = 0\n[upstream]\n\
+                latency = { kind = \"fixed\", ms = 1000 }\n\
+                latency_ms_per_output_token = 20\n";
+    let one = Scenario::from_text("one.toml", text, &[]).unwrap();
+    let one = run(&one, "tagstorm");
+    let (tokens, _) = fewest_output_tokens(1, 1);
+    assert_eq!(one.images.tagged, 1);
+    assert_eq!(one.makespan_ms, 1000 + 20 * tokens);
+    assert_eq!(one.bound_ms, one.makespan_ms);
+    assert_eq!(one.bound_ratio, 1.0);
 }
 
 #[test]
