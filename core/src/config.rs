@@ -33,6 +33,20 @@ pub enum Preference {
     Cost,
 }
 
+/// Which of a workspace's queued realtime images goes next (after retries and parked heads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealtimeOrder {
+    /// In the order they were queued: an upload's images wait behind every earlier upload's.
+    #[default]
+    Arrival,
+    /// The smallest upload's first (shortest job first), then upload order. Small uploads
+    /// finish while a large one's tail waits behind them: under load the median upload
+    /// completes far sooner, and the large upload (whose tail the router can send to the
+    /// Batch API) a little later.
+    SmallestUpload,
+}
+
 /// What happens to a realtime image whose retries are exhausted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -84,6 +98,10 @@ pub struct Policy {
     /// Fair share: images a workspace may send per turn before the next workspace's turn. Larger
     /// turns let small uploads finish in one turn; smaller ones bound the wait of the others.
     pub fair_share_quantum_images: u32,
+    /// Which of a workspace's queued realtime images goes next: `arrival` or `smallest-upload`.
+    /// Leaving it out means `arrival`.
+    #[serde(default)]
+    pub realtime_order: RealtimeOrder,
     /// Images per batch at most (the Batch API allows 50,000).
     pub max_images_per_batch: u32,
     /// Time between polls of a running batch, ms.
@@ -152,6 +170,7 @@ impl Policy {
             workspace_tpm: None,
             fair_share: false,
             fair_share_quantum_images: 1,
+            realtime_order: RealtimeOrder::Arrival,
             max_images_per_batch: MAX_BATCH_REQUESTS,
             poll_interval_ms: 10_000,
             poll_max_interval_ms: 10_000,
@@ -212,6 +231,7 @@ impl Policy {
             fallback_to_batch_on_rate_limit: false,
             fair_share: true,
             fair_share_quantum_images: 16,
+            realtime_order: RealtimeOrder::SmallestUpload,
             workspace_rpm: None,
             workspace_tpm: None,
             max_images_per_batch: 5_000,

@@ -109,7 +109,8 @@ fn scenario_text() -> impl Strategy<Value = String> {
         prop::option::of(0u64..=200_000),
     );
     // More policy knobs, each left to the preset half the time: workspace quotas, polling
-    // and its limits, what a 429 and spent retries do, pacing itself, and the thresholds.
+    // and its limits, what a 429 and spent retries do, pacing itself, the thresholds, and the
+    // order of a workspace's realtime queue.
     let knobs = (
         prop::option::of((1u64..=600, 20_000u64..=2_000_000)),
         prop::option::of((1u32..=30, 60_000u64..=7_200_000)),
@@ -120,6 +121,7 @@ fn scenario_text() -> impl Strategy<Value = String> {
         prop::option::of(prop::bool::ANY),
         prop::option::of((0u32..=100, 0u32..=400, 1u32..=20, 0u64..=10_000)),
         prop::option::of((1u64..=20, 1u64..=5_000)),
+        prop::option::of(prop::bool::ANY),
     );
     (account, faults, images, groups, policy, knobs).prop_map(
         |(
@@ -128,7 +130,7 @@ fn scenario_text() -> impl Strategy<Value = String> {
             (high, w, h),
             groups,
             (head, per_batch, deadline, latency, fair, headroom, attempts, foreign),
-            (ws_limits, poll, give_up, fallback, honor, pacing, exhausted_fail, thresholds, per_hour),
+            (ws_limits, poll, give_up, fallback, honor, pacing, exhausted_fail, thresholds, per_hour, smallest),
         )| {
             let mut t = String::from("name = \"random\"\nseed = 7\n\n[account]\nmodel = \"gpt-4o-mini\"\n");
             let _ = writeln!(t, "tier = {tier}");
@@ -203,6 +205,11 @@ fn scenario_text() -> impl Strategy<Value = String> {
             set(&mut t, "deadline_ms", deadline);
             set(&mut t, "prefer", latency.map(|v| quoted(if v { "latency" } else { "cost" })));
             set(&mut t, "fair_share", fair);
+            set(
+                &mut t,
+                "realtime_order",
+                smallest.map(|v| quoted(if v { "smallest-upload" } else { "arrival" })),
+            );
             set(&mut t, "account_headroom_percent", headroom);
             set(&mut t, "retry_max_attempts", attempts);
             set(&mut t, "batch_max_attempts", attempts);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use harness::{Faults, Harness, image, low};
 use proptest::prelude::*;
-use tagstorm_core::config::Routing;
+use tagstorm_core::config::{RealtimeOrder, Routing};
 use tagstorm_core::tokens::{Detail, Model};
 use tagstorm_core::{
     AccountLimits, Action, BatchRef, Config, Engine, Event, FailReason, ImageId, Policy, Stage,
@@ -123,6 +123,37 @@ fn every_upload_of_a_crowd_gets_a_fast_first_tag() {
             );
         }
     }
+}
+
+/// A small upload queued behind a large one of the same workspace: `smallest-upload` (the
+/// tagstorm preset) serves it first, so it completes in seconds; `arrival` makes it wait for the
+/// large upload's tail.
+#[test]
+fn smallest_upload_first_lets_a_small_upload_pass_a_large_ones_tail() {
+    let mut took = Vec::new();
+    for order in [RealtimeOrder::SmallestUpload, RealtimeOrder::Arrival] {
+        let policy = Policy {
+            realtime_order: order,
+            ..Policy::tagstorm()
+        };
+        let mut h = harness(policy, 3);
+        let large = h.upload(1, vec![low(); 300]);
+        h.run(Duration::from_secs(30));
+        let small = h.upload(1, vec![low(); 10]);
+        h.run(Duration::from_secs(48 * 3600));
+        h.assert_all_terminal_once(&[(large, 300), (small, 10)]);
+        // Every image went realtime: the large upload fits its deadline there.
+        assert_eq!(h.log.batches_created, 0);
+        let done = |up| h.log.upload_complete[&up] - h.log.upload_start[&up];
+        assert!(done(small) < done(large), "{order:?}");
+        took.push(done(small));
+    }
+    assert!(
+        took[0] < Duration::from_secs(20),
+        "smallest first: {:?}",
+        took[0]
+    );
+    assert!(took[1] > Duration::from_secs(120), "arrival: {:?}", took[1]);
 }
 
 #[test]
