@@ -547,6 +547,12 @@ pub fn plain_message(m: &str) -> String {
     for (from, to) in TYPES {
         out = out.replace(from, to);
     }
+    // toml's words for a number or boolean where a named choice (`prefer`, `routing`, ...)
+    // belongs.
+    out = out.replace(
+        "invalid type: unit variant, expected string only",
+        "expected one of its names, as a quoted string",
+    );
     // toml's words for an integer past 64 bits.
     if out.contains("integer `") {
         out = out.replace(
@@ -581,6 +587,10 @@ mod tests {
                 "invalid type: string \"x\", expected a number",
             ),
             ("unknown field `acount`", "unknown field `acount`"),
+            (
+                "invalid type: unit variant, expected string only",
+                "expected one of its names, as a quoted string",
+            ),
             (
                 "invalid type: integer `99999999999999999999`, expected any valid TOML value",
                 "invalid type: integer `99999999999999999999`, larger than TOML's largest integer, 9223372036854775807",
