@@ -202,10 +202,10 @@ fn every_shipped_scenario_ends_with_nothing_pending_under_every_preset() {
     expect![[r#"
         batch-queue-full seed-current: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=36m 49s complete_p95=1h 19m makespan=1h 20m ratio=1.92 429=0 retries=0 batches=29 cost=$0.6510
         batch-queue-full seed-proposed: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=20m 31s complete_p95=1h 02m makespan=1h 03m ratio=1.52 429=0 retries=0 batches=47 cost=$0.6510
-        batch-queue-full tagstorm: tagged=3000/3000 rt=1806 batch=1194 failed=0 pending=0 first_p50=3.1 s complete_p95=36m 31s makespan=37m 50s ratio=0.91 429=0 retries=0 batches=7 cost=$1.0429
+        batch-queue-full tagstorm: tagged=3000/3000 rt=1806 batch=1194 failed=0 pending=0 first_p50=3.1 s complete_p95=35m 58s makespan=37m 16s ratio=0.89 429=0 retries=0 batches=15 cost=$1.0429
         flaky-upstream seed-current: tagged=67/3150 rt=67 batch=0 failed=3083(polling_abandoned=702,queue_full=2298,retries_exhausted=83) pending=0 first_p50=1.6 s complete_p95=3h 11m makespan=3h 12m ratio=4.38 429=250 retries=175 batches=83 cost=$0.0291
         flaky-upstream seed-proposed: tagged=3150/3150 rt=149 batch=3001 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=33.10 429=0 retries=91 batches=25 cost=$0.7159
-        flaky-upstream tagstorm: tagged=3150/3150 rt=1379 batch=1771 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=33.62 429=0 retries=230 batches=3 cost=$0.9829
+        flaky-upstream tagstorm: tagged=3150/3150 rt=1305 batch=1845 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=32.84 429=0 retries=152 batches=13 cost=$0.9668
         single-300-upload seed-current: tagged=300/300 rt=0 batch=300 failed=0 pending=0 first_p50=10m 03s complete_p95=10m 03s makespan=10m 03s ratio=3.06 429=0 retries=0 batches=1 cost=$0.0651
         single-300-upload seed-proposed: tagged=300/300 rt=0 batch=300 failed=0 pending=0 first_p50=5m 02s complete_p95=8m 03s makespan=8m 03s ratio=2.45 429=0 retries=0 batches=2 cost=$0.0651
         single-300-upload tagstorm: tagged=300/300 rt=300 batch=0 failed=0 pending=0 first_p50=1.0 s complete_p95=3m 20s makespan=3m 20s ratio=1.02 429=0 retries=0 batches=0 cost=$0.1302

@@ -432,8 +432,13 @@ fn an_expired_batchs_leftovers_go_realtime_when_that_is_sooner_than_another_batc
     // the leftovers realtime as far as realtime can tag them before another batch would come
     // back (here the first few hundred: 1,500 images take about 21 minutes of Tier 1 TPM,
     // against batches that have been taking 20), and the rest in a batch; seed-proposed (a
-    // fixed threshold) batches them all again.
-    for (policy, realtime) in [(Policy::tagstorm(), true), (Policy::seed_proposed(), false)] {
+    // fixed threshold) batches them all again. tagstorm's batches are made as large as the
+    // upload here (its preset splits them by 200), so one batch holds the 3,000.
+    let one_batch = Policy {
+        max_images_per_batch: 5_000,
+        ..Policy::tagstorm()
+    };
+    for (policy, realtime) in [(one_batch, true), (Policy::seed_proposed(), false)] {
         let mut h = harness(policy, 9);
         h.expire_next_batches = 1;
         let up = h.upload(1, vec![low(); 3_000]);
