@@ -145,6 +145,127 @@ pub struct Policy {
     pub download_max_attempts: u32,
 }
 
+/// Every policy field, in the struct's order, with what it does in one line (units in the name
+/// or the line). `tagstorm-sim policies` prints these next to each policy's values; a test keeps
+/// the list to the struct's fields.
+pub const POLICY_FIELDS: [(&str, &str); 34] = [
+    ("name", "shown in reports"),
+    (
+        "routing",
+        "\"threshold\" (by upload size) or \"adaptive\" (from the current state)",
+    ),
+    (
+        "realtime_max_images",
+        "threshold: uploads of at most this many images go realtime at once",
+    ),
+    (
+        "realtime_chunked_max",
+        "threshold: larger ones up to this many go realtime in chunks",
+    ),
+    ("chunk_size", "chunked realtime: images per chunk"),
+    ("chunk_interval_ms", "chunked realtime: time between chunks"),
+    (
+        "realtime_head_images",
+        "adaptive: images of every upload sent realtime first",
+    ),
+    (
+        "deadline_ms",
+        "adaptive: when an upload should be complete, unless it brings its own",
+    ),
+    (
+        "prefer",
+        "adaptive: \"latency\" or \"cost\" (Batch API), once the deadline is met",
+    ),
+    (
+        "batch_turnaround_estimate_ms",
+        "adaptive: batch turnaround assumed until one completes",
+    ),
+    (
+        "fallback_to_batch_on_rate_limit",
+        "a 429 moves a realtime image to the batch queue",
+    ),
+    (
+        "client_pacing",
+        "pace realtime requests under the account's limits on the client side",
+    ),
+    (
+        "account_headroom_percent",
+        "share of the account's RPM and TPM the pacer may use (1-100)",
+    ),
+    (
+        "workspace_rpm",
+        "per-workspace realtime requests per minute",
+    ),
+    ("workspace_tpm", "per-workspace realtime tokens per minute"),
+    (
+        "fair_share",
+        "workspaces take turns (deficit round robin); else first come, first served",
+    ),
+    (
+        "fair_share_quantum_images",
+        "fair share: images a workspace sends per turn",
+    ),
+    (
+        "realtime_order",
+        "within a workspace: \"arrival\" or \"smallest-upload\" first",
+    ),
+    (
+        "max_images_per_batch",
+        "images per batch at most (the Batch API allows 50,000)",
+    ),
+    ("poll_interval_ms", "time between polls of a running batch"),
+    (
+        "poll_max_interval_ms",
+        "longest poll interval once poll errors back off",
+    ),
+    (
+        "poll_give_up_ms",
+        "stop polling a batch this long after creating it (its images fail)",
+    ),
+    (
+        "batch_overdue_ms",
+        "cancel a batch still running this long after creating it",
+    ),
+    (
+        "workspace_batches_per_hour",
+        "batches a workspace may create per hour",
+    ),
+    (
+        "workspace_images_per_hour",
+        "images a workspace may send through the Batch API per hour",
+    ),
+    (
+        "retry_max_attempts",
+        "attempts per realtime image, the first included",
+    ),
+    (
+        "retry_base_delay_ms",
+        "first backoff delay; doubles per attempt",
+    ),
+    ("retry_max_delay_ms", "backoff cap"),
+    (
+        "retry_jitter_percent",
+        "each backoff delay is cut by up to this percent, at random",
+    ),
+    (
+        "honor_retry_after",
+        "wait what a 429's retry-after says instead of the backoff",
+    ),
+    ("retry_after_max_ms", "longest retry-after waited out"),
+    (
+        "on_retries_exhausted",
+        "\"batch\" or \"fail\": a realtime image out of attempts",
+    ),
+    (
+        "batch_max_attempts",
+        "times an image may go through the Batch API",
+    ),
+    (
+        "download_max_attempts",
+        "attempts to download a finished batch's results",
+    ),
+];
+
 /// The names of the presets, in the order reports show them.
 pub const PRESETS: [&str; 3] = ["seed-current", "seed-proposed", "tagstorm"];
 
@@ -606,6 +727,23 @@ mod tests {
         for (m, want) in cases {
             assert_eq!(plain_message(m), want);
         }
+    }
+
+    #[test]
+    fn policy_fields_lists_every_field_once() {
+        // serde_json keeps the `None` fields (as null), so every field is a key.
+        let value = serde_json::to_value(Policy::tagstorm()).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = POLICY_FIELDS.iter().map(|(k, _)| *k).collect();
+        assert!(POLICY_FIELDS.iter().all(|(_, what)| !what.is_empty()));
+        keys.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, keys);
     }
 
     #[test]

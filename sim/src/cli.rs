@@ -26,6 +26,7 @@ Examples:
   tagstorm-sim sweep scenarios/single-300-upload.toml --policy seed-current --vary policy.realtime_chunked_max=19,100,300
   tagstorm-sim report scenarios/ten-users-fifteen-images.toml --tiers 1,2,3 --out capacity.html
   tagstorm-sim validate scenarios/*.toml
+  tagstorm-sim policies                # every policy field, each preset's value
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json
   tagstorm-sim gate --baseline scenarios/baseline.json \\
       --policies tagstorm,seed-proposed,seed-current scenarios/*.toml
@@ -173,6 +174,22 @@ pub enum Command {
     /// against a committed baseline; `--update` writes the baseline.
     #[command(after_help = GATE_HELP)]
     Gate(GateArgs),
+    /// Every policy field with each policy's value and what it does (the three presets unless
+    /// named), or one policy as a complete TOML file to edit (--toml).
+    #[command(after_help = crate::policies::POLICIES_HELP)]
+    Policies(PoliciesArgs),
+}
+
+/// `policies`.
+#[derive(Debug, Args)]
+pub struct PoliciesArgs {
+    /// Presets (seed-current, seed-proposed, tagstorm) or policy TOML files; all three presets
+    /// when none is named.
+    #[arg(value_name = "POLICY")]
+    pub policies: Vec<String>,
+    /// Print the one named policy as a complete policy file instead of the table.
+    #[arg(long)]
+    pub toml: bool,
 }
 
 /// Flags every command that reads scenarios takes.
@@ -474,6 +491,7 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ou
         Command::Validate(a) => cmd_validate(a, out, err),
         Command::Bench(a) => crate::bench::cmd_bench(a, out, err),
         Command::Gate(a) => crate::gate::cmd_gate(a, out, err),
+        Command::Policies(a) => crate::policies::cmd_policies(a, out),
     }
 }
 

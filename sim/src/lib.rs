@@ -13,7 +13,7 @@
 //! - [`sim::run`]: one run of a scenario under a policy, returning a [`RunOutput`]: the
 //!   [`Results`] object (schema `tagstorm.results.v1`) and the latency histograms.
 //! - [`cli::Cli`]: the `tagstorm-sim` command line (`run`, `compare`, `sweep`, `report`,
-//!   `validate`, `bench`, `gate`); [`capacity`] is `report`, the capacity planner.
+//!   `validate`, `bench`, `gate`, `policies`); [`capacity`] is `report`, the capacity planner.
 //!
 //! # Example
 //!
@@ -48,6 +48,7 @@ pub mod capacity;
 pub mod cli;
 pub mod gate;
 pub mod plot;
+pub mod policies;
 pub mod report;
 pub mod results;
 pub mod scenario;

@@ -2609,3 +2609,49 @@ fn a_reader_that_closes_stdout_early_changes_no_outcome() {
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `policies --toml` prints a file `run --policy` takes: the same numbers as the preset, under
+/// the file's own name; and `policies` lists every preset.
+#[test]
+fn a_policy_file_from_policies_toml_runs_like_its_preset() {
+    let o = bin(&["policies"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let table = text(&o.stdout);
+    for preset in PRESETS {
+        assert!(
+            table.lines().next().unwrap_or("").contains(preset),
+            "{table}"
+        );
+    }
+    let o = bin(&["policies", "--toml", "tagstorm"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let dir = std::env::temp_dir().join(format!("tagstorm-sim-policies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mine.toml");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let scenario = "scenarios/ten-users-fifteen-images.toml";
+    let ours = bin(&[
+        "run",
+        scenario,
+        "--policy",
+        &file.to_string_lossy(),
+        "--json",
+    ]);
+    let preset = bin(&["run", scenario, "--policy", "tagstorm", "--json"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(ours.status.code(), Some(0), "{}", text(&ours.stderr));
+    let mut a: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&preset.stdout).unwrap();
+    assert_eq!(a["policy"], "my-tagstorm");
+    a["policy"] = b["policy"].clone();
+    assert_eq!(a, b);
+    // Two policies for one file, or an unknown preset: bad input, exit 2.
+    for args in [
+        &["policies", "--toml", "tagstorm", "seed-current"][..],
+        &["policies", "nope"][..],
+    ] {
+        let o = bin(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
