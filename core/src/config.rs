@@ -40,10 +40,10 @@ pub enum RealtimeOrder {
     /// In the order they were queued: an upload's images wait behind every earlier upload's.
     #[default]
     Arrival,
-    /// The smallest upload's first (shortest job first), then upload order. Small uploads
-    /// finish while a large one's tail waits behind them: under load the median upload
-    /// completes far sooner, and the large upload (whose tail the router can send to the
-    /// Batch API) a little later.
+    /// Shortest job first, aged: uploads in the order of their start plus eight times how long
+    /// their images take at the account's rate. A small upload passes a large one's tail; a
+    /// large one lets later uploads pass for at most about eight times its own length, so it
+    /// is never starved. Under load the median upload completes sooner.
     SmallestUpload,
 }
 
@@ -207,7 +207,7 @@ pub const POLICY_FIELDS: [(&str, &str); 34] = [
     ),
     (
         "realtime_order",
-        "within a workspace: \"arrival\" or \"smallest-upload\" first",
+        "within a workspace: \"arrival\" order, or the \"smallest-upload\" (soonest done) first",
     ),
     (
         "max_images_per_batch",

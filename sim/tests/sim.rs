@@ -202,7 +202,7 @@ fn every_shipped_scenario_ends_with_nothing_pending_under_every_preset() {
     expect![[r#"
         batch-queue-full seed-current: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=36m 49s complete_p95=1h 19m makespan=1h 20m ratio=1.92 429=0 retries=0 batches=29 cost=$0.6510
         batch-queue-full seed-proposed: tagged=3000/3000 rt=0 batch=3000 failed=0 pending=0 first_p50=20m 31s complete_p95=1h 02m makespan=1h 03m ratio=1.52 429=0 retries=0 batches=47 cost=$0.6510
-        batch-queue-full tagstorm: tagged=3000/3000 rt=1806 batch=1194 failed=0 pending=0 first_p50=3.1 s complete_p95=35m 58s makespan=37m 16s ratio=0.89 429=0 retries=0 batches=15 cost=$1.0429
+        batch-queue-full tagstorm: tagged=3000/3000 rt=1806 batch=1194 failed=0 pending=0 first_p50=3.1 s complete_p95=25m 57s makespan=27m 17s ratio=0.65 429=0 retries=0 batches=21 cost=$1.0429
         flaky-upstream seed-current: tagged=67/3150 rt=67 batch=0 failed=3083(polling_abandoned=702,queue_full=2298,retries_exhausted=83) pending=0 first_p50=1.6 s complete_p95=3h 11m makespan=3h 12m ratio=4.38 429=250 retries=175 batches=83 cost=$0.0291
         flaky-upstream seed-proposed: tagged=3150/3150 rt=149 batch=3001 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=33.10 429=0 retries=91 batches=25 cost=$0.7159
         flaky-upstream tagstorm: tagged=3150/3150 rt=1305 batch=1845 failed=0 pending=0 first_p50=2.2 s complete_p95=1d 00h makespan=1d 00h ratio=32.84 429=0 retries=152 batches=13 cost=$0.9668

@@ -540,12 +540,9 @@ fn token_limit_exceeded_forever_ends_in_queue_full() {
     assert_eq!(e.stats().batches_created, 25);
 }
 
-/// After a `token_limit_exceeded`, core takes the part of the queue it does not hold as another
-/// client's. Room its own batch frees later is refilled at once, with no more than that room;
-/// the whole queue is probed again only when the hold lapses (60 s, then 120 s after a second
-/// failure in a row).
-#[test]
-fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
+/// An engine under `policy` (its holds doubling up to a 30-minute turnaround) whose batch queue
+/// holds `room` low-detail images.
+fn queue_of(room: u64, policy: Policy) -> Engine {
     let q = {
         let mut e = engine(Policy::seed_current(), 1);
         let up = upload(&mut e, Time::ZERO, vec![low()]);
@@ -557,21 +554,36 @@ fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
         .0
     };
     let mut account = tier(1);
-    account.batch_queue_tokens = std::num::NonZeroU64::new(24 * q).unwrap();
+    account.batch_queue_tokens = std::num::NonZeroU64::new(room * q).unwrap();
     let policy = Policy {
-        // The holds double up to one batch turnaround: far above these minutes.
         batch_turnaround_estimate_ms: 30 * 60_000,
-        ..Policy::seed_current()
+        ..policy
     };
-    let mut e = Engine::new(Config::new(policy, account)).unwrap();
-    upload(&mut e, Time::ZERO, vec![low(); 20]);
+    Engine::new(Config::new(policy, account)).unwrap()
+}
+
+/// Drives `e` to `until_s`: uploads of `(second, images)` arrive, file uploads and creates
+/// succeed, every poll is answered with `state(now, batch)`, results with every line tagged.
+/// Returns (second, images) of every batch file, in order.
+fn batch_starts(
+    e: &mut Engine,
+    mut uploads: Vec<(u64, usize)>,
+    until_s: u64,
+    mut state: impl FnMut(Time, BatchRef) -> BatchState,
+) -> Vec<(u64, usize)> {
     let mut now = Time::ZERO;
-    // (seconds, images) of every batch file, in order.
-    let mut started: Vec<(u64, usize)> = Vec::new();
+    let mut started = Vec::new();
     let mut images: BTreeMap<BatchRef, Vec<ImageId>> = BTreeMap::new();
-    let mut second_upload = false;
-    while now <= Time::from_secs(250) {
-        let acts = actions(&mut e);
+    uploads.reverse();
+    while now <= Time::from_secs(until_s) {
+        while uploads
+            .last()
+            .is_some_and(|&(at, _)| Time::from_secs(at) <= now)
+        {
+            let (_, n) = uploads.pop().unwrap_or_default();
+            upload(e, now, vec![low(); n]);
+        }
+        let acts = actions(e);
         let answered = !acts.is_empty();
         for a in acts {
             match a {
@@ -586,14 +598,7 @@ fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
                     e.handle_batch_created(now, batch, Ok(format!("batch_{}", batch.0)));
                 }
                 Action::PollBatch { batch, .. } => {
-                    let state = match batch.0 {
-                        0 if now >= Time::from_secs(30) => BatchState::Completed,
-                        1 | 3 => BatchState::Failed {
-                            code: "token_limit_exceeded".into(),
-                        },
-                        _ => BatchState::InProgress,
-                    };
-                    e.handle_batch_status(now, batch, status(state));
+                    e.handle_batch_status(now, batch, status(state(now, batch)));
                 }
                 Action::DownloadResults { batch, .. } => {
                     e.handle_batch_results(now, batch, Ok(all_lines(&images[&batch])));
@@ -604,17 +609,39 @@ fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
         if answered {
             continue;
         }
-        if !second_upload {
-            // A second upload a second later finds 4 images' room left.
-            second_upload = true;
-            now = Time::from_secs(1);
-            upload(&mut e, now, vec![low(); 30]);
-            continue;
-        }
-        let Some(t) = e.poll_timeout() else { break };
+        let next_upload = uploads.last().map(|&(at, _)| Time::from_secs(at));
+        let Some(t) = [e.poll_timeout(), next_upload].into_iter().flatten().min() else {
+            break;
+        };
         now = t;
         e.handle_timeout(now);
     }
+    started
+}
+
+fn token_limit() -> BatchState {
+    BatchState::Failed {
+        code: "token_limit_exceeded".into(),
+    }
+}
+
+/// After a `token_limit_exceeded`, core takes the part of the queue it does not hold as another
+/// client's. Room its own batch frees later is refilled at once, with no more than that room;
+/// the whole queue is probed again only when the hold lapses (60 s, then 120 s after a second
+/// failure in a row).
+#[test]
+fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
+    let mut e = queue_of(24, Policy::seed_current());
+    let started = batch_starts(
+        &mut e,
+        vec![(0, 20), (1, 30)],
+        250,
+        |now, batch| match batch.0 {
+            0 if now >= Time::from_secs(30) => BatchState::Completed,
+            1 | 3 => token_limit(),
+            _ => BatchState::InProgress,
+        },
+    );
     assert_eq!(
         started,
         [
@@ -625,6 +652,24 @@ fn after_a_token_limit_failure_freed_room_is_refilled_at_once_and_no_more() {
             (201, 4), // a second refusal in a row holds for 120 s
         ]
     );
+}
+
+/// A probe that fills the queue with several batches, all refused together, is one lesson:
+/// the hold doubles once per round of refusals, not once per refused batch.
+#[test]
+fn a_round_of_refused_batches_doubles_the_hold_once() {
+    let policy = Policy {
+        max_images_per_batch: 4,
+        ..Policy::seed_current()
+    };
+    let mut e = queue_of(24, policy);
+    let started = batch_starts(&mut e, vec![(0, 20)], 400, |_, _| token_limit());
+    let rounds: Vec<(u64, usize)> = started
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|r| (r[0].0, r.len()))
+        .collect();
+    // Five batches a round, refused at their first poll 10 s on: held 60 s, then 120, then 240.
+    assert_eq!(rounds, [(0, 5), (70, 5), (200, 5)]);
 }
 
 /// Failed lines of a completed batch count as a trip each; with one trip allowed
