@@ -41,7 +41,8 @@ is refused). A comma inside a quoted string, an array or an inline table does no
 --vary 'uploads.0.images=5,{ kind = \"pareto\", min = 5, alpha = 1.2, max = 50 }' is two values.
 A value that makes the scenario or the policy invalid is reported, naming it, and nothing runs.
 In the table, * marks the lowest figure of each column where lower is better, among the values
-that drop the fewest images (a value that fails images finishes early and pays less); the totals
+that drop the smallest share of their images (one that fails images finishes early and pays
+less); the totals
 (makespan, 429s, retries, failed, cost) only when the swept field leaves the workload as it is
 (not an images.* or uploads.* field) and every value gives as many images.
 
@@ -471,10 +472,24 @@ fn cells(key: &str, rows: &[(&str, &Results)]) -> (Vec<Column>, Vec<Vec<(String,
             .iter()
             .all(|(_, r)| r.images.total == rows[0].1.images.total);
     // A value that drops images finishes early and pays less: only the values that drop the
-    // fewest (failed or pending; usually none) compete for a star.
-    let dropped = |r: &Results| r.images.failed.saturating_add(r.images.pending);
-    let fewest = rows.iter().map(|(_, r)| dropped(r)).min().unwrap_or(0);
-    let competes: Vec<bool> = rows.iter().map(|(_, r)| dropped(r) == fewest).collect();
+    // smallest share of their images (failed or pending; usually none) compete for a star. A
+    // share, not a count, since a swept images.* or uploads.* field changes the workload.
+    let share = |r: &Results| {
+        let dropped = r.images.failed.saturating_add(r.images.pending);
+        (u128::from(dropped), u128::from(r.images.total.max(1)))
+    };
+    let least = rows
+        .iter()
+        .map(|(_, r)| share(r))
+        .min_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)))
+        .unwrap_or((0, 1));
+    let competes: Vec<bool> = rows
+        .iter()
+        .map(|(_, r)| {
+            let (d, t) = share(r);
+            d * least.1 == least.0 * t
+        })
+        .collect();
     let best: Vec<Option<&str>> = cols
         .iter()
         .enumerate()
@@ -610,8 +625,8 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
 /// What the table's columns mean, under it.
 const GUIDE: &str = "\
 * marks the lowest figure of each column where lower is better (ties all marked), among the
-values that drop the fewest images (failed or pending): one that drops images finishes early
-and pays less, so it takes no star from one that tags them. The totals (makespan, 429s,
+values that drop the smallest share of their images (failed or pending): one that drops images
+finishes early and pays less, so it takes no star from one that tags them. The totals (makespan, 429s,
 retries, failed, cost) are marked only when the swept field is not an images.* or uploads.*
 field and every value gives as many images. Latencies run from the upload's start:
 \"first tag\" is when its user first sees a result, \"tagged\" is per image, \"complete\" when every
@@ -666,7 +681,7 @@ pub fn markdown(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]
     }
     out.push_str(
         "Bold: the lowest figure of its column where lower is better, among the values that \
-         drop the fewest images.\n",
+         drop the smallest share of their images.\n",
     );
     out
 }
@@ -850,6 +865,20 @@ mod tests {
             assert!(!star(0, name), "{name}: the dropping value is starred");
             assert!(star(1, name), "{name}: the whole value is not starred");
         }
+        // A larger workload dropping the same share competes: its p95 star stands.
+        let mut double = drops.clone();
+        double.images.total *= 2;
+        double.images.failed *= 2;
+        let mut half_as_bad = whole.clone();
+        half_as_bad.images.failed = 2;
+        half_as_bad.latency_ms.upload_complete.p95 *= 2;
+        let rows = [("10", &double), ("20", &half_as_bad)];
+        let (_, shares) = cells("uploads.0.images", &rows);
+        let p95 = cols
+            .iter()
+            .position(|c| format!("{} {}", c.top, c.bottom).trim() == "complete p95")
+            .unwrap();
+        assert!(shares[0][p95].1 && !shares[1][p95].1);
         // When every value drops as many, the fastest is starred again.
         let mut whole_drops = whole.clone();
         whole_drops.images.failed = 2;
