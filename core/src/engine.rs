@@ -52,7 +52,7 @@ pub const CANCEL_RETRY: Duration = Duration::from_secs(300);
 const AGING: u64 = 8;
 
 /// How long a learned [`ForeignShare`] is first kept before core probes the whole queue
-/// again; it doubles with each `token_limit_exceeded` in a row.
+/// again; it doubles with each refused round in a row.
 const FOREIGN_HOLD: Duration = Duration::from_secs(60);
 
 /// Tokens other clients of the organization hold in upstream's enqueued-token queue, which
@@ -404,8 +404,8 @@ struct Lanes {
     open: Option<Run>,
 }
 
-/// Images `start..end` of one upload, queued in the order of `key` (when the upload would be
-/// done alone).
+/// Images `start..end` of one upload, queued in the order of `key` (its upload's
+/// `order_key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Run {
     key: u64,
@@ -533,7 +533,7 @@ struct UploadState {
     start: Time,
     /// Under `smallest-upload`: its start plus [`AGING`] times how long its images take at the
     /// account's rate (ns); its realtime images go in this order.
-    alone_done: u64,
+    order_key: u64,
     images: Vec<ImageRec>,
     by_stage: [u32; 7],
     /// Next image index a chunked upload releases, and how many remain unreleased.
@@ -849,7 +849,7 @@ impl Engine {
             .collect();
         let mut by_stage = [0u32; 7];
         by_stage[Stage::Queued as usize] = n as u32;
-        let alone_done = {
+        let order_key = {
             let tokens: u64 = images
                 .iter()
                 .fold(0u64, |sum, i| sum.saturating_add(i.charge_tokens));
@@ -864,7 +864,7 @@ impl Engine {
         self.uploads.push(UploadState {
             workspace: ws,
             start: now,
-            alone_done,
+            order_key,
             images,
             by_stage,
             chunk_next: 0,
@@ -1542,7 +1542,7 @@ impl Engine {
         }
         let key = match self.cfg.policy.realtime_order {
             RealtimeOrder::Arrival => None,
-            RealtimeOrder::SmallestUpload => Some(self.uploads[image.upload.0 as usize].alone_done),
+            RealtimeOrder::SmallestUpload => Some(self.uploads[image.upload.0 as usize].order_key),
         };
         let w = &mut self.workspaces[ws];
         w.realtime.push(image, lane, key);
