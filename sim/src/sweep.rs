@@ -626,12 +626,13 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
 const GUIDE: &str = "\
 * marks the lowest figure of each column where lower is better (ties all marked), among the
 values that drop the smallest share of their images (failed or pending): one that drops images
-finishes early and pays less, so it takes no star from one that tags them. The totals (makespan, 429s,
-retries, failed, cost) are marked only when the swept field is not an images.* or uploads.*
-field and every value gives as many images. Latencies run from the upload's start:
-\"first tag\" is when its user first sees a result, \"tagged\" is per image, \"complete\" when every
-image of the upload is tagged or failed. rt / batch: images tagged through the realtime and the
-Batch API. bound ratio: makespan / the shortest the account's RPM/TPM allow. Pending must be 0.
+finishes early and pays less, so it takes no star from one that tags them. The totals
+(makespan, 429s, retries, failed, cost) are marked only when the swept field is not an
+images.* or uploads.* field and every value gives as many images. Latencies run from the
+upload's start: \"first tag\" is when its user first sees a result, \"tagged\" is per image,
+\"complete\" when every image of the upload is tagged or failed. rt / batch: images tagged
+through the realtime and the Batch API. bound ratio: makespan / the shortest the account's
+RPM/TPM allow. Pending must be 0.
 ";
 
 /// The sweep table in Markdown, for `summary.md`: the best figures in bold.
