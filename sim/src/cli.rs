@@ -545,7 +545,7 @@ pub fn load_policy(spec: &str) -> Result<Policy, CliError> {
         return Ok(policy);
     }
     Err(CliError::Policy(format!(
-        "--policy {spec}: not a preset ({}) or a .toml file",
+        "policy `{spec}`: not a preset ({}) or a .toml file",
         PRESETS.join(", ")
     )))
 }

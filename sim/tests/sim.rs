@@ -502,7 +502,7 @@ fn compare_prints_one_column_per_policy() {
         "tagstorm,nope",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("--policy nope: not a preset"));
+    assert!(text(&o.stderr).contains("policy `nope`: not a preset"));
 
     // The policies run side by side on threads; each result is byte for byte what a run of
     // its own gives.
@@ -2653,5 +2653,6 @@ fn a_policy_file_from_policies_toml_runs_like_its_preset() {
         let o = bin(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(!text(&o.stderr).contains("--policy "), "{args:?}");
     }
 }
