@@ -74,6 +74,8 @@ Examples:
   tagstorm-sim compare scenarios/ten-users-fifteen-images.toml
   tagstorm-sim compare scenarios/workday.toml --policies seed-current,tagstorm --json
   tagstorm-sim compare scenarios/tier2-burst.toml --policies tagstorm,scenarios/policies/cost-first.toml --out cmp
+  # Is it the policy or the seed? Each metric's median over 10 seeds, and seed by seed.
+  tagstorm-sim compare scenarios/workday.toml --set account.tier=1 --seeds 1..=10
 
 --out DIR writes summary.md, one .svg percentile plot per latency with a line per policy, and
 one folder per policy with its results.json, .hgrm files (values in milliseconds) and plots.
@@ -238,11 +240,20 @@ pub struct CompareArgs {
     pub policies: Vec<String>,
     #[command(flatten)]
     pub flags: ScenarioFlags,
+    /// Run every policy once per seed (1..=10, 1..=100:10 or 3,7,11) and print each metric's
+    /// median and range, and in how many seeds each policy came out below the first one.
+    #[arg(
+        long,
+        value_name = "SEEDS",
+        value_parser = crate::seeds::Seeds::parse_arg,
+        conflicts_with = "seed"
+    )]
+    pub seeds: Option<crate::seeds::Seeds>,
     /// Print each results object as one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Write summary.md, .svg plots with one line per policy, and one folder of results per
-    /// policy into DIR.
+    /// policy into DIR (with --seeds: summary.md and one folder per policy and seed).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -792,6 +803,9 @@ fn cmd_compare(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
+    if let Some(seeds) = &a.seeds {
+        return crate::seeds::cmd_compare_seeds(a, &seeds.0, out, err);
+    }
     let sets = set_args(&a.flags)?;
     let bases = load_policies(&a.policies)?;
     let s = Scenario::load(&display_path(&a.scenario), &sets)?;

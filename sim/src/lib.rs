@@ -52,6 +52,7 @@ pub mod policies;
 pub mod report;
 pub mod results;
 pub mod scenario;
+pub mod seeds;
 pub mod sim;
 pub mod sweep;
 pub mod workload;

@@ -2656,3 +2656,145 @@ fn a_policy_file_from_policies_toml_runs_like_its_preset() {
         assert!(!text(&o.stderr).contains("--policy "), "{args:?}");
     }
 }
+
+#[test]
+fn compare_seeds_runs_every_policy_on_every_seed_as_run_would() {
+    let ten = "scenarios/ten-users-fifteen-images.toml";
+    let args = [
+        "compare",
+        ten,
+        "--policies",
+        "seed-current,tagstorm",
+        "--seeds",
+        "1..=3",
+        "--json",
+    ];
+    let o = bin(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines: Vec<String> = text(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "two policies × three seeds");
+    // Policy by policy, each over the seeds in order; each line is what `run --seed` prints.
+    let mut i = 0;
+    for policy in ["seed-current", "tagstorm"] {
+        for seed in ["1", "2", "3"] {
+            let alone = bin(&["run", ten, "--policy", policy, "--seed", seed, "--json"]);
+            assert_eq!(alone.status.code(), Some(0), "{}", text(&alone.stderr));
+            assert_eq!(
+                text(&alone.stdout).trim_end(),
+                lines[i],
+                "{policy} seed {seed}"
+            );
+            i += 1;
+        }
+    }
+    let runs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The seeds draw different latencies: the three runs of a policy are not all alike.
+    assert_ne!(runs[3]["latency_ms"], runs[4]["latency_ms"]);
+
+    let table = bin(&args[..args.len() - 1]);
+    assert_eq!(table.status.code(), Some(0), "{}", text(&table.stderr));
+    let t = text(&table.stdout);
+    assert!(
+        t.contains("(seeds 1..=3, scenarios/ten-users-fifteen-images.toml)"),
+        "{t}"
+    );
+    assert!(t.contains("runs      6: 2 policies × 3 seeds"), "{t}");
+    // Medians are the middle seed's value: seed-current's 429s and tagstorm's makespan.
+    let median = |p: usize, f: &dyn Fn(&serde_json::Value) -> u64| {
+        let mut v: Vec<u64> = runs[p * 3..p * 3 + 3].iter().map(f).collect();
+        v.sort_unstable();
+        v[1]
+    };
+    let limited = median(0, &|r| r["upstream"]["rate_limited"].as_u64().unwrap());
+    assert!(limited > 0);
+    let row = t.lines().find(|l| l.starts_with("429 responses")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().skip(2).collect();
+    assert_eq!(cells, [thousands(limited).as_str(), "0"], "{row}");
+    let makespan = median(1, &|r| r["makespan_ms"].as_u64().unwrap());
+    let row = t.lines().find(|l| l.starts_with("makespan  ")).unwrap();
+    assert!(
+        row.ends_with(&tagstorm_sim::report::fmt_ms(makespan)),
+        "{row} / {makespan}"
+    );
+    // Seed by seed: tagstorm had no 429s where seed-current had some, in all three seeds.
+    let paired = t.split("seeds below seed-current").nth(1).unwrap();
+    let row = paired
+        .lines()
+        .find(|l| l.starts_with("429 responses"))
+        .unwrap();
+    assert!(row.ends_with("3 lower"), "{row}");
+    // Identical bytes on a second run, whatever the thread count did.
+    assert_eq!(bin(&args[..args.len() - 1]).stdout, table.stdout);
+}
+
+#[test]
+fn compare_seeds_out_writes_the_summary_and_a_folder_per_policy_and_seed() {
+    let dir = std::env::temp_dir().join(format!("tagstorm-seeds-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = bin(&[
+        "compare",
+        "scenarios/ten-users-fifteen-images.toml",
+        "--policies",
+        "seed-proposed,tagstorm",
+        "--seeds",
+        "4,9",
+        "--out",
+        &dir.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("(seeds 4,9)"), "{summary}");
+    assert!(
+        summary.contains("| seeds below seed-proposed | tagstorm |"),
+        "{summary}"
+    );
+    for policy in ["seed-proposed", "tagstorm"] {
+        for seed in [4u64, 9] {
+            let path = dir
+                .join(policy)
+                .join(format!("seed-{seed}"))
+                .join("results.json");
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(r["seed"], seed);
+            assert_eq!(r["policy"], policy);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_seeds_exit_2_before_anything_runs() {
+    let ten = "scenarios/ten-users-fifteen-images.toml";
+    for (extra, expect) in [
+        (&["--seeds", "5"][..], "give at least two seeds"),
+        (&["--seeds", "1,x"][..], "`x` is not a seed"),
+        (&["--seeds", "3,3"][..], "seed 3 is listed twice"),
+        (
+            &["--seeds", "1..=3", "--seed", "4"][..],
+            "cannot be used with",
+        ),
+        (
+            &["--seeds", "1,2", "--set", "seed=3"][..],
+            "--set seed=3 and --seeds both set the seed",
+        ),
+        (
+            &["--seeds", "1,2", "--set", "account.tier=9"][..],
+            "account.tier",
+        ),
+    ] {
+        let mut args = vec!["compare", ten];
+        args.extend_from_slice(extra);
+        let o = bin(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty(), "{extra:?}");
+        assert!(
+            text(&o.stderr).contains(expect),
+            "{extra:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}
