@@ -457,8 +457,8 @@ impl BatchState {
 
     /// `request_counts` at `now`: all zero while `validating`, as OpenAI shows them (facts
     /// §5, observed `validating (0/0)`), the requests counted from `in_progress` on.
-    pub fn counts(&self, now: Time) -> RequestCounts {
-        let status = self.status(now);
+    /// `status` is [`BatchState::status`] at `now`, which the callers have already worked out.
+    pub fn counts_at(&self, now: Time, status: BatchStatus) -> RequestCounts {
         if status == BatchStatus::Validating {
             return RequestCounts::default();
         }
@@ -577,6 +577,33 @@ impl Upstream {
         org: OrgId,
         lines: Vec<BatchLine>,
     ) -> Result<Batch, ApiError> {
+        let idx = self.submit_lines(now, org, lines)?;
+        Ok(self.batch_view(now, idx))
+    }
+
+    /// [`Upstream::submit_batch`], answering with the new batch's id alone, with the same
+    /// effects: the simulator reads nothing else of the batch object, whose strings cost more
+    /// than the id.
+    pub fn submit_batch_id(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        lines: Vec<BatchLine>,
+    ) -> Result<String, ApiError> {
+        let idx = self.submit_lines(now, org, lines)?;
+        // What the object's view does besides rendering: a batch that ended at once (a
+        // zero-length timeline) registers its result files.
+        self.settle(now, idx);
+        Ok(self.batches[idx].id.clone())
+    }
+
+    /// Checks `lines` and creates their batch: its index.
+    fn submit_lines(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        lines: Vec<BatchLine>,
+    ) -> Result<usize, ApiError> {
         let mut errors = Vec::new();
         if lines.is_empty() {
             errors.push(BatchError {
@@ -622,8 +649,7 @@ impl Upstream {
             .org_limits(org)
             .map(|l| l.model)
             .ok_or_else(|| ApiError::invalid_api_key("sk-****"))?;
-        let idx = self.create_batch_state(now, org, model, String::new(), lines, doom)?;
-        Ok(self.batch_view(now, idx))
+        self.create_batch_state(now, org, model, String::new(), lines, doom)
     }
 
     /// Creates the batch and samples its timeline. `input_file_id` empty = structured path.
@@ -755,9 +781,10 @@ impl Upstream {
             org,
             endpoint: CHAT_ENDPOINT.to_owned(),
             input_file_id: if input_file_id.is_empty() {
-                format!(
-                    "file-{}",
-                    ids::alnum(ids::mix(self.seed, ids::ns::FILE, !(idx as u64)), 22)
+                ids::prefixed_alnum(
+                    "file-",
+                    ids::mix(self.seed, ids::ns::FILE, !(idx as u64)),
+                    22,
                 )
             } else {
                 input_file_id
@@ -796,10 +823,7 @@ impl Upstream {
     fn fresh_batch_id(&mut self) -> String {
         let mut k = self.batches.len() as u64;
         loop {
-            let id = format!(
-                "batch_{}",
-                ids::hex(ids::mix(self.seed, ids::ns::BATCH, k), 32)
-            );
+            let id = ids::prefixed_hex("batch_", ids::mix(self.seed, ids::ns::BATCH, k), 32);
             // A collision of 128 random bits is practically impossible; the bound only
             // guarantees termination.
             if !self.batch_by_id.contains_key(&id) || k > self.batches.len() as u64 + 64 {
@@ -833,7 +857,14 @@ impl Upstream {
         let now = self.advance(now);
         self.release_ended(now, org);
         let idx = self.find_batch(org, id)?;
-        let (status, counts) = self.settle(now, idx);
+        let status = self.settle(now, idx);
+        // Only a batch that has ended shows file ids, so a running one's counts (a 128-bit
+        // division) are not worked out: most polls find the batch running.
+        let counts = if status.is_terminal() {
+            self.batches[idx].counts_at(now, status)
+        } else {
+            RequestCounts::default()
+        };
         let (output_file_id, error_file_id) = self.result_file_ids(idx, status, counts);
         Ok(BatchPoll {
             status,
@@ -845,17 +876,17 @@ impl Upstream {
         })
     }
 
-    /// The batch's status and counts at `now`; registers its result files once it has ended.
-    fn settle(&mut self, now: Time, idx: usize) -> (BatchStatus, RequestCounts) {
+    /// The batch's status at `now`; registers its result files once it has ended.
+    fn settle(&mut self, now: Time, idx: usize) -> BatchStatus {
         let status = self.batches[idx].status(now);
-        let counts = self.batches[idx].counts(now);
         if status.is_terminal()
             && status != BatchStatus::Failed
             && !self.batches[idx].files_registered
         {
+            let counts = self.batches[idx].counts_at(now, status);
             self.register_result_files(idx, counts);
         }
-        (status, counts)
+        status
     }
 
     /// `output_file_id` and `error_file_id` as the batch object shows them: once the batch has
@@ -1009,7 +1040,8 @@ impl Upstream {
 
     /// The batch object at `now`; registers result files once it has ended.
     pub(crate) fn batch_view(&mut self, now: Time, idx: usize) -> Batch {
-        let (status, counts) = self.settle(now, idx);
+        let status = self.settle(now, idx);
+        let counts = self.batches[idx].counts_at(now, status);
         let usage = if status.is_terminal() {
             let b = &mut self.batches[idx];
             let done = b.done(now);

@@ -132,10 +132,7 @@ impl Upstream {
     pub(crate) fn fresh_file_id(&mut self) -> String {
         let mut k = self.files.len() as u64 + (self.batches.len() as u64) * 2;
         for _ in 0..64 {
-            let id = format!(
-                "file-{}",
-                ids::alnum(ids::mix(self.seed, ids::ns::FILE, k), 22)
-            );
+            let id = ids::prefixed_alnum("file-", ids::mix(self.seed, ids::ns::FILE, k), 22);
             if !self.file_by_id.contains_key(&id) {
                 self.file_by_id.insert(id.clone(), usize::MAX);
                 return id;
@@ -425,11 +422,8 @@ impl Upstream {
                 continue;
             }
             let k = base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let req_id = format!(
-                "batch_req_{}",
-                ids::hex(ids::mix(k, ids::ns::BATCH_REQ, 0), 32)
-            );
-            let request_id = format!("req_{}", ids::hex(ids::mix(k, ids::ns::REQUEST, 0), 32));
+            let req_id = ids::prefixed_hex("batch_req_", ids::mix(k, ids::ns::BATCH_REQ, 0), 32);
+            let request_id = ids::prefixed_hex("req_", ids::mix(k, ids::ns::REQUEST, 0), 32);
             let text = match outcome {
                 LineOutcome::Ok { usage, tags } => {
                     // Cut as a realtime answer is: 4 bytes a token.
@@ -440,10 +434,8 @@ impl Upstream {
                     };
                     let content = crate::chat::content(tags, usage, finish);
                     let finish = finish.as_str();
-                    let completion = format!(
-                        "chatcmpl-{}",
-                        ids::alnum(ids::mix(k, ids::ns::COMPLETION, 0), 29)
-                    );
+                    let completion =
+                        ids::prefixed_alnum("chatcmpl-", ids::mix(k, ids::ns::COMPLETION, 0), 29);
                     let created = self.file_unix_s(b.line_time(i as u64));
                     let body = jsonl::chat_completion_json(
                         &completion,

@@ -14,24 +14,36 @@ pub fn mix(seed: u64, namespace: u64, n: u64) -> u64 {
 }
 
 /// `len` lower-case hex digits drawn from `state`.
-pub fn hex(mut state: u64, len: usize) -> String {
-    let mut out = String::with_capacity(len);
-    while out.len() < len {
+pub fn hex(state: u64, len: usize) -> String {
+    prefixed_hex("", state, len)
+}
+
+/// `prefix` and then [`hex`]`(state, len)`, built in one string of the right size.
+pub fn prefixed_hex(prefix: &str, mut state: u64, len: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(prefix.len() + len);
+    out.push_str(prefix);
+    let mut left = len;
+    while left > 0 {
         let v = splitmix64(&mut state);
-        for i in 0..16 {
-            if out.len() == len {
-                break;
-            }
-            let nibble = ((v >> (i * 4)) & 0xf) as u32;
-            out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+        for i in 0..left.min(16) {
+            out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
         }
+        left -= left.min(16);
     }
     out
 }
 
 /// `len` characters of `[0-9A-Za-z]` drawn from `state`.
-pub fn alnum(mut state: u64, len: usize) -> String {
-    let mut out = String::with_capacity(len);
+pub fn alnum(state: u64, len: usize) -> String {
+    prefixed_alnum("", state, len)
+}
+
+/// `prefix` and then [`alnum`]`(state, len)`, built in one string of the right size: the
+/// model makes three file ids and a batch id for every batch.
+pub fn prefixed_alnum(prefix: &str, mut state: u64, len: usize) -> String {
+    let mut out = String::with_capacity(prefix.len() + len);
+    out.push_str(prefix);
     for _ in 0..len {
         let v = splitmix64(&mut state);
         out.push(char::from(ALNUM[(v % 62) as usize]));
@@ -75,5 +87,37 @@ mod tests {
             alnum(mix(9, ns::FILE, 4), 22),
             alnum(mix(9, ns::FILE, 4), 22)
         );
+    }
+
+    /// The digits as they were drawn before `prefixed_hex`: one `char::from_digit` at a time.
+    fn hex_reference(mut state: u64, len: usize) -> String {
+        let mut out = String::new();
+        while out.len() < len {
+            let v = splitmix64(&mut state);
+            for i in 0..16 {
+                if out.len() == len {
+                    break;
+                }
+                let nibble = ((v >> (i * 4)) & 0xf) as u32;
+                out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn prefixed_ids_are_the_prefix_and_the_plain_id() {
+        for (state, len) in [(0, 0), (1, 1), (7, 15), (7, 16), (7, 17), (99, 32), (5, 40)] {
+            assert_eq!(hex(state, len), hex_reference(state, len));
+            assert_eq!(
+                prefixed_hex("batch_", state, len),
+                format!("batch_{}", hex(state, len))
+            );
+            assert_eq!(
+                prefixed_alnum("file-", state, len),
+                format!("file-{}", alnum(state, len))
+            );
+            assert_eq!(alnum(state, len).len(), len);
+        }
     }
 }

@@ -484,7 +484,8 @@ fn line_failures_go_to_the_error_file() {
 fn poll_batch_agrees_with_retrieve_batch_on_every_path() {
     // Twin upstreams take the same calls; one is polled, the other retrieved, every 10 minutes
     // over two days, through completion with line failures, the enqueued-token limit, expiry
-    // and cancellation.
+    // and cancellation. The polled one's batches are submitted as the simulator submits them,
+    // through `submit_batch_id`.
     let outcomes = [
         vec![BatchOutcomeKind::Completed],
         vec![BatchOutcomeKind::Expired],
@@ -498,10 +499,12 @@ fn poll_batch_agrees_with_retrieve_batch_on_every_path() {
         let (mut b, _) = upstream(cfg, tier1());
         let mut ids = Vec::new();
         for (n, tokens) in [(300, 2_900), (500, 3_000), (200, 3_000)] {
-            let x = a.submit_batch(Time::ZERO, org, lines(n, tokens)).unwrap();
+            let x = a
+                .submit_batch_id(Time::ZERO, org, lines(n, tokens))
+                .unwrap();
             let y = b.submit_batch(Time::ZERO, org, lines(n, tokens)).unwrap();
-            assert_eq!(x.id, y.id);
-            ids.push(x.id);
+            assert_eq!(x, y.id);
+            ids.push(x);
         }
         if case == 2 {
             a.cancel_batch(at_s(1), org, &ids[0]).unwrap();

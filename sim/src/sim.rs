@@ -651,15 +651,15 @@ impl<'a> Sim<'a> {
                         status: Some(404),
                         message: format!("no such file: {file_id}"),
                     }),
-                    Some((lines, images)) => match self.up.submit_batch(now, self.org, lines) {
-                        Ok(b) => {
+                    Some((lines, images)) => match self.up.submit_batch_id(now, self.org, lines) {
+                        Ok(id) => {
                             self.upstream.batches_created += 1;
                             let i = batch.0 as usize;
                             if self.batch_images.len() <= i {
                                 self.batch_images.resize_with(i + 1, || None);
                             }
                             self.batch_images[i] = Some(images);
-                            Ok(b.id)
+                            Ok(id)
                         }
                         Err(e) => Err(UpstreamError {
                             status: Some(e.status),
