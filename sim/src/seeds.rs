@@ -404,15 +404,16 @@ pub fn seeds_text(seeds: &[u64]) -> String {
     }
 }
 
-/// `lo–hi` of a count over the seeds, or the count when it never changed.
-fn spread(values: impl Iterator<Item = u64>) -> String {
+/// `lo–hi` of a count of `noun`s over the seeds, or the count when it never changed:
+/// `1 upload`, `586–650 uploads`.
+fn spread(values: impl Iterator<Item = u64>, noun: &str) -> String {
     let v: Vec<u64> = values.collect();
     let lo = v.iter().copied().min().unwrap_or(0);
     let hi = v.iter().copied().max().unwrap_or(0);
     if lo == hi {
-        thousands(lo)
+        report::count(lo, noun)
     } else {
-        format!("{}–{}", thousands(lo), thousands(hi))
+        format!("{}–{} {noun}s", thousands(lo), thousands(hi))
     }
 }
 
@@ -446,9 +447,9 @@ fn header(s: &Scenario, seeds: &[u64], runs: &[Vec<&Results>]) -> String {
     let one = &runs[0];
     let _ = writeln!(
         out,
-        "workload  {} images in {} uploads{}",
-        spread(one.iter().map(|r| r.images.total)),
-        spread(one.iter().map(|r| r.uploads.total)),
+        "workload  {} in {}{}",
+        spread(one.iter().map(|r| r.images.total), "image"),
+        spread(one.iter().map(|r| r.uploads.total), "upload"),
         if one.iter().all(|r| r.images.total == first.images.total) {
             ""
         } else {
