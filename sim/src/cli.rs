@@ -274,8 +274,17 @@ pub struct SweepArgs {
     pub policy: String,
     #[command(flatten)]
     pub flags: ScenarioFlags,
-    /// Print one JSON line per value, {"vary": {"key", "value"}, "results": {...}}, instead of
-    /// the table.
+    /// Run every value once per seed (1..=10, 1..=100:10 or 3,7,11); each row shows the
+    /// medians of its value's runs.
+    #[arg(
+        long,
+        value_name = "SEEDS",
+        value_parser = crate::seeds::Seeds::parse_arg,
+        conflicts_with = "seed"
+    )]
+    pub seeds: Option<crate::seeds::Seeds>,
+    /// Print one JSON line per value (with --seeds, per value and seed), {"vary": {"key",
+    /// "value"}, "results": {...}}, instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Write summary.md, sweep.svg (image-tagged p95, 429s and cost against the value) and one

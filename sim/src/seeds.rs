@@ -135,6 +135,95 @@ pub fn cmd_compare_seeds(
     Ok(outcome)
 }
 
+/// A stand-in for one value's runs over many seeds, for `sweep --seeds`: the first run with
+/// every count, latency, cost and ratio replaced by its median over `runs` (rounded to a whole
+/// number where the field is one), and its failures summed over every seed. Only tables read
+/// it; `--json` prints the runs themselves.
+pub fn median_results(runs: &[&Results]) -> Option<Results> {
+    let first = *runs.first()?;
+    let mut m = first.clone();
+    let med = |f: &dyn Fn(&Results) -> f64| {
+        let v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+        median(&v).unwrap_or(0.0)
+    };
+    let whole = |f: &dyn Fn(&Results) -> u64| med(&|r| f(r) as f64).round() as u64;
+    m.images.total = whole(&|r| r.images.total);
+    m.images.tagged = whole(&|r| r.images.tagged);
+    m.images.tagged_realtime = whole(&|r| r.images.tagged_realtime);
+    m.images.tagged_batch = whole(&|r| r.images.tagged_batch);
+    m.images.failed = whole(&|r| r.images.failed);
+    m.images.pending = whole(&|r| r.images.pending);
+    m.images.failures.clear();
+    for r in runs {
+        for (k, v) in &r.images.failures {
+            *m.images.failures.entry(k.clone()).or_default() += v;
+        }
+    }
+    m.uploads.total = whole(&|r| r.uploads.total);
+    m.uploads.started = whole(&|r| r.uploads.started);
+    m.uploads.complete = whole(&|r| r.uploads.complete);
+    type Pick = fn(&Results) -> &crate::results::Summary;
+    let summaries: [(Pick, &mut crate::results::Summary); 3] = [
+        (
+            |r| &r.latency_ms.image_tagged,
+            &mut m.latency_ms.image_tagged,
+        ),
+        (
+            |r| &r.latency_ms.upload_first_tag,
+            &mut m.latency_ms.upload_first_tag,
+        ),
+        (
+            |r| &r.latency_ms.upload_complete,
+            &mut m.latency_ms.upload_complete,
+        ),
+    ];
+    for (pick, out) in summaries {
+        // A run that measured nothing (every image failed) has no percentiles to offer.
+        let measured: Vec<&Results> = runs.iter().copied().filter(|r| pick(r).count > 0).collect();
+        let of = |f: &dyn Fn(&crate::results::Summary) -> u64| {
+            let v: Vec<f64> = measured.iter().map(|r| f(pick(r)) as f64).collect();
+            median(&v).unwrap_or(0.0).round() as u64
+        };
+        out.count = whole(&|r| pick(r).count);
+        out.min = of(&|s| s.min);
+        out.mean =
+            median(&measured.iter().map(|r| pick(r).mean).collect::<Vec<_>>()).unwrap_or(0.0);
+        out.p50 = of(&|s| s.p50);
+        out.p90 = of(&|s| s.p90);
+        out.p95 = of(&|s| s.p95);
+        out.p99 = of(&|s| s.p99);
+        out.p999 = of(&|s| s.p999);
+        out.max = of(&|s| s.max);
+    }
+    let u = &mut m.upstream;
+    u.requests = whole(&|r| r.upstream.requests);
+    u.rate_limited = whole(&|r| r.upstream.rate_limited);
+    u.server_errors = whole(&|r| r.upstream.server_errors);
+    u.timeouts = whole(&|r| r.upstream.timeouts);
+    u.retries = whole(&|r| r.upstream.retries);
+    u.fallbacks_to_batch = whole(&|r| r.upstream.fallbacks_to_batch);
+    u.batches_created = whole(&|r| r.upstream.batches_created);
+    u.batches_failed = whole(&|r| r.upstream.batches_failed);
+    u.batches_token_limit = whole(&|r| r.upstream.batches_token_limit);
+    u.batches_expired = whole(&|r| r.upstream.batches_expired);
+    u.batches_overdue = whole(&|r| r.upstream.batches_overdue);
+    u.batch_polls = whole(&|r| r.upstream.batch_polls);
+    m.tokens.billed_input = whole(&|r| r.tokens.billed_input);
+    m.tokens.billed_output = whole(&|r| r.tokens.billed_output);
+    m.cost_usd = med(&|r| r.cost_usd);
+    m.cost_usd_realtime = med(&|r| r.cost_usd_realtime);
+    m.cost_usd_batch = med(&|r| r.cost_usd_batch);
+    m.makespan_ms = whole(&|r| r.makespan_ms);
+    m.bound_ms = whole(&|r| r.bound_ms);
+    let bounded: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.bound_ms > 0)
+        .map(|r| r.bound_ratio)
+        .collect();
+    m.bound_ratio = median(&bounded).unwrap_or(0.0);
+    Some(m)
+}
+
 /// How a metric's value reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

@@ -8,6 +8,10 @@
 //! runs. The runs go on as many threads as the machine has, and come out in value order; each
 //! is byte for byte what `run --set KEY=VALUE` gives.
 //!
+//! `--seeds` runs every value once per seed (each value's runs are the same seeds, so the
+//! values face the same workloads), and each row shows the medians of its value's runs
+//! ([`crate::seeds::median_results`]); `--json` then prints every run.
+//!
 //! `--json` prints one line per value: `{"vary":{"key":KEY,"value":VALUE},"results":{...}}`.
 //! The results schema (`tagstorm.results.v1`) has no field for a swept value, so the line wraps
 //! the results object, which is embedded verbatim (the same bytes `run --json` prints); `value`
@@ -35,6 +39,9 @@ Examples:
   tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary uploads.0.users=5..=30:5 \\
       --set account.tier=2 --out out/users
   tagstorm-sim sweep scenarios/ten-users-fifteen-images.toml --vary seed=1..=10 --json
+  # Each row the median over 10 seeds, so one lucky seed does not pick the threshold.
+  tagstorm-sim sweep scenarios/workday.toml --vary policy.deadline_ms=300000,900000,1800000 \
+      --set account.tier=1 --seeds 1..=10
 
 Every value is one more --set KEY=VALUE after the others (a --set or --seed of the swept field
 is refused). A comma inside a quoted string, an array or an inline table does not split the list:
@@ -226,9 +233,15 @@ pub fn cmd_sweep(
     err: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let vary = &a.vary;
-    if a.flags.seed.is_some() && vary.path == FieldPath::parse("seed") {
+    let seed_path = FieldPath::parse("seed");
+    if a.flags.seed.is_some() && vary.path == seed_path {
         return Err(CliError::Invalid(
             "--seed and --vary seed=… both set the seed; give one".into(),
+        ));
+    }
+    if a.seeds.is_some() && vary.path == seed_path {
+        return Err(CliError::Invalid(
+            "--seeds and --vary seed=… both set the seed; give one".into(),
         ));
     }
     let sets = cli::set_args(&a.flags)?;
@@ -238,21 +251,41 @@ pub fn cmd_sweep(
             clash.raw, vary.key
         )));
     }
+    if let (Some(_), Some(clash)) = (&a.seeds, sets.iter().find(|s| s.path == seed_path)) {
+        return Err(CliError::Invalid(format!(
+            "--set {} and --seeds both set the seed; give one",
+            clash.raw
+        )));
+    }
+    // Without --seeds, one run per value on the scenario's own seed (or --seed's).
+    let seeds: Vec<Option<u64>> = match &a.seeds {
+        Some(list) => list.0.iter().copied().map(Some).collect(),
+        None => vec![None],
+    };
     let base = cli::load_policy(&a.policy)?;
     let file = cli::display_path(&a.scenario);
     // The scenario as given first, so its own errors read as in every other command.
     Scenario::load(&file, &sets)?.policy(&base)?;
     let mut points = Vec::new();
     let mut invalid = Vec::new();
-    for v in &vary.values {
-        let mut all = sets.clone();
-        all.push(SetArg::parse(&vary.set(v))?);
-        match Scenario::load(&file, &all).and_then(|s| {
-            let p = s.policy(&base)?;
-            Ok((s, p))
-        }) {
-            Ok(point) => points.push(point),
-            Err(e) => invalid.push((v.as_str(), e)),
+    'values: for v in &vary.values {
+        for seed in &seeds {
+            // In the order `run --set KEY=VALUE --seed N` gives, so each run is its twin.
+            let mut all = sets.clone();
+            all.push(SetArg::parse(&vary.set(v))?);
+            if let Some(seed) = seed {
+                all.push(SetArg::parse(&format!("seed={seed}"))?);
+            }
+            match Scenario::load(&file, &all).and_then(|s| {
+                let p = s.policy(&base)?;
+                Ok((s, p))
+            }) {
+                Ok(point) => points.push(point),
+                Err(e) => {
+                    invalid.push((v.as_str(), e));
+                    continue 'values;
+                }
+            }
         }
     }
     if !invalid.is_empty() {
@@ -275,27 +308,59 @@ pub fn cmd_sweep(
         Some(crate::scenario::Seg::Key(k)) => k.clone(),
         _ => vary.key.clone(),
     };
+    // Value by value, each over every seed.
+    let short_ref = short.as_str();
+    let seeds_ref = &seeds;
+    let labels = vary.values.iter().flat_map(|v| {
+        let short = short_ref;
+        seeds_ref.iter().map(move |seed| match seed {
+            Some(seed) => format!("{short}={v} seed {seed}"),
+            None => format!("{short}={v}"),
+        })
+    });
     let jobs: Vec<_> = points
         .iter()
-        .zip(&vary.values)
-        .map(|((s, p), v)| (s, p.clone(), format!("{short}={v}")))
+        .zip(labels)
+        .map(|((s, p), label)| (s, p.clone(), label))
         .collect();
     if let Some(dir) = &a.out {
         cli::check_out(dir, true)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runs = cli::run_jobs(&jobs, threads, err)?;
+    // With --seeds, each row stands for its value's runs: their medians.
+    let medians: Vec<Results> = if a.seeds.is_some() {
+        runs.chunks(seeds.len())
+            .filter_map(|c| {
+                crate::seeds::median_results(&c.iter().map(|r| &r.results).collect::<Vec<_>>())
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let row_results: Vec<&Results> = if a.seeds.is_some() {
+        medians.iter().collect()
+    } else {
+        runs.iter().map(|r| &r.results).collect()
+    };
     let rows: Vec<(&str, &Results)> = vary
         .values
         .iter()
         .map(String::as_str)
-        .zip(runs.iter().map(|r| &r.results))
+        .zip(row_results)
         .collect();
+    let seed_list = a.seeds.as_ref().map(|s| s.0.as_slice());
     let scenario = &points[0].0;
     let policy = &points[0].1.name;
     if a.json {
         let key = serde_json::Value::String(vary.key.clone());
-        for (v, r) in &rows {
+        // One line per run: with --seeds, each value's runs in seed order.
+        let values = vary
+            .values
+            .iter()
+            .flat_map(|v| seeds.iter().map(move |_| v));
+        let all: Vec<(&String, &Results)> = values.zip(runs.iter().map(|r| &r.results)).collect();
+        for (v, r) in all {
             cli::write_line(
                 out,
                 &format!(
@@ -306,7 +371,7 @@ pub fn cmd_sweep(
             )?;
         }
     } else {
-        cli::write_line(out, &table(scenario, policy, &vary.key, &rows))?;
+        cli::write_line(out, &table(scenario, policy, &vary.key, &rows, seed_list))?;
     }
     if let Some(dir) = &a.out {
         // `detail="low"` → `detail-low`: quotes would only become dashes.
@@ -317,22 +382,33 @@ pub fn cmd_sweep(
             .collect();
         let folders = cli::folder_names(labels.iter().map(String::as_str));
         let mut files: Vec<(PathBuf, String)> = Vec::new();
-        for (r, folder) in runs.iter().zip(&folders) {
-            files.extend(cli::run_files(&dir.join(folder), r)?);
+        for (chunk, folder) in runs.chunks(seeds.len()).zip(&folders) {
+            for (r, seed) in chunk.iter().zip(&seeds) {
+                let dir = match seed {
+                    Some(seed) => dir.join(folder).join(format!("seed-{seed}")),
+                    None => dir.join(folder),
+                };
+                files.extend(cli::run_files(&dir, r)?);
+            }
         }
         files.push((
             dir.join("summary.md"),
-            markdown(scenario, policy, &vary.key, &rows),
+            markdown(scenario, policy, &vary.key, &rows, seed_list),
         ));
         files.push((dir.join("sweep.svg"), plot(scenario, policy, vary, &rows)));
         cli::write_all(&files)?;
     }
     let mut outcome = Outcome::Ok;
-    for (v, r) in &rows {
+    let values = vary
+        .values
+        .iter()
+        .flat_map(|v| seeds.iter().map(move |s| (v, s)));
+    for ((v, seed), r) in values.zip(runs.iter().map(|r| &r.results)) {
+        let seed = seed.map_or(String::new(), |s| format!(", seed {s}"));
         for why in r.invariant_failures() {
             let _ = writeln!(
                 err,
-                "invariant failed: {} under {} with {}={v}: {why}",
+                "invariant failed: {} under {} with {}={v}{seed}: {why}",
                 r.scenario, r.policy, vary.key
             );
             outcome = Outcome::InvariantFailed;
@@ -545,8 +621,32 @@ fn about(rows: &[(&str, &Results)]) -> (String, String, String) {
     (seed, account, workload)
 }
 
-fn header(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> String {
+/// What the header says about the seed: `seed 7`, or with --seeds that each row is a median.
+fn seed_text(seeds: Option<&[u64]>, seed: String) -> String {
+    match seeds {
+        Some(list) => format!(
+            "seeds {}, each row the median of its {} runs",
+            crate::seeds::seeds_text(list),
+            list.len()
+        ),
+        None => seed,
+    }
+}
+
+fn header(
+    s: &Scenario,
+    policy: &str,
+    key: &str,
+    rows: &[(&str, &Results)],
+    seeds: Option<&[u64]>,
+) -> String {
     let (seed, account, workload) = about(rows);
+    let seed = seed_text(seeds, seed);
+    let workload = if seeds.is_some() {
+        format!("{workload} (medians: each seed draws its own)")
+    } else {
+        workload
+    };
     let mut out = String::new();
     let _ = writeln!(out, "scenario  {} ({seed}, {})", s.spec.name, s.file);
     if !s.spec.description.trim().is_empty() {
@@ -563,8 +663,14 @@ fn header(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> S
 }
 
 /// The sweep table: one row per value, in the order given.
-pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> String {
-    let mut out = header(s, policy, key, rows);
+pub fn table(
+    s: &Scenario,
+    policy: &str,
+    key: &str,
+    rows: &[(&str, &Results)],
+    seeds: Option<&[u64]>,
+) -> String {
+    let mut out = header(s, policy, key, rows, seeds);
     out.push('\n');
     let (cols, cells) = cells(key, rows);
     let key_w = rows
@@ -615,7 +721,12 @@ pub fn table(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -
                 .iter()
                 .map(|(k, n)| format!("{} {k}", thousands(*n)))
                 .collect();
-            let _ = writeln!(out, "failed at {key}={v}: {}", why.join(", "));
+            let all = if seeds.is_some() {
+                " (all seeds together)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "failed at {key}={v}{all}: {}", why.join(", "));
         }
     }
     out.push_str(GUIDE);
@@ -636,9 +747,21 @@ RPM/TPM allow. Pending must be 0.
 ";
 
 /// The sweep table in Markdown, for `summary.md`: the best figures in bold.
-pub fn markdown(s: &Scenario, policy: &str, key: &str, rows: &[(&str, &Results)]) -> String {
+pub fn markdown(
+    s: &Scenario,
+    policy: &str,
+    key: &str,
+    rows: &[(&str, &Results)],
+    seeds: Option<&[u64]>,
+) -> String {
     let mut out = String::new();
     let (seed, account, workload) = about(rows);
+    let seed = seed_text(seeds, seed);
+    let workload = if seeds.is_some() {
+        format!("{workload} (medians: each seed draws its own)")
+    } else {
+        workload
+    };
     let _ = writeln!(
         out,
         "## {} ({seed}): sweep of `{key}` under {policy}\n",

@@ -2798,3 +2798,132 @@ fn bad_seeds_exit_2_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn sweep_seeds_runs_each_value_on_each_seed_and_rows_show_medians() {
+    let ten = "scenarios/ten-users-fifteen-images.toml";
+    let args = [
+        "sweep",
+        ten,
+        "--policy",
+        "seed-current",
+        "--vary",
+        "uploads.0.users=5,20",
+        "--seeds",
+        "1..=3",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let o = bin(&json_args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines = sweep_lines(&o.stdout);
+    assert_eq!(lines.len(), 6, "two values × three seeds");
+    let mut i = 0;
+    for users in [5u64, 20] {
+        let mut limited = Vec::new();
+        for seed in ["1", "2", "3"] {
+            let set = format!("uploads.0.users={users}");
+            let alone = bin(&[
+                "run",
+                ten,
+                "--policy",
+                "seed-current",
+                "--seed",
+                seed,
+                "--set",
+                &set,
+                "--json",
+            ]);
+            assert_eq!(alone.status.code(), Some(0), "{}", text(&alone.stderr));
+            assert_eq!(lines[i].1, users);
+            assert_eq!(
+                text(&alone.stdout).trim_end(),
+                lines[i].2,
+                "{set} seed {seed}"
+            );
+            let r: serde_json::Value = serde_json::from_str(&lines[i].2).unwrap();
+            limited.push(r["upstream"]["rate_limited"].as_u64().unwrap());
+            i += 1;
+        }
+        // The row's 429s are the median of its three runs.
+        limited.sort_unstable();
+        let t = text(&bin(&args).stdout);
+        assert!(
+            t.contains("seeds 1..=3, each row the median of its 3 runs"),
+            "{t}"
+        );
+        let row = t
+            .lines()
+            .find(|l| l.starts_with(&format!("{users} ")))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert!(
+            cells.contains(&thousands(limited[1]).as_str())
+                || cells.contains(&format!("{}*", thousands(limited[1])).as_str()),
+            "{row}: median of {limited:?}"
+        );
+    }
+    for (extra, expect) in [
+        (
+            &["--vary", "seed=1,2", "--seeds", "1,2"][..],
+            "--seeds and --vary seed=… both set the seed",
+        ),
+        (
+            &[
+                "--vary",
+                "account.tier=1,2",
+                "--seeds",
+                "1,2",
+                "--seed",
+                "3",
+            ][..],
+            "cannot be used with",
+        ),
+        (
+            &["--vary", "account.tier=1,2", "--seeds", "7"][..],
+            "give at least two seeds",
+        ),
+    ] {
+        let mut a = vec!["sweep", ten];
+        a.extend_from_slice(extra);
+        let o = bin(&a);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+        assert!(
+            text(&o.stderr).contains(expect),
+            "{extra:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_median_of_runs_takes_the_middle_run_of_each_figure() {
+    let s = scenario("ten-users-fifteen-images");
+    let runs: Vec<Results> = [1u64, 2, 3]
+        .iter()
+        .map(|seed| {
+            let s = scenario_with("ten-users-fifteen-images", &[&format!("seed={seed}")]);
+            run(&s, "seed-current")
+        })
+        .collect();
+    let refs: Vec<&Results> = runs.iter().collect();
+    let m = tagstorm_sim::seeds::median_results(&refs).unwrap();
+    let mid = |f: &dyn Fn(&Results) -> u64| {
+        let mut v: Vec<u64> = runs.iter().map(f).collect();
+        v.sort_unstable();
+        v[1]
+    };
+    assert_eq!(m.upstream.rate_limited, mid(&|r| r.upstream.rate_limited));
+    assert_eq!(m.makespan_ms, mid(&|r| r.makespan_ms));
+    assert_eq!(
+        m.latency_ms.upload_complete.p95,
+        mid(&|r| r.latency_ms.upload_complete.p95)
+    );
+    assert_eq!(m.images.failed, mid(&|r| r.images.failed));
+    // Failures add up over the runs.
+    let failed: u64 = runs.iter().map(|r| r.images.failed).sum();
+    assert_eq!(m.images.failures.values().sum::<u64>(), failed);
+    assert_eq!(m.scenario, s.spec.name);
+    assert!(tagstorm_sim::seeds::median_results(&[]).is_none());
+}
