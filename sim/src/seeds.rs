@@ -245,47 +245,34 @@ fn some_ms(count: u64, v: u64) -> Option<f64> {
     (count > 0).then_some(v as f64)
 }
 
+/// A latency row: `latency_ms.$hist.$pct`, none when nothing was measured.
+macro_rules! latency {
+    ($label:literal, $hist:ident, $pct:ident) => {
+        Metric {
+            label: $label,
+            kind: Kind::Ms,
+            value: |r| some_ms(r.latency_ms.$hist.count, r.latency_ms.$hist.$pct),
+        }
+    };
+}
+
+/// A row of a count in the results, `$($field).+`.
+macro_rules! count {
+    ($label:literal, $($field:ident).+) => {
+        Metric {
+            label: $label,
+            kind: Kind::Count,
+            value: |r| Some(r.$($field).+ as f64),
+        }
+    };
+}
+
 const METRICS: &[Metric] = &[
-    Metric {
-        label: "first tag, p50 (per upload)",
-        kind: Kind::Ms,
-        value: |r| {
-            let l = &r.latency_ms.upload_first_tag;
-            some_ms(l.count, l.p50)
-        },
-    },
-    Metric {
-        label: "first tag, p95",
-        kind: Kind::Ms,
-        value: |r| {
-            let l = &r.latency_ms.upload_first_tag;
-            some_ms(l.count, l.p95)
-        },
-    },
-    Metric {
-        label: "upload complete, p50",
-        kind: Kind::Ms,
-        value: |r| {
-            let l = &r.latency_ms.upload_complete;
-            some_ms(l.count, l.p50)
-        },
-    },
-    Metric {
-        label: "upload complete, p95",
-        kind: Kind::Ms,
-        value: |r| {
-            let l = &r.latency_ms.upload_complete;
-            some_ms(l.count, l.p95)
-        },
-    },
-    Metric {
-        label: "image tagged, p95 (per image)",
-        kind: Kind::Ms,
-        value: |r| {
-            let l = &r.latency_ms.image_tagged;
-            some_ms(l.count, l.p95)
-        },
-    },
+    latency!("first tag, p50 (per upload)", upload_first_tag, p50),
+    latency!("first tag, p95", upload_first_tag, p95),
+    latency!("upload complete, p50", upload_complete, p50),
+    latency!("upload complete, p95", upload_complete, p95),
+    latency!("image tagged, p95 (per image)", image_tagged, p95),
     Metric {
         label: "makespan",
         kind: Kind::Ms,
@@ -296,51 +283,15 @@ const METRICS: &[Metric] = &[
         kind: Kind::Ratio,
         value: |r| (r.bound_ms > 0).then_some(r.bound_ratio),
     },
-    Metric {
-        label: "429 responses",
-        kind: Kind::Count,
-        value: |r| Some(r.upstream.rate_limited as f64),
-    },
-    Metric {
-        label: "5xx",
-        kind: Kind::Count,
-        value: |r| Some(r.upstream.server_errors as f64),
-    },
-    Metric {
-        label: "timeouts",
-        kind: Kind::Count,
-        value: |r| Some(r.upstream.timeouts as f64),
-    },
-    Metric {
-        label: "retries",
-        kind: Kind::Count,
-        value: |r| Some(r.upstream.retries as f64),
-    },
-    Metric {
-        label: "batches created",
-        kind: Kind::Count,
-        value: |r| Some(r.upstream.batches_created as f64),
-    },
-    Metric {
-        label: "tagged realtime",
-        kind: Kind::Count,
-        value: |r| Some(r.images.tagged_realtime as f64),
-    },
-    Metric {
-        label: "tagged batch",
-        kind: Kind::Count,
-        value: |r| Some(r.images.tagged_batch as f64),
-    },
-    Metric {
-        label: "failed",
-        kind: Kind::Count,
-        value: |r| Some(r.images.failed as f64),
-    },
-    Metric {
-        label: "pending (must be 0)",
-        kind: Kind::Count,
-        value: |r| Some(r.images.pending as f64),
-    },
+    count!("429 responses", upstream.rate_limited),
+    count!("5xx", upstream.server_errors),
+    count!("timeouts", upstream.timeouts),
+    count!("retries", upstream.retries),
+    count!("batches created", upstream.batches_created),
+    count!("tagged realtime", images.tagged_realtime),
+    count!("tagged batch", images.tagged_batch),
+    count!("failed", images.failed),
+    count!("pending (must be 0)", images.pending),
     Metric {
         label: "cost",
         kind: Kind::Usd,

@@ -603,12 +603,20 @@ fn same<T: PartialEq>(rows: &[(&str, &Results)], f: impl Fn(&Results) -> T) -> O
 }
 
 /// What the header says about the runs: the seed, the account and the workload, each either
-/// shared by every row or said to vary.
-fn about(rows: &[(&str, &Results)]) -> (String, String, String) {
+/// shared by every row or said to vary. With --seeds, the seed line says each row is a median,
+/// and so does the workload line.
+fn about(rows: &[(&str, &Results)], seeds: Option<&[u64]>) -> (String, String, String) {
     let varies = || "varies with the value".to_owned();
-    let seed = same(rows, |r| r.seed).map_or("seed varies".into(), |s| format!("seed {s}"));
+    let seed = match seeds {
+        Some(list) => format!(
+            "seeds {}, each row the median of its {} runs",
+            crate::seeds::seeds_text(list),
+            list.len()
+        ),
+        None => same(rows, |r| r.seed).map_or("seed varies".into(), |s| format!("seed {s}")),
+    };
     let account = same(rows, |r| r.account.clone()).map_or_else(varies, |a| report::account(&a));
-    let workload = same(rows, |r| (r.images.total, r.uploads.total)).map_or_else(
+    let mut workload = same(rows, |r| (r.images.total, r.uploads.total)).map_or_else(
         varies,
         |(images, uploads)| {
             format!(
@@ -618,19 +626,10 @@ fn about(rows: &[(&str, &Results)]) -> (String, String, String) {
             )
         },
     );
-    (seed, account, workload)
-}
-
-/// What the header says about the seed: `seed 7`, or with --seeds that each row is a median.
-fn seed_text(seeds: Option<&[u64]>, seed: String) -> String {
-    match seeds {
-        Some(list) => format!(
-            "seeds {}, each row the median of its {} runs",
-            crate::seeds::seeds_text(list),
-            list.len()
-        ),
-        None => seed,
+    if seeds.is_some() {
+        workload.push_str(" (medians: each seed draws its own)");
     }
+    (seed, account, workload)
 }
 
 fn header(
@@ -640,13 +639,7 @@ fn header(
     rows: &[(&str, &Results)],
     seeds: Option<&[u64]>,
 ) -> String {
-    let (seed, account, workload) = about(rows);
-    let seed = seed_text(seeds, seed);
-    let workload = if seeds.is_some() {
-        format!("{workload} (medians: each seed draws its own)")
-    } else {
-        workload
-    };
+    let (seed, account, workload) = about(rows, seeds);
     let mut out = String::new();
     let _ = writeln!(out, "scenario  {} ({seed}, {})", s.spec.name, s.file);
     if !s.spec.description.trim().is_empty() {
@@ -755,13 +748,7 @@ pub fn markdown(
     seeds: Option<&[u64]>,
 ) -> String {
     let mut out = String::new();
-    let (seed, account, workload) = about(rows);
-    let seed = seed_text(seeds, seed);
-    let workload = if seeds.is_some() {
-        format!("{workload} (medians: each seed draws its own)")
-    } else {
-        workload
-    };
+    let (seed, account, workload) = about(rows, seeds);
     let _ = writeln!(
         out,
         "## {} ({seed}): sweep of `{key}` under {policy}\n",
