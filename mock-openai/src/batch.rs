@@ -314,7 +314,6 @@ pub(crate) enum Plan {
 pub(crate) struct BatchState {
     pub id: String,
     pub org: OrgId,
-    pub endpoint: String,
     pub input_file_id: String,
     pub model: Model,
     pub lines: Vec<BatchLine>,
@@ -779,7 +778,6 @@ impl Upstream {
         let state = BatchState {
             id: id.clone(),
             org,
-            endpoint: CHAT_ENDPOINT.to_owned(),
             input_file_id: if input_file_id.is_empty() {
                 ids::prefixed_alnum(
                     "file-",
@@ -1100,7 +1098,8 @@ impl Upstream {
         Batch {
             id: b.id.clone(),
             object: "batch",
-            endpoint: b.endpoint.clone(),
+            // The only endpoint batches are created for.
+            endpoint: CHAT_ENDPOINT.to_owned(),
             model: b.model.as_str().to_owned(),
             // Validation errors appear when the batch fails, not while it validates (nor
             // after a cancel that came first).

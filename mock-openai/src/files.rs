@@ -1,6 +1,7 @@
 //! The Files API and the file path into batches: uploads, retrieval, listing, deletion, batch
 //! creation from an uploaded JSONL file, and output/error files rendered as real JSONL on demand.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -118,7 +119,8 @@ pub(crate) struct StoredFile {
     pub org: OrgId,
     pub id: String,
     pub filename: String,
-    pub purpose: String,
+    /// Borrowed for result files (`batch_output`), which the model registers for every batch.
+    pub purpose: Cow<'static, str>,
     pub created: Time,
     /// How long the file lives after `created` (`expires_at`); `None`: until deleted.
     pub ttl: Option<Duration>,
@@ -145,7 +147,14 @@ impl Upstream {
 
     fn store_file(&mut self, file: StoredFile) -> usize {
         let idx = self.files.len();
-        self.file_by_id.insert(file.id.clone(), idx);
+        // `fresh_file_id` has already put the id in the map (to reserve it), so usually only
+        // the index is filled in, without another copy of the key.
+        match self.file_by_id.get_mut(&file.id) {
+            Some(slot) => *slot = idx,
+            None => {
+                self.file_by_id.insert(file.id.clone(), idx);
+            }
+        }
         self.files.push(file);
         idx
     }
@@ -214,7 +223,7 @@ impl Upstream {
             org,
             id,
             filename: filename.to_owned(),
-            purpose: purpose.to_owned(),
+            purpose: Cow::Owned(purpose.to_owned()),
             created: now,
             ttl: expires_after.or((purpose == "batch").then_some(BATCH_FILE_TTL)),
             content: Content::Uploaded(bytes),
@@ -353,7 +362,7 @@ impl Upstream {
             created_at: unix(f.created),
             expires_at: f.ttl.map(|ttl| unix(f.created + ttl)),
             filename: f.filename.clone(),
-            purpose: f.purpose.clone(),
+            purpose: f.purpose.clone().into_owned(),
             status: "processed",
             status_details: None,
         }
@@ -363,15 +372,19 @@ impl Upstream {
     pub(crate) fn register_result_files(&mut self, idx: usize, counts: RequestCounts) {
         let b = &mut self.batches[idx];
         b.files_registered = true;
-        let (org, end, bid) = (b.org, b.end_time(), b.id.clone());
+        let (org, end) = (b.org, b.end_time());
         let ttl = Some(b.output_ttl.unwrap_or(BATCH_FILE_TTL));
-        let (out_id, err_id) = (b.output_file_id.clone(), b.error_file_id.clone());
-        if counts.completed > 0 {
+        // Only the files that have lines are stored: usually the output file alone.
+        let out = (counts.completed > 0)
+            .then(|| (b.output_file_id.clone(), format!("{}_output.jsonl", b.id)));
+        let err =
+            (counts.failed > 0).then(|| (b.error_file_id.clone(), format!("{}_error.jsonl", b.id)));
+        if let Some((id, filename)) = out {
             self.store_file(StoredFile {
                 org,
-                id: out_id,
-                filename: format!("{bid}_output.jsonl"),
-                purpose: "batch_output".to_owned(),
+                id,
+                filename,
+                purpose: Cow::Borrowed("batch_output"),
                 created: end,
                 ttl,
                 content: Content::Output(idx),
@@ -379,12 +392,12 @@ impl Upstream {
                 deleted: false,
             });
         }
-        if counts.failed > 0 {
+        if let Some((id, filename)) = err {
             self.store_file(StoredFile {
                 org,
-                id: err_id,
-                filename: format!("{bid}_error.jsonl"),
-                purpose: "batch_output".to_owned(),
+                id,
+                filename,
+                purpose: Cow::Borrowed("batch_output"),
                 created: end,
                 ttl,
                 content: Content::Errors(idx),

@@ -32,6 +32,10 @@ use crate::results::{
 use crate::scenario::{Scenario, millis, secs};
 use crate::workload::{self, Arrival, derive_seed, streams};
 
+/// The start of the ids the simulator gives uploaded batch files, `file-sim{n}`: `n` is the
+/// file's place in [`Sim`]'s list.
+const FILE_ID_PREFIX: &str = "file-sim";
+
 /// Most events one run may process, whatever the scenario: the loop's hard bound.
 pub const MAX_EVENTS: u64 = 2_000_000_000;
 
@@ -249,6 +253,14 @@ fn push_url_prefix(out: &mut String, upload: u32) {
     out.push_str("https://img.tagstorm.test/u");
     out.push_str(itoa::Buffer::new().format(upload));
     out.push_str("/i");
+}
+
+/// The FNV-1a hash of [`push_url_prefix`]'s text for `upload`, hashed piece by piece instead
+/// of spelled out in a string first.
+fn url_prefix_hash(upload: u32) -> u64 {
+    let h = tags::fnv1a64(b"https://img.tagstorm.test/u");
+    let h = tags::fnv1a64_extend(h, itoa::Buffer::new().format(upload).as_bytes());
+    tags::fnv1a64_extend(h, b"/i")
 }
 
 /// An image's URL, `https://img.tagstorm.test/u{upload}/i{index}.jpg`, built in a reused
@@ -481,14 +493,9 @@ impl<'a> Sim<'a> {
             images: vec![image; a.images as usize],
             deadline: a.deadline,
         };
-        let mut prefix = String::new();
-        push_url_prefix(
-            &mut prefix,
-            u32::try_from(self.uploads.len()).unwrap_or(u32::MAX),
-        );
         self.uploads.push(UploadRec {
             start: self.now,
-            url_hash: tags::fnv1a64(prefix.as_bytes()),
+            url_hash: url_prefix_hash(u32::try_from(self.uploads.len()).unwrap_or(u32::MAX)),
             base,
             images: a.images,
             first_tag: false,
@@ -634,7 +641,9 @@ impl<'a> Sim<'a> {
                     })
                 } else {
                     let lines = images.iter().map(|&img| self.batch_line(img)).collect();
-                    let id = format!("file-sim{}", self.files.len());
+                    let mut id = String::with_capacity(FILE_ID_PREFIX.len() + 20);
+                    id.push_str(FILE_ID_PREFIX);
+                    id.push_str(itoa::Buffer::new().format(self.files.len()));
                     self.files.push(Some((lines, images)));
                     Ok(id)
                 };
@@ -642,7 +651,7 @@ impl<'a> Sim<'a> {
             }
             Action::CreateBatch { batch, file_id } => {
                 let lines = file_id
-                    .strip_prefix("file-sim")
+                    .strip_prefix(FILE_ID_PREFIX)
                     .and_then(|n| n.parse::<usize>().ok())
                     .and_then(|n| self.files.get_mut(n))
                     .and_then(Option::take);
@@ -1169,6 +1178,7 @@ mod tests {
             let mut prefix = String::new();
             push_url_prefix(&mut prefix, upload);
             let hash = tags::fnv1a64(prefix.as_bytes());
+            assert_eq!(url_prefix_hash(upload), hash);
             assert_eq!(url_hash(hash, index), tags::fnv1a64(expect.as_bytes()));
             assert_eq!(Tags::of_url_hash(url_hash(hash, index)), Tags::of(&expect));
         }
