@@ -879,6 +879,9 @@ impl<'a> Sim<'a> {
                 channel,
                 usage,
             } => {
+                // This variant owns nothing to free, but dropping an `Event` is an out-of-line
+                // call to its drop glue (one per tagged image); forgetting it skips the call.
+                std::mem::forget(event);
                 let Some(g) = self.global(image).filter(|g| *g < self.images.len()) else {
                     return;
                 };
@@ -933,6 +936,8 @@ impl<'a> Sim<'a> {
                     .or_default() += 1;
             }
             Event::UploadComplete { upload, at } => {
+                // As for `ImageTagged`: nothing to free.
+                std::mem::forget(event);
                 if let Some(u) = self.uploads.get(upload.0 as usize) {
                     self.complete += 1;
                     let _ = self.h_complete.record(ms(at - u.start));
