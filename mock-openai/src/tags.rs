@@ -73,6 +73,17 @@ pub const VOCABULARY: [&str; 64] = [
     "winter",
 ];
 
+/// The length of each word of [`VOCABULARY`], by index.
+const WORD_LEN: [u8; 64] = {
+    let mut len = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        len[i] = VOCABULARY[i].len() as u8;
+        i += 1;
+    }
+    len
+};
+
 /// The FNV-1a 64-bit offset basis: the hash of no bytes.
 pub const FNV1A64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -159,8 +170,13 @@ impl Tags {
 
     /// The length in bytes of [`Tags::write_json`]'s output.
     pub fn json_len(&self) -> usize {
-        // `{"tags":[` and `]}`, then each word quoted, with a comma between words.
-        let words: usize = self.words().map(|w| w.len() + 2).sum();
+        // `{"tags":[` and `]}`, then each word quoted, with a comma between words. The model
+        // works this out for every answer (its output tokens), so the words' lengths come from
+        // a table of bytes (a word index is below 64, so the mask costs no bounds check).
+        let words: usize = self.words[..usize::from(self.n)]
+            .iter()
+            .map(|&w| usize::from(WORD_LEN[usize::from(w) & 63]) + 2)
+            .sum();
         11 + words + usize::from(self.n).saturating_sub(1)
     }
 
