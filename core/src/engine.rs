@@ -372,7 +372,6 @@ enum Timer {
     Retry(ImageId),
     Poll(BatchRef),
     Download(BatchRef),
-    Pacing,
     BatchHold,
 }
 
@@ -630,6 +629,12 @@ pub struct Engine {
     batches: Vec<BatchRec>,
     timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
     timer_seq: u64,
+    /// Pacing wake-ups (`pacing_wake`, `workspace_wake`), apart from `timers`: one is armed
+    /// and fired for nearly every realtime request while the account paces, and here it is
+    /// the only entry (a stale one at most besides), where in `timers` it sifted past every
+    /// running batch's poll. Firing one only clears `pacing_wake`, which no timer reads, so
+    /// firing it before or after the other timers due in the same call changes nothing.
+    wakes: BinaryHeap<Reverse<Time>>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     dirty_uploads: Vec<UploadId>,
@@ -701,6 +706,7 @@ impl Engine {
             batches: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
+            wakes: BinaryHeap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
             dirty_uploads: Vec::new(),
@@ -1296,17 +1302,21 @@ impl Engine {
                         self.request_download(batch);
                     }
                 }
-                Timer::Pacing => {
-                    if self.pacing_wake == Some(at) {
-                        self.pacing_wake = None;
-                    }
-                }
                 Timer::BatchHold => {
                     if self.batch_hold_until == Some(at) {
                         self.batch_hold_until = None;
                     }
                     self.batch_dirty = true;
                 }
+            }
+        }
+        while let Some(&Reverse(at)) = self.wakes.peek() {
+            if at > now {
+                break;
+            }
+            self.wakes.pop();
+            if self.pacing_wake == Some(at) {
+                self.pacing_wake = None;
             }
         }
         self.schedule_drive(now);
@@ -1334,7 +1344,12 @@ impl Engine {
     /// When core next needs [`Engine::handle_timeout`], if ever.
     pub fn poll_timeout(&mut self) -> Option<Time> {
         self.flush();
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        match (timer, self.wakes.peek()) {
+            (Some(t), Some(&Reverse(w))) => Some(t.min(w)),
+            (t, None) => t,
+            (None, Some(&Reverse(w))) => Some(w),
+        }
     }
 
     fn schedule_drive(&mut self, now: Time) {
@@ -1752,7 +1767,7 @@ impl Engine {
             // that would stop other workspaces' new work.
             if self.workspace_wake.is_none_or(|w| w <= now || t < w) {
                 self.workspace_wake = Some(t);
-                self.timer(t, Timer::Pacing);
+                self.wakes.push(Reverse(t));
             }
         }
     }
@@ -1834,7 +1849,7 @@ impl Engine {
     fn arm_pacing(&mut self, at: Time) {
         if self.pacing_wake.is_none_or(|t| at < t) {
             self.pacing_wake = Some(at);
-            self.timer(at, Timer::Pacing);
+            self.wakes.push(Reverse(at));
         }
     }
 
