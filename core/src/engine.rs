@@ -600,6 +600,14 @@ struct InFlight {
     sent_at: Time,
 }
 
+/// The lists one batch plan works in; empty between plans.
+#[derive(Debug, Default)]
+struct PlanScratch {
+    waiting: Vec<ImageId>,
+    items: Vec<SplitItem>,
+    plan: split::Split,
+}
+
 /// The decision engine. See the crate docs for a complete driving loop.
 #[derive(Debug)]
 pub struct Engine {
@@ -626,6 +634,9 @@ pub struct Engine {
     /// event.
     batch_dirty: bool,
     in_flight: HashMap<RequestId, InFlight>,
+    /// `dispatch_batches`' working lists, kept between plans: most plans hold everything
+    /// again (the queue is full), and allocating three lists for each cost more than the plan.
+    plan_scratch: PlanScratch,
     batches: Vec<BatchRec>,
     timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
     timer_seq: u64,
@@ -703,6 +714,7 @@ impl Engine {
             batch_waiting: VecDeque::new(),
             batch_dirty: false,
             in_flight: HashMap::default(),
+            plan_scratch: PlanScratch::default(),
             batches: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -1899,22 +1911,20 @@ impl Engine {
                 take += 1;
             }
             let take = take.max(1).min(w.batch.len());
-            let waiting: Vec<ImageId> = self.workspaces[ws]
-                .batch
-                .drain(..take)
-                .map(|(img, _)| img)
-                .collect();
-            let items: Vec<SplitItem> = waiting
-                .iter()
-                .map(|&img| {
-                    let r = &self.uploads[img.upload.0 as usize].images[img.index as usize];
-                    SplitItem {
-                        line_bytes: self.line_bytes(img, r),
-                        tokens: r.queue_tokens,
-                    }
-                })
-                .collect();
-            let plan = split::split(&items, &caps);
+            let PlanScratch {
+                mut waiting,
+                mut items,
+                mut plan,
+            } = std::mem::take(&mut self.plan_scratch);
+            waiting.extend(self.workspaces[ws].batch.drain(..take).map(|(img, _)| img));
+            items.extend(waiting.iter().map(|&img| {
+                let r = &self.uploads[img.upload.0 as usize].images[img.index as usize];
+                SplitItem {
+                    line_bytes: self.line_bytes(img, r),
+                    tokens: r.queue_tokens,
+                }
+            }));
+            split::split_into(&items, &caps, &mut plan);
             for idx in &plan.oversize {
                 let img = waiting[*idx];
                 let what = format!(
@@ -1933,6 +1943,13 @@ impl Engine {
             for &i in plan.held.iter().rev() {
                 w.batch.push_front((waiting[i], items[i].tokens));
             }
+            waiting.clear();
+            items.clear();
+            self.plan_scratch = PlanScratch {
+                waiting,
+                items,
+                plan,
+            };
             if !w.batch.is_empty() {
                 // Retry when a spent per-hour budget refills, else in a minute (as another
                 // client's share of the queue fades); room one of our batches frees is taken at

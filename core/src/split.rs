@@ -155,9 +155,21 @@ struct Open {
 /// batch exceeds the API's caps ([`MAX_BATCH_REQUESTS`], [`MAX_BATCH_FILE_BYTES`]) and with
 /// `max_requests` zero every item is oversize. Never panics.
 pub fn split(items: &[SplitItem], limits: &SplitLimits) -> Split {
+    let mut out = Split::default();
+    split_into(items, limits, &mut out);
+    out
+}
+
+/// [`split`] into `out`, reusing its lists' memory: a caller that plans over and over (core
+/// re-plans its batch backlog whenever the queue's room changes, tens of thousands of times a
+/// day, mostly to hold everything again) allocates nothing for the lists once they have grown.
+/// Whatever `out` held before is replaced.
+pub fn split_into(items: &[SplitItem], limits: &SplitLimits, out: &mut Split) {
     let max_requests = u64::from(limits.max_requests.min(MAX_BATCH_REQUESTS));
     let max_bytes = limits.max_bytes.min(MAX_BATCH_FILE_BYTES);
-    let mut out = Split::default();
+    out.batches.clear();
+    out.held.clear();
+    out.oversize.clear();
     let mut queue_left = limits.queue_tokens_free;
     let mut images_left = limits.images_allowed;
     let mut batches_left = limits.batches_allowed;
@@ -202,7 +214,13 @@ pub fn split(items: &[SplitItem], limits: &SplitLimits) -> Split {
             }
             _ if batches_left > 0 => {
                 batches_left -= 1;
-                out.batches.push(vec![i]);
+                // Room for as many lines as the batch can take from here on, so filling it
+                // does not grow it step by step.
+                let most =
+                    (items.len() - i).min(usize::try_from(max_requests).unwrap_or(usize::MAX));
+                let mut batch = Vec::with_capacity(most);
+                batch.push(i);
+                out.batches.push(batch);
                 open = Open {
                     requests: 1,
                     bytes: item.line_bytes,
@@ -217,7 +235,6 @@ pub fn split(items: &[SplitItem], limits: &SplitLimits) -> Split {
         queue_left -= item.tokens;
         images_left -= 1;
     }
-    out
 }
 
 /// What one batch input line is made of.
