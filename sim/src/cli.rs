@@ -96,6 +96,11 @@ Exit codes: 0 every file is valid; 2 at least one is not (or bad usage); 3 stdou
 written.";
 
 const BENCH_HELP: &str = "\
+Reports two wall times per run: the whole run (drawing the workload, setting up core and the
+model, every event, then the results: what a user waits for) and the event loop inside it.
+Events per second are given over both; the loop's figure is the one to compare with other
+simulators, which time their loops alone.
+
 Examples:
   tagstorm-sim bench
   tagstorm-sim bench scenarios/workday.toml --images 1000000 --runs 3 --json

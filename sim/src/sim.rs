@@ -84,10 +84,43 @@ pub fn run_with_progress(
     policy: &Policy,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunOutput, SimError> {
+    let mut prepared = prepare(scenario, policy)?;
+    prepared.0.run(progress);
+    Ok(prepared.finish())
+}
+
+/// A run set up (workload drawn, core and the model built) whose events have not yet run:
+/// [`run`] in three steps, so `bench` can time the event loop apart from the setup before it
+/// and the results after it, as the peers it is compared with time only their loops.
+pub struct Prepared<'a>(Sim<'a>);
+
+/// Sets up a run of `scenario` under `policy`; [`Prepared::run_events`] and
+/// [`Prepared::finish`] then give exactly what [`run`] gives.
+pub fn prepare<'a>(scenario: &'a Scenario, policy: &Policy) -> Result<Prepared<'a>, SimError> {
     let arrivals = workload::generate(&scenario.spec);
-    let mut sim = Sim::new(scenario, policy, arrivals)?;
-    sim.run(progress);
-    Ok(sim.finish())
+    Ok(Prepared(Sim::new(scenario, policy, arrivals)?))
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("scenario", &self.0.scenario.spec.name)
+            .field("policy", &self.0.policy_name)
+            .field("events", &self.0.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared<'_> {
+    /// Runs every event, to the end of the work or a bound.
+    pub fn run_events(&mut self) {
+        self.0.run(&mut |_| {});
+    }
+
+    /// The results: percentiles, the physical bound, cost.
+    pub fn finish(self) -> RunOutput {
+        self.0.finish()
+    }
 }
 
 /// What the simulator knows of one image.

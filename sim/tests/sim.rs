@@ -714,6 +714,23 @@ fn bench_json_reports_every_run_for_a_ci_job() {
     assert_eq!(v["wall_s"]["best"].as_f64(), Some(walls[0]));
     assert_eq!(v["wall_s"]["median"].as_f64(), Some(walls[1]));
     assert!(v["events"].as_u64().unwrap() >= 150);
+    // The event loop is timed inside each whole run, so the best loop is no longer than the
+    // best run, and the loop's rate is at least the whole run's.
+    let loops: Vec<f64> = v["loop_s"]["all_sorted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!(loops.len(), 3);
+    assert!(loops.windows(2).all(|w| w[0] <= w[1]), "{loops:?}");
+    assert_eq!(v["loop_s"]["best"].as_f64(), Some(loops[0]));
+    assert!(loops[0] <= walls[0], "{loops:?} {walls:?}");
+    let (eps, loop_eps) = (
+        v["events_per_s"].as_f64().unwrap(),
+        v["loop_events_per_s"].as_f64().unwrap(),
+    );
+    assert!(loop_eps >= eps && eps > 0.0, "{loop_eps} {eps}");
     let o = bin(&["bench", "--runs", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("--runs"), "{}", text(&o.stderr));
