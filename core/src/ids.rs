@@ -97,8 +97,10 @@ pub struct BadCustomId(pub String);
 impl FromStr for ImageId {
     type Err = BadCustomId;
 
-    /// Parses `u{upload}-i{index}`: both numbers plain decimal digits (no sign) that fit a
-    /// `u32`. Byte by byte, since core parses one per batch result line.
+    /// Parses `u{upload}-i{index}` exactly as [`ImageId::custom_id`] writes it: both numbers
+    /// plain decimal digits that fit a `u32`, with no sign and no leading zero (so `u01-i2` is
+    /// refused: core never wrote it, and taking it for `u1-i2` would let a stray line tag an
+    /// image of this batch). Byte by byte, since core parses one per batch result line.
     fn from_str(s: &str) -> Result<ImageId, BadCustomId> {
         let bad = || BadCustomId(s.to_owned());
         let b = s.as_bytes();
@@ -120,9 +122,10 @@ impl FromStr for ImageId {
     }
 }
 
-/// A leading run of at least one ASCII digit that fits a `u32`, and what follows it.
+/// A leading run of ASCII digits as `u32`'s `Display` writes one (no leading zero but in
+/// `0` itself, so at most 10 digits), and what follows it.
 fn decimal(b: &[u8]) -> Option<(u32, &[u8])> {
-    // One pass, in 64 bits: once the value passes u32::MAX it can only grow, so stop there.
+    // One pass, in 64 bits: ten digits always fit, so the only check per digit is the count.
     let mut n: u64 = 0;
     let mut len = 0;
     for &c in b {
@@ -130,16 +133,16 @@ fn decimal(b: &[u8]) -> Option<(u32, &[u8])> {
         if d > 9 {
             break;
         }
-        n = n * 10 + u64::from(d);
-        if n > u64::from(u32::MAX) {
+        if len == 10 {
             return None;
         }
+        n = n * 10 + u64::from(d);
         len += 1;
     }
-    if len == 0 {
+    if len == 0 || (len > 1 && b[0] == b'0') {
         return None;
     }
-    Some((n as u32, &b[len..]))
+    Some((u32::try_from(n).ok()?, &b[len..]))
 }
 
 #[cfg(test)]
@@ -177,15 +180,17 @@ mod tests {
         check("u1--i2", None);
         check("u1-i-2", None);
         check("-i2", None);
-        // Leading zeros do not count against the range, however many.
-        let id: ImageId = "u000000000007-i0000000000009".parse().unwrap();
-        assert_eq!((id.upload.0, id.index), (7, 9));
-        // Leading zeros parse (as before); such an id is not one core wrote.
-        let id: ImageId = "u01-i002".parse().unwrap();
-        assert_eq!((id.upload.0, id.index), (1, 2));
+        check("u10-i20", Some((10, 20)));
+        // Only the form core writes: a leading zero is another id, however small the number.
+        check("u01-i2", None);
+        check("u1-i02", None);
+        check("u00-i0", None);
+        check("u000000000007-i0000000000009", None);
+        check("u04294967295-i0", None);
     }
 
-    /// The parser as first written, on `str` methods: the byte parser must agree with it.
+    /// The parser on `str` methods: the numbers as `str::parse` reads them, and the id only
+    /// if it is written back exactly as it came. The byte parser must agree with it.
     fn reference(s: &str) -> Option<(u32, u32)> {
         let rest = s.strip_prefix('u')?;
         let (upload, index) = rest.split_once("-i")?;
@@ -193,7 +198,8 @@ mod tests {
         if !digits(upload) || !digits(index) {
             return None;
         }
-        Some((upload.parse().ok()?, index.parse().ok()?))
+        let (u, i) = (upload.parse().ok()?, index.parse().ok()?);
+        (format!("u{u}-i{i}") == s).then_some((u, i))
     }
 
     proptest::proptest! {

@@ -393,6 +393,19 @@ impl Ledger {
             }
         }
         if kind == 6 {
+            // This batch's first image's id with a leading zero, carrying its second image's
+            // answer, ahead of the real lines: not an id core wrote, so it must tag nothing
+            // (read as the first image's, it would tag it with the second's answer).
+            if let (Some(&first), Some(&second)) = (images.first(), images.get(1)) {
+                let usage = self.ticket(second, Channel::Batch, Some(batch));
+                lines.insert(
+                    0,
+                    LineResult {
+                        custom_id: format!("u0{}-i{}", first.upload.0, first.index).into(),
+                        outcome: Ok(usage),
+                    },
+                );
+            }
             for junk in [
                 "",
                 "u",
