@@ -8,6 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -189,8 +190,9 @@ pub enum Action {
     PollBatch {
         /// Core's handle.
         batch: BatchRef,
-        /// Upstream's batch id.
-        batch_id: String,
+        /// Upstream's batch id, shared with core's record of the batch: a batch is polled
+        /// every minute or so for hours, and each poll copied the id into a new `String`.
+        batch_id: Arc<str>,
     },
     /// Ask upstream to cancel a batch that passed the policy's `batch_overdue_ms`. Core needs
     /// no answer: it goes on polling the batch, and a refusal (the batch has just ended)
@@ -199,14 +201,14 @@ pub enum Action {
         /// Core's handle.
         batch: BatchRef,
         /// Upstream's batch id.
-        batch_id: String,
+        batch_id: Arc<str>,
     },
     /// Download the batch's output and error files; answer with [`Engine::handle_batch_results`].
     DownloadResults {
         /// Core's handle.
         batch: BatchRef,
         /// Upstream's batch id.
-        batch_id: String,
+        batch_id: Arc<str>,
         /// The output file, if any.
         output_file_id: Option<String>,
         /// The error file, if any.
@@ -571,7 +573,7 @@ struct BatchRec {
     images: Vec<ImageId>,
     tokens: u64,
     phase: BatchPhase,
-    batch_id: Option<String>,
+    batch_id: Option<Arc<str>>,
     created_at: Time,
     next_poll: Time,
     poll_interval: Duration,
@@ -1048,7 +1050,7 @@ impl Engine {
         }
         match result {
             Ok(batch_id) => {
-                b.batch_id = Some(batch_id);
+                b.batch_id = Some(Arc::from(batch_id));
                 b.phase = BatchPhase::Running;
                 b.created_at = now;
                 let interval = Duration::from_millis(self.cfg.policy.poll_interval_ms);
@@ -2090,7 +2092,7 @@ impl Engine {
         b.download_pending = true;
         self.actions.push_back(Action::DownloadResults {
             batch,
-            batch_id: b.batch_id.clone().unwrap_or_default(),
+            batch_id: b.batch_id.clone().unwrap_or_else(|| Arc::from("")),
             output_file_id: b.output_file_id.clone(),
             error_file_id: b.error_file_id.clone(),
         });

@@ -237,8 +237,8 @@ impl Chaos {
             }
             Action::PollBatch { batch, batch_id } => {
                 assert_eq!(
-                    self.batch_ids.get(batch),
-                    Some(batch_id),
+                    self.batch_ids.get(batch).map(String::as_str),
+                    Some(&**batch_id),
                     "a poll carries the id create answered"
                 );
                 let r = if honest {

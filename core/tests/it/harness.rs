@@ -389,8 +389,11 @@ impl Harness {
                 );
             }
             Action::PollBatch { batch, batch_id } => {
-                self.log.first_poll.entry(batch_id.clone()).or_insert(now);
-                self.log.last_poll.insert(batch_id.clone(), now);
+                self.log
+                    .first_poll
+                    .entry(batch_id.to_string())
+                    .or_insert(now);
+                self.log.last_poll.insert(batch_id.to_string(), now);
                 let result = if self.chance(self.faults.poll_fail) {
                     Err(UpstreamError {
                         status: None,
@@ -405,10 +408,10 @@ impl Harness {
                 );
             }
             Action::CancelBatch { batch_id, .. } => {
-                self.log.cancels.push((batch_id.clone(), now));
+                self.log.cancels.push((batch_id.to_string(), now));
                 if self.drop_next_cancels > 0 {
                     self.drop_next_cancels -= 1;
-                } else if let Some(b) = self.batches.get_mut(&batch_id) {
+                } else if let Some(b) = self.batches.get_mut(&*batch_id) {
                     b.cancelled = true;
                 }
             }

@@ -154,7 +154,10 @@ impl Ledger {
                 }
                 Action::CancelBatch { batch, batch_id } => {
                     // Takes no answer; core goes on polling the batch.
-                    assert_eq!(self.batch_ids.get(batch), Some(batch_id));
+                    assert_eq!(
+                        self.batch_ids.get(batch).map(String::as_str),
+                        Some(&**batch_id)
+                    );
                     continue;
                 }
                 _ => {}
@@ -468,7 +471,10 @@ impl Ledger {
                 self.engine.handle_batch_created(now, *batch, r);
             }
             Action::PollBatch { batch, batch_id } => {
-                assert_eq!(self.batch_ids.get(batch), Some(batch_id));
+                assert_eq!(
+                    self.batch_ids.get(batch).map(String::as_str),
+                    Some(&**batch_id)
+                );
                 let r = Self::status(die);
                 let ends = match &r {
                     Ok(s) => !matches!(
