@@ -560,6 +560,38 @@ impl BatchState {
     }
 }
 
+/// Whether two of `lines` may share a `custom_id`: `false` only when the 64-bit FxHashes of
+/// their ids are all different, so none repeats. The exact check (a set of the ids' strings)
+/// then has nothing to find, and a batch of distinct ids, every batch the simulator makes,
+/// skips it: the hashes go into an open-addressed table of bare `u64`s, half full at most,
+/// where the set of strings cost about 90 instructions a line. Equal hashes, from a repeated
+/// id or a collision, send the batch through the exact check, so the outcome is the same.
+fn may_repeat_ids(lines: &[BatchLine]) -> bool {
+    use std::hash::{Hash, Hasher};
+    let size = (lines.len() * 2).next_power_of_two().max(2);
+    let shift = 64 - size.trailing_zeros();
+    // 0 marks an empty slot; a hash of 0 is taken as 1, which can only cost an exact check.
+    let mut table = vec![0u64; size];
+    for l in lines {
+        let mut hasher = rustc_hash::FxHasher::default();
+        l.custom_id.as_str().hash(&mut hasher);
+        let h = hasher.finish().max(1);
+        // The top bits: FxHash's best mixed.
+        let mut i = (h >> shift) as usize;
+        loop {
+            match table[i] {
+                0 => {
+                    table[i] = h;
+                    break;
+                }
+                v if v == h => return true,
+                _ => i = (i + 1) & (size - 1),
+            }
+        }
+    }
+    false
+}
+
 /// Why a batch is created already doomed.
 pub(crate) enum Doom {
     None,
@@ -622,7 +654,7 @@ impl Upstream {
                 param: None,
                 line: None,
             });
-        } else {
+        } else if may_repeat_ids(&lines) {
             // FxHash, not SipHash: this structured path serves the simulator (50,000-line
             // batches of ids it wrote), not untrusted input; the JSONL path checks on its own.
             let mut seen = rustc_hash::FxHashSet::default();
@@ -1160,5 +1192,27 @@ mod tests {
         ] {
             assert_eq!(thousands(v), text);
         }
+    }
+
+    #[test]
+    fn repeated_custom_ids_are_always_suspected() {
+        let line = |id: String| BatchLine {
+            custom_id: id.into(),
+            tags: Tags::of("x"),
+            charge_tokens: 1,
+            usage: Usage::default(),
+        };
+        for n in [1_usize, 2, 3, 7, 64, 200, 1_000] {
+            let ids: Vec<String> = (0..n).map(|i| format!("u3-i{i}")).collect();
+            let distinct: Vec<BatchLine> = ids.iter().cloned().map(line).collect();
+            assert!(!may_repeat_ids(&distinct), "{n} distinct ids");
+            for (a, b) in [(0, n - 1), (n / 2, n / 2 + 1), (n - 1, n)] {
+                let mut with_repeat = ids.clone();
+                with_repeat.insert(b.min(n), ids[a].clone());
+                let lines: Vec<BatchLine> = with_repeat.into_iter().map(line).collect();
+                assert!(may_repeat_ids(&lines), "{n} ids, {a} again at {b}");
+            }
+        }
+        assert!(!may_repeat_ids(&[]));
     }
 }
