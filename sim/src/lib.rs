@@ -49,6 +49,7 @@ pub mod cli;
 pub mod gate;
 pub mod plot;
 pub mod policies;
+mod queue;
 pub mod report;
 pub mod results;
 pub mod scenario;

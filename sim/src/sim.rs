@@ -1,12 +1,12 @@
 //! The discrete-event loop: users arrive, core decides, the OpenAI model answers, in virtual time.
 //!
-//! One binary heap holds every upstream answer in flight, keyed by (time, insertion sequence),
-//! so ties resolve in the order they were scheduled and a run is deterministic. Arrivals come
-//! from a sorted list and core's own timer from [`Engine::poll_timeout`]; the loop jumps to the
-//! earliest of the three. Nothing here reads a clock or iterates a hash map into the output.
+//! One queue ([`EventQueue`]) holds every upstream answer in flight, keyed by (time, insertion
+//! sequence), so ties resolve in the order they were scheduled and a run is deterministic.
+//! Arrivals come from a sorted list and core's own timer from [`Engine::poll_timeout`]; the loop
+//! jumps to the earliest of the three. Nothing here reads a clock or iterates a hash map into
+//! the output.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -25,6 +25,7 @@ use tagstorm_core::{
     WorkspaceId,
 };
 
+use crate::queue::{Entry, EventQueue};
 use crate::results::{
     AccountSummary, ImageCounts, Latencies, Results, SCHEMA, SimInfo, Summary, Tokens,
     UploadCounts, UpstreamCounts, Verification, new_histogram, round,
@@ -168,15 +169,6 @@ enum Ev {
     },
 }
 
-/// A heap entry: 16 bytes and `Copy`. The insertion sequence and the slab slot share one word
-/// (`seq << SLOT_BITS | slot`), so ordering by it orders by sequence; keeping the entry to two
-/// words lets sifting move it whole, where a third word split its loads across earlier stores.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    at: Time,
-    seq_slot: u64,
-}
-
 /// Bits of [`Entry::seq_slot`] that hold the slot: at most 2^26 (67 M) answers in flight at
 /// once, above what a scenario can have (an image has at most one request in flight, a batch a
 /// few calls, and a scenario at most `MAX_IMAGES`, 20 M, images). The sequence gets the other
@@ -186,24 +178,6 @@ const SLOT_BITS: u32 = 26;
 impl Entry {
     fn slot(self) -> usize {
         (self.seq_slot & ((1 << SLOT_BITS) - 1)) as usize
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, o: &Entry) -> bool {
-        (self.at, self.seq_slot) == (o.at, o.seq_slot)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Entry) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    /// Reversed, so the max-heap pops the earliest (time, seq) first.
-    fn cmp(&self, o: &Entry) -> Ordering {
-        (o.at, o.seq_slot).cmp(&(self.at, self.seq_slot))
     }
 }
 
@@ -268,7 +242,7 @@ struct Sim<'a> {
     url_bytes: u32,
     now: Time,
     end: Time,
-    queue: BinaryHeap<Entry>,
+    queue: EventQueue,
     seq: u64,
     /// Events in flight, by slot; freed slots are reused, so the slab is as large as the
     /// most events ever in flight at once.
@@ -455,7 +429,7 @@ impl<'a> Sim<'a> {
             url_bytes: s.images.url_bytes,
             now: Time::ZERO,
             end: Time::ZERO + secs(s.sim.max_duration_s),
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             seq: 0,
             slab: Vec::new(),
             free: Vec::new(),
@@ -532,9 +506,10 @@ impl<'a> Sim<'a> {
             // Everything that happens in one instant reaches core before core is asked for
             // decisions, so ten uploads at t = 0 share the first burst fairly instead of the
             // first few taking it all.
-            let due_now = |t: Option<Time>| t.is_some_and(|t| t <= self.now);
+            let now = self.now;
+            let due_now = |t: Option<Time>| t.is_some_and(|t| t <= now);
             let busy_now = due_now(self.arrivals.get(self.next_arrival).map(|a| a.at))
-                || due_now(self.queue.peek().map(|e| e.at));
+                || due_now(self.queue.peek_at());
             let t_timer = if busy_now {
                 None
             } else {
@@ -542,7 +517,7 @@ impl<'a> Sim<'a> {
                 self.engine.poll_timeout()
             };
             let t_arrival = self.arrivals.get(self.next_arrival).map(|a| a.at);
-            let t_queue = self.queue.peek().map(|e| e.at);
+            let t_queue = self.queue.peek_at();
             // The earliest of the three, written out: an iterator chain over the array here
             // cost about 1% of a run.
             let earliest = |a: Option<Time>, b: Option<Time>| match (a, b) {
