@@ -592,6 +592,12 @@ fn may_repeat_ids(lines: &[BatchLine]) -> bool {
     false
 }
 
+/// The `input_file_id` the object of batch `idx` shows when it was created on the structured
+/// path, with no uploaded file.
+fn structured_input_file_id(seed: u64, idx: usize) -> String {
+    ids::prefixed_alnum("file-", ids::mix(seed, ids::ns::FILE, !(idx as u64)), 22)
+}
+
 /// Why a batch is created already doomed.
 pub(crate) enum Doom {
     None,
@@ -805,20 +811,14 @@ impl Upstream {
             }
         }
         let id = self.fresh_batch_id();
-        let output_file_id = self.fresh_file_id();
-        let error_file_id = self.fresh_file_id();
+        let (output_file_id, error_file_id) = self.fresh_file_id_pair();
         let state = BatchState {
             id: id.clone(),
             org,
-            input_file_id: if input_file_id.is_empty() {
-                ids::prefixed_alnum(
-                    "file-",
-                    ids::mix(self.seed, ids::ns::FILE, !(idx as u64)),
-                    22,
-                )
-            } else {
-                input_file_id
-            },
+            // Empty on the structured path: the batch object names a file id derived from
+            // the batch's index (`structured_input_file_id`), worked out only when the object
+            // is rendered; the simulator never reads it.
+            input_file_id,
             model,
             lines,
             failed_lines,
@@ -1139,7 +1139,11 @@ impl Upstream {
                 object: "list",
                 data: b.errors.clone(),
             }),
-            input_file_id: b.input_file_id.clone(),
+            input_file_id: if b.input_file_id.is_empty() {
+                structured_input_file_id(self.seed, idx)
+            } else {
+                b.input_file_id.clone()
+            },
             completion_window: "24h".to_owned(),
             status,
             output_file_id,

@@ -132,17 +132,33 @@ pub(crate) struct StoredFile {
 
 impl Upstream {
     pub(crate) fn fresh_file_id(&mut self) -> String {
-        let mut k = self.files.len() as u64 + (self.batches.len() as u64) * 2;
-        for _ in 0..64 {
+        self.fresh_file_id_from(0).0
+    }
+
+    /// Two ids, the same as two [`Upstream::fresh_file_id`] calls in a row (a new batch's
+    /// output and error files). Both calls start from the same counter, so the second would
+    /// first draw again every candidate the first drew, all of them taken by then (the last one
+    /// by the first id); it starts after them instead, which saves an id's 22 draws a batch.
+    pub(crate) fn fresh_file_id_pair(&mut self) -> (String, String) {
+        let (first, tries) = self.fresh_file_id_from(0);
+        let (second, _) = self.fresh_file_id_from(tries);
+        (first, second)
+    }
+
+    /// [`Upstream::fresh_file_id`], skipping its first `skip` candidates (known to be taken):
+    /// the id, and how many candidates it has passed, itself included.
+    fn fresh_file_id_from(&mut self, skip: u64) -> (String, u64) {
+        let base = self.files.len() as u64 + (self.batches.len() as u64) * 2;
+        for i in skip..64 {
+            let k = base.wrapping_add(i << 40);
             let id = ids::prefixed_alnum("file-", ids::mix(self.seed, ids::ns::FILE, k), 22);
             if !self.file_by_id.contains_key(&id) {
                 self.file_by_id.insert(id.clone(), usize::MAX);
-                return id;
+                return (id, i + 1);
             }
-            k = k.wrapping_add(1 << 40);
         }
         // 131 bits of randomness collided 64 times: give up gracefully with a counter id.
-        format!("file-{:022}", self.files.len())
+        (format!("file-{:022}", self.files.len()), 64)
     }
 
     fn store_file(&mut self, file: StoredFile) -> usize {
@@ -616,6 +632,20 @@ mod tests {
     use crate::config::{AccountConfig, UpstreamConfig};
 
     const DAY: Time = Time::from_secs(86_400);
+
+    #[test]
+    fn a_pair_of_file_ids_is_two_ids_in_a_row() {
+        let mut pairs = Upstream::new(UpstreamConfig::default(), 7).unwrap();
+        let mut singles = Upstream::new(UpstreamConfig::default(), 7).unwrap();
+        // Nothing is stored between the calls, so each later id first meets every earlier one.
+        for _ in 0..5 {
+            let (a, b) = pairs.fresh_file_id_pair();
+            assert_eq!(a, singles.fresh_file_id());
+            assert_eq!(b, singles.fresh_file_id());
+            assert_ne!(a, b);
+        }
+        assert_eq!(pairs.file_by_id.len(), 10);
+    }
 
     fn line(id: &str) -> String {
         format!(
