@@ -85,7 +85,9 @@ impl Default for EventQueue {
 }
 
 impl EventQueue {
-    #[inline]
+    /// Always inlined: LTO left it out of line, and the call was about half its cost (the
+    /// queue's code fell from 78 M to 55 M instructions on the million-image day inlined).
+    #[inline(always)]
     pub(crate) fn push(&mut self, e: Entry) {
         let b = bucket(e.at);
         if b <= self.cur {
