@@ -1,7 +1,8 @@
 //! The discrete-event loop: users arrive, core decides, the OpenAI model answers, in virtual time.
 //!
-//! One queue ([`EventQueue`]) holds every upstream answer in flight, keyed by (time, insertion
-//! sequence), so ties resolve in the order they were scheduled and a run is deterministic.
+//! One queue (`queue::EventQueue`) holds every upstream answer in flight, keyed by (time,
+//! insertion sequence), so ties resolve in the order they were scheduled and a run is
+//! deterministic.
 //! Arrivals come from a sorted list and core's own timer from [`Engine::poll_timeout`]; the loop
 //! jumps to the earliest of the three. Nothing here reads a clock or iterates a hash map into
 //! the output.
@@ -249,9 +250,9 @@ struct Sim<'a> {
     slab: Vec<Option<Ev>>,
     free: Vec<u32>,
     /// Scratch buffer for image URLs.
-    url: UrlBuf,
+    url: PrefixBuf,
     /// Scratch buffer for batch lines' `custom_id`s.
-    custom_id: CustomIdBuf,
+    custom_id: PrefixBuf,
     arrivals: Vec<Arrival>,
     next_arrival: usize,
     uploads: Vec<UploadRec>,
@@ -309,59 +310,52 @@ fn url_prefix_hash(upload: u32) -> u64 {
     tags::fnv1a64_extend(h, b"/i")
 }
 
-/// An image's URL, `https://img.tagstorm.test/u{upload}/i{index}.jpg`, built in a reused
-/// buffer that keeps the last upload's prefix, so consecutive images of one upload only
-/// rewrite the index.
+/// A string of an image, `{prefix of its upload}{index}{suffix}`, built in a reused buffer that
+/// keeps the last upload's prefix, so consecutive images of one upload only rewrite the index.
+/// Used for image URLs (`https://img.tagstorm.test/u{upload}/i{index}.jpg`) and for batch
+/// lines' `custom_id`s (`u{upload}-i{index}`, as core's [`ImageId::custom_id`] writes them:
+/// core's version assembles its bytes on the stack and checks them as UTF-8, about 90
+/// instructions a line, where here every piece is a `str` already).
 #[derive(Debug, Default)]
-struct UrlBuf {
+struct PrefixBuf {
     buf: String,
     /// The upload whose prefix `buf` starts with, and that prefix's length.
     prefix: Option<(u32, usize)>,
 }
 
-impl UrlBuf {
-    fn set(&mut self, image: ImageId) -> &str {
+impl PrefixBuf {
+    fn set(&mut self, image: ImageId, prefix: impl FnOnce(&mut String, u32), suffix: &str) -> &str {
         match self.prefix {
             Some((upload, len)) if upload == image.upload.0 => self.buf.truncate(len),
             _ => {
                 self.buf.clear();
-                push_url_prefix(&mut self.buf, image.upload.0);
+                prefix(&mut self.buf, image.upload.0);
                 self.prefix = Some((image.upload.0, self.buf.len()));
             }
         }
         self.buf.push_str(itoa::Buffer::new().format(image.index));
-        self.buf.push_str(".jpg");
+        self.buf.push_str(suffix);
         &self.buf
     }
-}
 
-/// Batch lines' `custom_id`s, `u{upload}-i{index}` as core's [`ImageId::custom_id`] writes
-/// them, built in a reused buffer that keeps the last upload's `u{upload}-i`, so the lines of
-/// one upload only rewrite the index. Core's version assembles its bytes on the stack and
-/// checks them as UTF-8 (about 90 instructions a line); here every piece is a `str` already.
-#[derive(Debug, Default)]
-struct CustomIdBuf {
-    buf: String,
-    /// The upload whose prefix `buf` starts with, and that prefix's length.
-    prefix: Option<(u32, usize)>,
-}
+    /// The image's URL.
+    fn url(&mut self, image: ImageId) -> &str {
+        self.set(image, push_url_prefix, ".jpg")
+    }
 
-impl CustomIdBuf {
-    fn get(&mut self, image: ImageId) -> &str {
-        match self.prefix {
-            Some((upload, len)) if upload == image.upload.0 => self.buf.truncate(len),
-            _ => {
-                self.buf.clear();
-                self.buf.push('u');
-                self.buf
-                    .push_str(itoa::Buffer::new().format(image.upload.0));
-                self.buf.push_str("-i");
-                self.prefix = Some((image.upload.0, self.buf.len()));
-            }
-        }
-        self.buf.push_str(itoa::Buffer::new().format(image.index));
-        debug_assert_eq!(self.buf.as_str(), image.custom_id().as_str());
-        &self.buf
+    /// The image's `custom_id`.
+    fn custom_id(&mut self, image: ImageId) -> &str {
+        let id = self.set(
+            image,
+            |buf, upload| {
+                buf.push('u');
+                buf.push_str(itoa::Buffer::new().format(upload));
+                buf.push_str("-i");
+            },
+            "",
+        );
+        debug_assert_eq!(id, image.custom_id().as_str());
+        id
     }
 }
 
@@ -433,8 +427,8 @@ impl<'a> Sim<'a> {
             seq: 0,
             slab: Vec::new(),
             free: Vec::new(),
-            url: UrlBuf::default(),
-            custom_id: CustomIdBuf::default(),
+            url: PrefixBuf::default(),
+            custom_id: PrefixBuf::default(),
             uploads: Vec::with_capacity(arrivals.len()),
             next_base: 0,
             arrivals,
@@ -628,7 +622,7 @@ impl<'a> Sim<'a> {
                 // the model checks the tags against it, and left empty in release builds, where
                 // it would cost 3% of a run for nothing.
                 let image_url = if cfg!(debug_assertions) {
-                    url.set(image)
+                    url.url(image)
                 } else {
                     ""
                 };
@@ -879,7 +873,7 @@ impl<'a> Sim<'a> {
         );
         let queue_tokens = self.engine.image_tokens(image).map_or(0, |t| t.0);
         BatchLine {
-            custom_id: self.custom_id.get(image).into(),
+            custom_id: self.custom_id.custom_id(image).into(),
             tags,
             charge_tokens: queue_tokens,
             usage,
@@ -1247,7 +1241,7 @@ mod tests {
 
     #[test]
     fn url_buffer_and_expected_tags_agree_with_the_model() {
-        let mut url = UrlBuf::default();
+        let mut url = PrefixBuf::default();
         for (upload, index) in [
             (0, 0),
             (0, 9),
@@ -1262,7 +1256,7 @@ mod tests {
                 index,
             };
             let expect = format!("https://img.tagstorm.test/u{upload}/i{index}.jpg");
-            assert_eq!(url.set(image), expect);
+            assert_eq!(url.url(image), expect);
             let mut prefix = String::new();
             push_url_prefix(&mut prefix, upload);
             let hash = tags::fnv1a64(prefix.as_bytes());
@@ -1274,7 +1268,7 @@ mod tests {
 
     #[test]
     fn custom_ids_are_cores() {
-        let mut ids = CustomIdBuf::default();
+        let mut ids = PrefixBuf::default();
         for (upload, index) in [
             (0, 0),
             (0, 9),
@@ -1289,7 +1283,7 @@ mod tests {
                 upload: UploadId(upload),
                 index,
             };
-            assert_eq!(ids.get(image), image.custom_id().as_str());
+            assert_eq!(ids.custom_id(image), image.custom_id().as_str());
         }
     }
 
