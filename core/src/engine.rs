@@ -549,9 +549,11 @@ struct WorkspaceState {
     id: WorkspaceId,
     limits: Option<RateLimits>,
     realtime: Lanes,
-    /// Images waiting for a batch, each with its queue tokens, so that planning scans the
-    /// queue without a lookup (and a likely cache miss) per image.
-    batch: VecDeque<(ImageId, u64)>,
+    /// Images waiting for a batch, each with what the splitter needs of it (its line's bytes
+    /// and its queue tokens), worked out once when it joins: core re-plans this queue tens of
+    /// thousands of times a day, and a lookup of each image's record there (a likely cache
+    /// miss) and the digits of its `custom_id` were most of a plan's cost.
+    batch: VecDeque<(ImageId, SplitItem)>,
     deficit: u64,
     in_ring: bool,
     blocked_until: Time,
@@ -668,7 +670,8 @@ pub struct Engine {
     backlog_requests: u64,
     /// The DRR quantum: the largest charge seen, so every visit can send at least one image.
     quantum: u64,
-    realtime_latency: Duration,
+    /// A moving average of realtime latency in nanoseconds (read through `realtime_latency`).
+    realtime_latency_ns: u64,
     batch_turnaround: Duration,
     /// Bytes of a batch line with an empty `custom_id` and URL.
     line_base_bytes: u64,
@@ -734,7 +737,7 @@ impl Engine {
             backlog_tokens: 0,
             backlog_requests: 0,
             quantum: 1,
-            realtime_latency: Duration::from_secs(3),
+            realtime_latency_ns: 3_000_000_000,
             batch_turnaround: Duration::from_millis(p.batch_turnaround_estimate_ms),
             line_base_bytes,
             emit_progress: true,
@@ -952,8 +955,13 @@ impl Engine {
                 }
                 self.observe(now, &observed);
                 // A moving average of latency feeds the adaptive router's wait estimate.
-                let latency = now - flight.sent_at;
-                self.realtime_latency = (self.realtime_latency * 7 + latency) / 8;
+                // In whole nanoseconds: `Duration`'s `* 7` and `/ 8` carry seconds and
+                // nanoseconds apart, 26 M instructions on the million-image day, for the same
+                // value (10^9 is a multiple of 8, so `Duration / 8` is the floor of its
+                // nanoseconds over 8). The average is at most the larger input, so it fits.
+                let latency = now.as_nanos().saturating_sub(flight.sent_at.as_nanos());
+                let avg = (u128::from(self.realtime_latency_ns) * 7 + u128::from(latency)) / 8;
+                self.realtime_latency_ns = u64::try_from(avg).unwrap_or(u64::MAX);
                 self.finish(now, image, Ok((Channel::Realtime, usage)));
             }
             RealtimeOutcome::RateLimited {
@@ -1452,7 +1460,7 @@ impl Engine {
                 now,
                 tokens.saturating_add(ahead_tokens),
                 requests.saturating_add(ahead_requests),
-            ) + self.realtime_latency
+            ) + self.realtime_latency()
         };
         // Heads are served before every workspace's other work, in upload order, so only the
         // heads already queued run ahead of this one, not the backlog of everyone's tails.
@@ -1462,7 +1470,7 @@ impl Engine {
                 .saturating_mul(per_image)
                 .saturating_add(u64::try_from(self.heads_tokens).unwrap_or(u64::MAX)),
             u64::from(head).saturating_add(self.heads.len() as u64),
-        ) + self.realtime_latency;
+        ) + self.realtime_latency();
         if head > 0 && head_wait > deadline {
             return (0, n);
         }
@@ -1477,7 +1485,7 @@ impl Engine {
             return (n, 0);
         }
         // Realtime takes what fits by the deadline; at least the head.
-        let budget = deadline.saturating_sub(self.realtime_latency);
+        let budget = deadline.saturating_sub(self.realtime_latency());
         let mut fit = head;
         let (mut lo, mut hi) = (head, n);
         while lo <= hi {
@@ -1590,16 +1598,23 @@ impl Engine {
 
     fn push_batch(&mut self, image: ImageId) {
         let ws = self.uploads[image.upload.0 as usize].workspace;
-        let mut tokens = 0;
+        let mut item = SplitItem {
+            line_bytes: 0,
+            tokens: 0,
+        };
         if let Some(rec) = self.rec_mut(image) {
             rec.route = Route::Batch;
-            tokens = rec.queue_tokens;
+            let rec = *rec;
+            item = SplitItem {
+                line_bytes: self.line_bytes(image, &rec),
+                tokens: rec.queue_tokens,
+            };
         }
         let w = &mut self.workspaces[ws];
         if w.batch.is_empty() {
             self.batch_waiting.push_back(ws);
         }
-        w.batch.push_back((image, tokens));
+        w.batch.push_back((image, item));
         self.batch_dirty = true;
     }
 
@@ -1920,7 +1935,7 @@ impl Engine {
                 .min(u64::from(caps.batches_allowed).saturating_mul(u64::from(caps.max_requests)));
             let mut take = 0usize;
             let mut tokens_sum = 0u64;
-            for &(_, tokens) in &w.batch {
+            for &(_, SplitItem { tokens, .. }) in &w.batch {
                 if take as u64 >= most_images || tokens_sum > caps.queue_tokens_free {
                     break;
                 }
@@ -1933,14 +1948,10 @@ impl Engine {
                 mut items,
                 mut plan,
             } = std::mem::take(&mut self.plan_scratch);
-            waiting.extend(self.workspaces[ws].batch.drain(..take).map(|(img, _)| img));
-            items.extend(waiting.iter().map(|&img| {
-                let r = &self.uploads[img.upload.0 as usize].images[img.index as usize];
-                SplitItem {
-                    line_bytes: self.line_bytes(img, r),
-                    tokens: r.queue_tokens,
-                }
-            }));
+            for (img, item) in self.workspaces[ws].batch.drain(..take) {
+                waiting.push(img);
+                items.push(item);
+            }
             split::split_into(&items, &caps, &mut plan);
             for idx in &plan.oversize {
                 let img = waiting[*idx];
@@ -1958,7 +1969,7 @@ impl Engine {
             }
             let w = &mut self.workspaces[ws];
             for &i in plan.held.iter().rev() {
-                w.batch.push_front((waiting[i], items[i].tokens));
+                w.batch.push_front((waiting[i], items[i]));
             }
             waiting.clear();
             items.clear();
@@ -2245,7 +2256,7 @@ impl Engine {
             now,
             self.backlog_tokens.saturating_add(charge),
             self.backlog_requests.saturating_add(1),
-        ) + self.realtime_latency;
+        ) + self.realtime_latency();
         wait <= self.batch_turnaround
     }
 
@@ -2305,6 +2316,11 @@ impl Engine {
         });
         self.workspace_index.insert(id, i);
         i
+    }
+
+    /// The moving average of realtime latency the router adds to its wait estimates.
+    fn realtime_latency(&self) -> Duration {
+        Duration::from_nanos(self.realtime_latency_ns)
     }
 
     fn rec(&self, image: ImageId) -> Option<&ImageRec> {
