@@ -258,7 +258,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub json: bool,
     /// Write summary.md, .svg plots with one line per policy, and one folder of results per
-    /// policy into DIR (with --seeds: summary.md and one folder per policy and seed).
+    /// policy into DIR (with --seeds: summary.md, seeds.svg with a dot per seed and policy, and
+    /// one folder per policy and seed).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! SVG percentile plots of latency histograms: one line per run, in the shape of HdrHistogram's plotter;
-//! the `sweep` chart, metrics against a swept value; and the `report` chart, a latency against
-//! concurrent users or an arrival rate, one line per account tier.
+//! the `sweep` chart, metrics against a swept value; the `report` chart, a latency against
+//! concurrent users or an arrival rate, one line per account tier; and the `compare --seeds`
+//! chart, each policy's figure seed by seed.
 //!
 //! The x axis is the percentile on HdrHistogram's scale, `1 / (1 − p)` on a log axis, so the
 //! median, p90, p99 and p99.9 are evenly spaced and the tail gets as much room as the body; the
@@ -350,6 +351,135 @@ fn draw_capacity(
     Ok(())
 }
 
+/// One panel of [`seeds_svg`]: its label, whether its values are seconds (drawn on a log axis,
+/// as latencies run from seconds to hours) or plain numbers, and `values[p][k]`, policy `p`'s
+/// figure with the `k`-th seed (`None` where that run has none).
+#[derive(Debug)]
+pub struct SeedPanel<'a> {
+    /// The y axis' label.
+    pub label: &'a str,
+    /// Seconds on a log axis, or plain numbers on a linear one.
+    pub seconds: bool,
+    /// Per policy, per seed.
+    pub values: Vec<Vec<Option<f64>>>,
+}
+
+/// An SVG chart for `compare --seeds`: a panel per metric, a column per policy, a dot per seed
+/// and a bar at the median, so a policy's spread over seeds shows next to the others'.
+pub fn seeds_svg(title: &str, policies: &[&str], panels: &[SeedPanel<'_>]) -> String {
+    let mut svg = String::new();
+    // As in `percentile_svg`: a drawing error is a plotting bug, not worth a panic.
+    let _ = draw_seeds(&mut svg, title, policies, panels);
+    svg
+}
+
+fn draw_seeds(
+    svg: &mut String,
+    title: &str,
+    policies: &[&str],
+    panels: &[SeedPanel<'_>],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let height = 40 + 220 * panels.len().max(1) as u32;
+    let root = SVGBackend::with_string(svg, (900, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 20))?;
+    let (x_lo, x_hi) = (-0.5, policies.len() as f64 - 0.5);
+    // Policies sit at whole positions; only those are labelled.
+    let category = |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        policies
+            .get(i as usize)
+            .map_or(String::new(), |p| (*p).to_owned())
+    };
+    for (area, panel) in root
+        .split_evenly((panels.len().max(1), 1))
+        .iter()
+        .zip(panels)
+    {
+        // A dot per seed, spread across its policy's column so equal figures stay visible.
+        let mut dots = Vec::new();
+        let mut bars = Vec::new();
+        for (p, seeds) in panel.values.iter().enumerate() {
+            let n = seeds.len().max(1) as f64;
+            for (k, v) in seeds.iter().enumerate() {
+                if let Some(v) = v {
+                    dots.push((p, p as f64 - 0.2 + 0.4 * (k as f64 + 0.5) / n, *v));
+                }
+            }
+            let present: Vec<f64> = seeds.iter().flatten().copied().collect();
+            if let Some(m) = crate::seeds::median(&present) {
+                bars.push((p, m));
+            }
+        }
+        let all = || dots.iter().map(|d| d.2);
+        let colour = |p: usize| COLOURS[p % COLOURS.len()];
+        let mut chart = ChartBuilder::on(area);
+        chart
+            .margin(10)
+            .margin_right(36)
+            .x_label_area_size(30)
+            .y_label_area_size(80);
+        if panel.seconds {
+            // Log axes need positive ranges; a latency of 0 is drawn at the floor.
+            let floor = 0.1f64;
+            let hi = all().fold(floor, f64::max) * 1.5;
+            let lo = all().map(|v| v.max(floor)).fold(hi, f64::min) / 1.5;
+            let y_range = (lo..hi).log_scale();
+            let ticks = distinct_ticks(&LogCoord::from(y_range.clone()), 8, &seconds_label);
+            let mut chart = chart.build_cartesian_2d(x_lo..x_hi, y_range.with_key_points(ticks))?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .light_line_style(WHITE)
+                .x_labels(policies.len() + 1)
+                .x_label_formatter(&category)
+                .y_desc(panel.label)
+                .y_label_formatter(&|y| seconds_label(*y))
+                .draw()?;
+            chart.draw_series(
+                dots.iter()
+                    .map(|&(p, x, v)| Circle::new((x, v.max(floor)), 3, colour(p).filled())),
+            )?;
+            chart.draw_series(bars.iter().map(|&(p, m)| {
+                PathElement::new(
+                    [
+                        (p as f64 - 0.3, m.max(floor)),
+                        (p as f64 + 0.3, m.max(floor)),
+                    ],
+                    colour(p).stroke_width(2),
+                )
+            }))?;
+        } else {
+            let hi = all().fold(0.0f64, f64::max);
+            let hi = if hi > 0.0 { hi * 1.1 } else { 1.0 };
+            let mut chart = chart.build_cartesian_2d(x_lo..x_hi, 0.0f64..hi)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .light_line_style(WHITE)
+                .x_labels(policies.len() + 1)
+                .x_label_formatter(&category)
+                .y_desc(panel.label)
+                .draw()?;
+            chart.draw_series(
+                dots.iter()
+                    .map(|&(p, x, v)| Circle::new((x, v), 3, colour(p).filled())),
+            )?;
+            chart.draw_series(bars.iter().map(|&(p, m)| {
+                PathElement::new(
+                    [(p as f64 - 0.3, m), (p as f64 + 0.3, m)],
+                    colour(p).stroke_width(2),
+                )
+            }))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +628,65 @@ mod tests {
                 })
                 .count();
             assert!(y_labels >= 3, "{labels:?}");
+        }
+    }
+
+    #[test]
+    fn seeds_chart_draws_a_dot_per_seed_and_a_bar_per_policy() {
+        let svg = seeds_svg(
+            "workday over 3 seeds",
+            &["seed-current", "tagstorm"],
+            &[
+                SeedPanel {
+                    label: "upload complete p50",
+                    seconds: true,
+                    values: vec![
+                        vec![Some(10.0), Some(12.0), Some(3600.0)],
+                        vec![Some(600.0), None, Some(0.0)],
+                    ],
+                },
+                SeedPanel {
+                    label: "cost (USD)",
+                    seconds: false,
+                    values: vec![vec![Some(18.0), Some(19.0), Some(20.0)]; 2],
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg"));
+        // Five latencies (one run had none) and six costs.
+        assert_eq!(svg.matches("<circle").count(), 11);
+        // A median bar per policy and panel, in the policy's colour.
+        for colour in ["#D62728", "#1F77B4"] {
+            assert_eq!(
+                svg.matches(&format!(
+                    "<polyline fill=\"none\" opacity=\"1\" stroke=\"{colour}\" stroke-width=\"2\""
+                ))
+                .count(),
+                2,
+                "{colour}"
+            );
+        }
+        for t in [
+            "seed-current",
+            "tagstorm",
+            "upload complete p50",
+            "cost (USD)",
+        ] {
+            assert!(svg.contains(t), "{t}");
+        }
+        let labels: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split('>').nth(1)?.split('<').next())
+            .map(str::trim)
+            .collect();
+        // Latencies read in seconds on a log axis; each panel names the policies under it.
+        assert!(
+            labels.contains(&"10 s") && labels.contains(&"100 s"),
+            "{labels:?}"
+        );
+        for p in ["seed-current", "tagstorm"] {
+            assert_eq!(labels.iter().filter(|l| **l == p).count(), 2, "{labels:?}");
         }
     }
 }

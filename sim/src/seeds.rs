@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use crate::cli::{self, CliError, CompareArgs, Outcome};
+use crate::plot::{SeedPanel, seeds_svg};
 use crate::report::{self, fmt_ms, thousands, usd};
 use crate::results::Results;
 use crate::scenario::{FieldPath, Scenario, SetArg};
@@ -119,6 +120,7 @@ pub fn cmd_compare_seeds(
             }
         }
         files.push((dir.join("summary.md"), markdown(&given, seeds, &grid)));
+        files.push((dir.join("seeds.svg"), chart(&given, seeds, &grid)));
         cli::write_all(&files)?;
     }
     let mut outcome = Outcome::Ok;
@@ -311,7 +313,7 @@ fn show(kind: Kind, v: f64) -> String {
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` for none.
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -654,6 +656,39 @@ fn wrap(text: &str, width: usize) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `seeds.svg`: the latencies, the makespan and the cost, a dot per seed and a bar at the median, policy by
+/// policy, for the spread the table's ranges only bound.
+fn chart(s: &Scenario, seeds: &[u64], runs: &[Vec<&Results>]) -> String {
+    let names: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r.first())
+        .map(|r| r.policy.as_str())
+        .collect();
+    let panels: Vec<SeedPanel> = METRICS
+        .iter()
+        .filter(|m| matches!(m.kind, Kind::Ms | Kind::Usd))
+        .map(|m| {
+            let seconds = matches!(m.kind, Kind::Ms);
+            SeedPanel {
+                // The only other kind here is the cost.
+                label: if seconds { m.label } else { "cost (USD)" },
+                seconds,
+                values: runs
+                    .iter()
+                    .map(|seeds| {
+                        seeds
+                            .iter()
+                            .map(|r| (m.value)(r).map(|v| if seconds { v / 1000.0 } else { v }))
+                            .collect()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let title = format!("{}: seeds {}", s.name(), seeds_text(seeds));
+    seeds_svg(&title, &names, &panels)
 }
 
 /// The same tables in Markdown, for `summary.md`.

@@ -2748,7 +2748,7 @@ fn compare_seeds_runs_every_policy_on_every_seed_as_run_would() {
 }
 
 #[test]
-fn compare_seeds_out_writes_the_summary_and_a_folder_per_policy_and_seed() {
+fn compare_seeds_out_writes_the_summary_the_chart_and_a_folder_per_policy_and_seed() {
     let dir = std::env::temp_dir().join(format!("tagstorm-seeds-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let o = bin(&[
@@ -2768,6 +2768,10 @@ fn compare_seeds_out_writes_the_summary_and_a_folder_per_policy_and_seed() {
         summary.contains("| seeds below seed-proposed | tagstorm |"),
         "{summary}"
     );
+    // The chart: 7 panels (6 latencies and the cost), a dot per policy and seed in each.
+    let svg = std::fs::read_to_string(dir.join("seeds.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("upload complete, p95"));
+    assert_eq!(svg.matches("<circle").count(), 7 * 2 * 2);
     for policy in ["seed-proposed", "tagstorm"] {
         for seed in [4u64, 9] {
             let path = dir
