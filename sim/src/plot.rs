@@ -9,7 +9,8 @@
 //! up as one curve moving against another.
 
 use hdrhistogram::Histogram;
-use plotters::coord::ranged1d::BoldPoints;
+use plotters::coord::ranged1d::{BoldPoints, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Tail depth of the x axis: percentiles up to 1 − 1/`X_MAX` (99.99%).
@@ -384,16 +385,6 @@ fn draw_seeds(
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
     let (x_lo, x_hi) = (-0.5, policies.len() as f64 - 0.5);
-    // Policies sit at whole positions; only those are labelled.
-    let category = |x: &f64| -> String {
-        let i = x.round();
-        if (x - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        policies
-            .get(i as usize)
-            .map_or(String::new(), |p| (*p).to_owned())
-    };
     for (area, panel) in root
         .split_evenly((panels.len().max(1), 1))
         .iter()
@@ -415,7 +406,6 @@ fn draw_seeds(
             }
         }
         let all = || dots.iter().map(|d| d.2);
-        let colour = |p: usize| COLOURS[p % COLOURS.len()];
         let mut chart = ChartBuilder::on(area);
         chart
             .margin(10)
@@ -430,53 +420,74 @@ fn draw_seeds(
             let y_range = (lo..hi).log_scale();
             let ticks = distinct_ticks(&LogCoord::from(y_range.clone()), 8, &seconds_label);
             let mut chart = chart.build_cartesian_2d(x_lo..x_hi, y_range.with_key_points(ticks))?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .light_line_style(WHITE)
-                .x_labels(policies.len() + 1)
-                .x_label_formatter(&category)
-                .y_desc(panel.label)
-                .y_label_formatter(&|y| seconds_label(*y))
-                .draw()?;
-            chart.draw_series(
-                dots.iter()
-                    .map(|&(p, x, v)| Circle::new((x, v.max(floor)), 3, colour(p).filled())),
+            seed_marks(
+                &mut chart,
+                panel.label,
+                policies,
+                &seconds_label,
+                &dots,
+                &bars,
+                floor,
             )?;
-            chart.draw_series(bars.iter().map(|&(p, m)| {
-                PathElement::new(
-                    [
-                        (p as f64 - 0.3, m.max(floor)),
-                        (p as f64 + 0.3, m.max(floor)),
-                    ],
-                    colour(p).stroke_width(2),
-                )
-            }))?;
         } else {
             let hi = all().fold(0.0f64, f64::max);
             let hi = if hi > 0.0 { hi * 1.1 } else { 1.0 };
             let mut chart = chart.build_cartesian_2d(x_lo..x_hi, 0.0f64..hi)?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .light_line_style(WHITE)
-                .x_labels(policies.len() + 1)
-                .x_label_formatter(&category)
-                .y_desc(panel.label)
-                .draw()?;
-            chart.draw_series(
-                dots.iter()
-                    .map(|&(p, x, v)| Circle::new((x, v), 3, colour(p).filled())),
+            let number = |y: f64| format!("{y:.2}");
+            seed_marks(
+                &mut chart,
+                panel.label,
+                policies,
+                &number,
+                &dots,
+                &bars,
+                0.0,
             )?;
-            chart.draw_series(bars.iter().map(|&(p, m)| {
-                PathElement::new(
-                    [(p as f64 - 0.3, m), (p as f64 + 0.3, m)],
-                    colour(p).stroke_width(2),
-                )
-            }))?;
         }
     }
     root.present()?;
+    Ok(())
+}
+
+/// One [`seeds_svg`] panel's axes (a column per policy) and marks, on a log or a linear y axis: the dots
+/// `(policy, x, value)` and the median bars `(policy, value)`, values below `floor` drawn at it.
+fn seed_marks<Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
+    y_desc: &str,
+    policies: &[&str],
+    y_label: &dyn Fn(f64) -> String,
+    dots: &[(usize, f64, f64)],
+    bars: &[(usize, f64)],
+    floor: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Policies sit at whole positions; only those are labelled.
+    let category = |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        policies
+            .get(i as usize)
+            .map_or(String::new(), |p| (*p).to_owned())
+    };
+    let colour = |p: usize| COLOURS[p % COLOURS.len()];
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        .x_labels(policies.len() + 1)
+        .x_label_formatter(&category)
+        .y_desc(y_desc)
+        .y_label_formatter(&|y| y_label(*y))
+        .draw()?;
+    chart.draw_series(
+        dots.iter()
+            .map(|&(p, x, v)| Circle::new((x, v.max(floor)), 3, colour(p).filled())),
+    )?;
+    chart.draw_series(bars.iter().map(|&(p, m)| {
+        let (x, y) = (p as f64, m.max(floor));
+        PathElement::new([(x - 0.3, y), (x + 0.3, y)], colour(p).stroke_width(2))
+    }))?;
     Ok(())
 }
 
