@@ -1241,22 +1241,29 @@ mod tests {
     use super::*;
     use tagstorm_core::UploadId;
 
+    /// Images whose ids reuse a buffer's prefix, cut it short, grow a digit, and change upload.
+    const CASES: [(u32, u32); 7] = [
+        (0, 0),
+        (0, 9),
+        (0, 10),
+        (3, 7),
+        (3, 123_456),
+        (0, 1),
+        (12, 0),
+    ];
+
+    fn image(upload: u32, index: u32) -> ImageId {
+        ImageId {
+            upload: UploadId(upload),
+            index,
+        }
+    }
+
     #[test]
     fn url_buffer_and_expected_tags_agree_with_the_model() {
         let mut url = PrefixBuf::default();
-        for (upload, index) in [
-            (0, 0),
-            (0, 9),
-            (0, 10),
-            (3, 7),
-            (3, 123_456),
-            (0, 1),
-            (12, 0),
-        ] {
-            let image = ImageId {
-                upload: UploadId(upload),
-                index,
-            };
+        for (upload, index) in CASES {
+            let image = image(upload, index);
             let expect = format!("https://img.tagstorm.test/u{upload}/i{index}.jpg");
             assert_eq!(url.url(image), expect);
             let mut prefix = String::new();
@@ -1271,20 +1278,8 @@ mod tests {
     #[test]
     fn custom_ids_are_cores() {
         let mut ids = PrefixBuf::default();
-        for (upload, index) in [
-            (0, 0),
-            (0, 9),
-            (0, 10),
-            (3, 7),
-            (3, 123_456),
-            (0, 1),
-            (12, 0),
-            (u32::MAX, u32::MAX),
-        ] {
-            let image = ImageId {
-                upload: UploadId(upload),
-                index,
-            };
+        for (upload, index) in CASES.into_iter().chain([(u32::MAX, u32::MAX)]) {
+            let image = image(upload, index);
             assert_eq!(ids.custom_id(image), image.custom_id().as_str());
         }
     }
