@@ -15,6 +15,7 @@
 #
 #   benches/sim_vs_peers.sh
 #   ROUNDS=5 IMAGES=1000000 CPU=1 benches/sim_vs_peers.sh
+#   SIM=target/pgo/tagstorm-sim benches/sim_vs_peers.sh   # the PGO build of benches/pgo.sh
 #
 # Needs python3 with SimPy (PYTHON=/path/to/python; without SimPy the script makes a venv in
 # $TARGET/simpy-venv and installs it from PyPI), and taskset to pin (CPU=none to not pin).
@@ -36,9 +37,9 @@ if ! "$PYTHON" -c 'import simpy' 2>/dev/null; then
   PYTHON="$venv/bin/python"
 fi
 
-cargo build --quiet --release -p tagstorm-sim --bin tagstorm-sim
+[ -n "${SIM:-}" ] || cargo build --quiet --release -p tagstorm-sim --bin tagstorm-sim
 cargo build --quiet --release -p tagstorm-benches --features mm1 --example mm1_loop
-sim="$TARGET/release/tagstorm-sim"
+sim="${SIM:-$TARGET/release/tagstorm-sim}"
 mm1="$TARGET/release/examples/mm1_loop"
 
 # field NAME JSON: a number from a flat JSON object.
@@ -54,7 +55,7 @@ best_of() { # best_of N CMD...: the run with the most events/s of N
 }
 
 echo "host: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); pinned: ${pin[*]:-no}; $(date -u +%FT%TZ)"
-echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $("$PYTHON" -c 'import simpy; print("SimPy", simpy.__version__)')"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown); sim: $sim; $("$PYTHON" -c 'import simpy; print("SimPy", simpy.__version__)')"
 echo
 echo "| round | SimPy M/M/1 | Rust BinaryHeap M/M/1 (best of 5) | tagstorm-sim workday (best of 3) | sim / SimPy | sim / Rust loop |"
 echo "|---|---|---|---|---|---|"
