@@ -6,6 +6,7 @@
 #   ROUNDS=0 benches/pgo.sh        # build only
 #   ROUNDS=10 IMAGES=1000000 CPU=1 benches/pgo.sh
 #
+# Both builds use the `pgo` profile (Cargo.toml): release with `panic = "abort"`.
 # Steps: an instrumented build (`-Cprofile-generate`) runs a training set; llvm-profdata merges
 # what it counted; a second build (`-Cprofile-use`) lays out and inlines the code by those
 # counts. The training set is every shipped scenario under `compare` (the three presets) and
@@ -38,8 +39,8 @@ mkdir -p "$profiles"
 
 echo "pgo: 1/4 instrumented build" >&2
 RUSTFLAGS="-Cprofile-generate=$profiles" \
-  cargo build --quiet --release -p tagstorm-sim --bin tagstorm-sim --target-dir "$pgo/generate"
-gen="$pgo/generate/release/tagstorm-sim"
+  cargo build --quiet --profile pgo -p tagstorm-sim --bin tagstorm-sim --target-dir "$pgo/generate"
+gen="$pgo/generate/pgo/tagstorm-sim"
 
 echo "pgo: 2/4 training on the shipped scenarios" >&2
 for s in scenarios/*.toml; do
@@ -53,8 +54,8 @@ echo "pgo: 3/4 merging the profiles" >&2
 
 echo "pgo: 4/4 optimised build" >&2
 RUSTFLAGS="-Cprofile-use=$pgo/merged.profdata" \
-  cargo build --quiet --release -p tagstorm-sim --bin tagstorm-sim --target-dir "$pgo/use"
-cp "$pgo/use/release/tagstorm-sim" "$pgo/tagstorm-sim"
+  cargo build --quiet --profile pgo -p tagstorm-sim --bin tagstorm-sim --target-dir "$pgo/use"
+cp "$pgo/use/pgo/tagstorm-sim" "$pgo/tagstorm-sim"
 echo "pgo: built $pgo/tagstorm-sim" >&2
 
 [ "$ROUNDS" -gt 0 ] || exit 0
