@@ -703,12 +703,15 @@ fn bench_json_reports_every_run_for_a_ci_job() {
     assert_eq!(v["images"], 150);
     assert_eq!(v["images_pending"], 0);
     assert_eq!(v["runs"], 3);
-    let walls: Vec<f64> = v["wall_s"]["all_sorted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_f64().unwrap())
-        .collect();
+    let sorted = |key: &str| -> Vec<f64> {
+        v[key]["all_sorted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .collect()
+    };
+    let walls = sorted("wall_s");
     assert_eq!(walls.len(), 3);
     assert!(walls.windows(2).all(|w| w[0] <= w[1]), "{walls:?}");
     assert_eq!(v["wall_s"]["best"].as_f64(), Some(walls[0]));
@@ -716,12 +719,7 @@ fn bench_json_reports_every_run_for_a_ci_job() {
     assert!(v["events"].as_u64().unwrap() >= 150);
     // The event loop is timed inside each whole run, so the best loop is no longer than the
     // best run, and the loop's rate is at least the whole run's.
-    let loops: Vec<f64> = v["loop_s"]["all_sorted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_f64().unwrap())
-        .collect();
+    let loops = sorted("loop_s");
     assert_eq!(loops.len(), 3);
     assert!(loops.windows(2).all(|w| w[0] <= w[1]), "{loops:?}");
     assert_eq!(v["loop_s"]["best"].as_f64(), Some(loops[0]));
