@@ -618,6 +618,24 @@ impl Upstream {
         Ok(self.batch_view(now, idx))
     }
 
+    /// [`Upstream::submit_batch`] for a batch that takes no entry of `[batch] batch_outcomes`:
+    /// another client's batch in the same organization (the simulator's
+    /// `sim.foreign_batch_tokens`), which a script written for the client under test does not
+    /// mean. Its timeline is drawn as any batch's.
+    pub fn submit_unscripted_batch(
+        &mut self,
+        now: Time,
+        org: OrgId,
+        lines: Vec<BatchLine>,
+    ) -> Result<Batch, ApiError> {
+        let created = self.orgs.get(org.0 as usize).map(|o| o.batches_created);
+        let batch = self.submit_batch(now, org, lines);
+        if let (Some(n), Some(o)) = (created, self.orgs.get_mut(org.0 as usize)) {
+            o.batches_created = n;
+        }
+        batch
+    }
+
     /// [`Upstream::submit_batch`], answering with the new batch's id alone, with the same
     /// effects: the simulator reads nothing else of the batch object, whose strings cost more
     /// than the id.

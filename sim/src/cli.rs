@@ -1110,11 +1110,35 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
                 }
                 // One left behind by a process of the same id: files can be made here.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => fail(a, &e.to_string().to_lowercase()),
+                // Named by the path asked for: the folder is only where the probe failed.
+                Err(e) => fail(
+                    path,
+                    &format!(
+                        "nothing can be created in {}: {}",
+                        display_path(a),
+                        e.to_string().to_lowercase()
+                    ),
+                ),
             }
         }
         None => Ok(()),
     }
+}
+
+/// Whether two output paths name the same file, whether or not it exists yet: the same
+/// folder (after resolving `.`, `..` and links) and the same name.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let key = |p: &Path| {
+        let abs = std::path::absolute(p).ok()?;
+        let name = abs.file_name()?.to_owned();
+        let dir = abs.parent()?;
+        Some(
+            dir.canonicalize()
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .join(name),
+        )
+    };
+    matches!((key(a), key(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Writes every file or none: each goes to a temporary file first, and only when all of them
@@ -1125,6 +1149,16 @@ pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
         path: display_path(p),
         message: e.to_string().to_lowercase(),
     };
+    // Two outputs to one file would share a temporary file, and one would silently replace
+    // the other; the commands refuse such arguments before running, this is the backstop.
+    for (i, (a, _)) in files.iter().enumerate() {
+        if files[..i].iter().any(|(b, _)| same_file(a, b)) {
+            return Err(CliError::Invalid(format!(
+                "{}: two outputs would be written to this one file",
+                display_path(a)
+            )));
+        }
+    }
     let mut created: Vec<PathBuf> = Vec::new();
     let mut tmps: Vec<(PathBuf, &Path)> = Vec::new();
     let undo = |tmps: &[(PathBuf, &Path)], created: &[PathBuf]| {
@@ -1182,6 +1216,38 @@ pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two outputs to one file (by any spelling of its path) are refused before anything is
+    /// written; the error names the file.
+    #[test]
+    fn write_all_refuses_two_outputs_to_one_file() {
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-twice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let files = vec![
+            (dir.join("a.md"), "one".to_owned()),
+            (dir.join("sub/../a.md"), "two".to_owned()),
+        ];
+        let e = write_all(&files).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("two outputs"), "{e}");
+        assert!(!dir.join("a.md").exists());
+        assert!(same_file(&dir.join("a.md"), &dir.join("./a.md")));
+        assert!(!same_file(&dir.join("a.md"), &dir.join("b.md")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A path that cannot be created is named as given, with the folder where it failed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn check_out_names_the_path_asked_for() {
+        let e = check_out(Path::new("/proc/tagstorm-x"), true).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.starts_with("/proc/tagstorm-x: cannot write: nothing can be created in /proc"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn write_all_writes_nothing_when_one_file_fails() {

@@ -23,7 +23,7 @@ use serde_path_to_error::{Path, Segment};
 
 use crate::cli::{
     CliError, GateArgs, Outcome, check_invariants, check_out, display_path, load_policies,
-    run_policies, set_args, write_all, write_line,
+    run_policies, same_file, set_args, write_all, write_line,
 };
 use crate::report::thousands;
 use crate::results::Results;
@@ -881,6 +881,13 @@ pub fn cmd_gate(
         check_out(&a.baseline, false)?;
     }
     if let Some(path) = &a.summary {
+        if same_file(path, &a.baseline) {
+            return Err(CliError::Invalid(format!(
+                "--summary {}: that is the baseline file; the summary would replace it (name \
+                 another file, e.g. gate.md)",
+                display_path(path)
+            )));
+        }
         check_out(path, false)?;
     }
     let mut runs: Vec<Results> = Vec::new();

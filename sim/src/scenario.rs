@@ -582,6 +582,21 @@ impl Scenario {
         }
         s.account.validate().map_err(cfg)?;
         s.upstream.validate().map_err(cfg)?;
+        if let Ok(limits) = s.account.resolve() {
+            // A larger batch fails at once with `token_limit_exceeded` and holds nothing: the
+            // opposite of what the field is for.
+            let queue = limits.batch_queue_tokens.get();
+            if s.sim.foreign_batch_tokens > queue {
+                return Err((
+                    root().key("sim").key("foreign_batch_tokens"),
+                    format!(
+                        "{} tokens do not fit the account's batch queue of {queue}: such a batch \
+                         fails at once and holds nothing",
+                        s.sim.foreign_batch_tokens
+                    ),
+                ));
+            }
+        }
         if s.upstream.image_charge_tokens == Some(0) {
             // Core refuses it too (as `request.image_charge_tokens`), but only when a run starts.
             return Err((
@@ -1530,6 +1545,28 @@ at_s = 0
     #[test]
     fn valid_base() {
         check(BASE, &[], "ok");
+    }
+
+    /// Another client's batch larger than the account's batch queue (2,000,000 tokens at
+    /// Tier 1) would fail at once and hold nothing: refused, on the line or `--set` that says so.
+    #[test]
+    fn foreign_batch_larger_than_the_queue_is_refused() {
+        check(
+            &format!("{BASE}\n[sim]\nforeign_batch_tokens = 2000000\n"),
+            &[],
+            "ok",
+        );
+        check(
+            &format!("{BASE}\n[sim]\nforeign_batch_tokens = 2000001\n"),
+            &[],
+            "x.toml:20: sim.foreign_batch_tokens: 2000001 tokens do not fit the account's batch \
+             queue of 2000000: such a batch fails at once and holds nothing",
+        );
+        check(
+            BASE,
+            &["sim.foreign_batch_tokens=2000001", "account.tier=2"],
+            "ok",
+        );
     }
 
     #[test]

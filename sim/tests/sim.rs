@@ -780,6 +780,21 @@ fn answers_cut_short_are_counted_as_tag_mismatches() {
     assert_eq!(r.verification.tag_mismatches, 150);
 }
 
+/// `flaky-upstream` scripts its first batch to expire. Another client's batch
+/// (`sim.foreign_batch_tokens`) is not the batch the script means: with one in the queue, the
+/// first batch core makes still expires.
+#[test]
+fn another_clients_batch_takes_no_scripted_outcome() {
+    let alone = run(&scenario("flaky-upstream"), "tagstorm");
+    assert_eq!(alone.upstream.batches_expired, 1);
+    let shared = run(
+        &scenario_with("flaky-upstream", &["sim.foreign_batch_tokens=1000"]),
+        "tagstorm",
+    );
+    assert_eq!(shared.upstream.batches_expired, 1);
+    assert_eq!(shared.images.pending, 0);
+}
+
 /// A fresh temporary folder for one gate test, removed when dropped.
 struct TempDir(PathBuf);
 
@@ -859,6 +874,40 @@ fn metric(v: &serde_json::Value, scenario: &str, policy: &str, key: &str) -> f64
 
 fn write_json(path: &str, v: &serde_json::Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
+/// `--summary` naming the baseline (by another spelling of its path, too) is refused before
+/// anything runs, and the baseline is left as it was: both with and without `--update`.
+#[test]
+fn gate_refuses_a_summary_that_is_the_baseline() {
+    let tmp = TempDir::new("gate-same-file");
+    let baseline = tmp.path("baseline.json");
+    gate_update(&baseline);
+    let before = std::fs::read(&baseline).unwrap();
+    let other_spelling = tmp.0.join("x/../baseline.json");
+    std::fs::create_dir_all(tmp.0.join("x")).unwrap();
+    for summary in [
+        baseline.clone(),
+        other_spelling.to_string_lossy().into_owned(),
+    ] {
+        for update in [false, true] {
+            let mut args = vec!["gate", "--baseline", &baseline, "--summary", &summary];
+            if update {
+                args.push("--update");
+            }
+            args.extend(["--policies", "tagstorm,seed-current", THREE_HUNDRED, TEN]);
+            let o = bin(&args);
+            let e = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{summary} update={update}: {e}");
+            assert!(e.contains("that is the baseline file"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert_eq!(
+                std::fs::read(&baseline).unwrap(),
+                before,
+                "the baseline changed"
+            );
+        }
+    }
 }
 
 #[test]
