@@ -13,6 +13,9 @@ use crate::scenario::Scenario;
 use crate::sim;
 use crate::workload;
 
+/// Rescaling attempts before `bench` settles for the closest workload drawn.
+const SCALE_TRIES: usize = 40;
+
 /// Peak resident set size of this process in KiB (`VmHWM`), where the OS reports it.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -36,15 +39,53 @@ pub fn cmd_bench(
             .map(|u| u64::from(u.images))
             .sum()
     };
-    // Heavy-tailed sizes make the image count of a scaled workload itself random: rescale a
-    // few times until it lands within 1% of the target.
-    for _ in 0..6 {
-        let now = images(&s).max(1);
-        let ratio = a.images as f64 / now as f64;
-        if (ratio - 1.0).abs() < 0.01 {
+    // Heavy-tailed sizes make the image count of a scaled workload itself random: rescale
+    // until it lands within 1% of the target, and keep the closest one drawn. A small target
+    // with few, heavy-tailed uploads may not get there: the run goes ahead and says so.
+    let target = a.images as f64;
+    // No images is never the closest: there would be nothing to time.
+    let off = |n: u64| {
+        if n == 0 {
+            f64::INFINITY
+        } else {
+            (n as f64 - target).abs() / target
+        }
+    };
+    let mut closest = (images(&s), s.spec.clone());
+    for i in 0..SCALE_TRIES {
+        let now = images(&s);
+        if off(now) < off(closest.0) {
+            closest = (now, s.spec.clone());
+        }
+        if off(now) < 0.01 {
             break;
         }
-        workload::scale(&mut s.spec, ratio);
+        // Each rescale redraws every upload, so the count jumps around the target: the first
+        // steps go all the way, later ones part of the way, which samples counts near it.
+        let step = target / now.max(1) as f64;
+        workload::scale(&mut s.spec, if i < 3 { step } else { step.powf(0.5) });
+    }
+    let (scaled, spec) = closest;
+    s.spec = spec;
+    if off(scaled) > 0.5 {
+        return Err(CliError::Invalid(format!(
+            "bench: {} cannot be scaled to about {} image{}: the closest of {SCALE_TRIES} \
+             draws had {} (a few heavy-tailed uploads); ask for more images",
+            s.spec.name,
+            thousands(a.images),
+            if a.images == 1 { "" } else { "s" },
+            thousands(scaled)
+        )));
+    }
+    if off(scaled) >= 0.01 {
+        let _ = writeln!(
+            err,
+            "bench: the closest scaled workload has {} images, {:.0}% from --images {} (its \
+             upload sizes are heavy-tailed; a larger --images lands closer)",
+            thousands(scaled),
+            off(scaled) * 100.0,
+            thousands(a.images)
+        );
     }
     let mut walls = Vec::with_capacity(a.runs as usize);
     let mut loops = Vec::with_capacity(a.runs as usize);

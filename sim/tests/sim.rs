@@ -686,6 +686,35 @@ fn bench_refuses_an_image_count_it_cannot_hold() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
 
+/// A target the scenario's heavy-tailed uploads cannot come near is refused (it was run at
+/// whatever the last rescale drew: 22,350 images for `--images 100`, none for `--images 1`);
+/// one it comes near but not within 1% runs, and says how far off it is.
+#[test]
+fn bench_says_when_it_cannot_scale_to_the_target() {
+    for n in ["1", "100"] {
+        let o = bin(&["bench", "scenarios/workday.toml", "--images", n]);
+        let e = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{n}: {e}");
+        assert!(e.contains("cannot be scaled to about"), "{e}");
+        assert!(o.stdout.is_empty());
+    }
+    let o = bin(&[
+        "bench",
+        "scenarios/workday.toml",
+        "--images",
+        "1000",
+        "--json",
+    ]);
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let images = v["images"].as_u64().unwrap();
+    assert!((500..=1500).contains(&images), "{images}");
+    if images.abs_diff(1000) >= 10 {
+        assert!(e.contains(&format!("has {images} images")), "{e}");
+    }
+}
+
 #[test]
 fn bench_json_reports_every_run_for_a_ci_job() {
     let o = bin(&[
