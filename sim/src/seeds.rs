@@ -16,7 +16,7 @@ use crate::plot::{SeedPanel, seeds_svg};
 use crate::report::{self, fmt_ms, thousands, usd};
 use crate::results::Results;
 use crate::scenario::{FieldPath, Scenario, SetArg};
-use crate::sweep::Vary;
+use crate::sweep::{Vary, VaryError};
 
 /// Fewest seeds `--seeds` takes: one seed is `--seed`.
 pub const MIN_SEEDS: usize = 2;
@@ -34,15 +34,22 @@ impl Seeds {
 
 /// Parses `--seeds`: `1..=10`, `1..=100:10` or `3,7,11`, each a whole number, at least two.
 pub fn parse_arg(raw: &str) -> Result<Vec<u64>, String> {
+    // `--vary`'s parser, with messages about seeds rather than field values.
+    const FORMS: &str = "seeds are whole numbers from 0: 1..=10, 1..=100:10 or 3,7,11";
     let vary = Vary::parse(&format!("seed={raw}")).map_err(|e| match e {
-        crate::sweep::VaryError::TooMany(n) => format!("{n} seeds; --seeds takes at most 200"),
+        VaryError::TooMany(n) => format!("{n} seeds; --seeds takes at most 200"),
+        VaryError::Shape => format!("no seeds given: {FORMS}"),
+        VaryError::Empty => format!("a seed in the list is empty: {FORMS}"),
+        VaryError::NotInteger(v) => format!("`{v}` is not a seed: {FORMS}"),
+        VaryError::RangeShape => format!("a range includes its end: {FORMS}"),
         e => e.to_string(),
     })?;
     let mut seeds = Vec::with_capacity(vary.values.len());
     for v in &vary.values {
-        let seed = v.trim().parse::<u64>().map_err(|_| {
-            format!("`{v}` is not a seed: seeds are whole numbers from 0 (e.g. 1..=10 or 3,7,11)")
-        })?;
+        let seed = v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{v}` is not a seed: {FORMS}"))?;
         if seeds.contains(&seed) {
             return Err(format!("seed {seed} is listed twice"));
         }
@@ -791,6 +798,31 @@ mod tests {
         assert_eq!(paired_cell(0, 0), "same");
         assert_eq!(paired_cell(6, 0), "6 lower *");
         assert_eq!(paired_cell(0, 5), "5 higher");
+    }
+
+    /// Ranges cover every `u64` seed, as lists and `--seed` do, and errors speak of seeds,
+    /// not of `--vary`'s field values.
+    #[test]
+    fn seed_ranges_reach_the_largest_seed_and_errors_speak_of_seeds() {
+        assert_eq!(
+            parse_arg("18446744073709551614..=18446744073709551615"),
+            Ok(vec![u64::MAX - 1, u64::MAX])
+        );
+        for (raw, expect) in [
+            ("", "no seeds given"),
+            ("1,,2", "a seed in the list is empty"),
+            ("a..=b", "`a` is not a seed"),
+            (
+                "18446744073709551615..=18446744073709551616",
+                "`18446744073709551616` is not a seed",
+            ),
+            ("-2..=-1", "`-2` is not a seed"),
+            ("1..5", "a range includes its end"),
+        ] {
+            let e = parse_arg(raw).unwrap_err();
+            assert!(e.starts_with(expect), "{raw}: {e}");
+            assert!(!e.contains("0.5"), "{raw}: {e}");
+        }
     }
 
     #[test]

@@ -94,14 +94,14 @@ pub enum VaryError {
     NotInteger(String),
     /// A step of 0 or less.
     #[error("the step must be at least 1, got {0}")]
-    Step(i64),
+    Step(i128),
     /// `START` past `END`.
     #[error("the range is empty: its start ({start}) is past its end ({end})")]
     Backwards {
         /// The start.
-        start: i64,
+        start: i128,
         /// The end.
-        end: i64,
+        end: i128,
     },
     /// More than [`MAX_VALUES`] values.
     #[error("{0} values; a sweep takes at most 200 (raise the step or list fewer)")]
@@ -193,8 +193,11 @@ fn range(text: &str) -> Result<Vec<String>, VaryError> {
         if s.is_empty() {
             return Err(VaryError::RangeShape);
         }
-        s.parse::<i64>()
-            .map_err(|_| VaryError::NotInteger(s.to_owned()))
+        // In 128 bits: a TOML integer is an `i64`, and a seed (`--seeds`) any `u64`.
+        s.parse::<i128>()
+            .ok()
+            .filter(|n| (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(n))
+            .ok_or_else(|| VaryError::NotInteger(s.to_owned()))
     };
     let (start, end, step) = (int(start)?, int(end)?, int(step)?);
     if step < 1 {
@@ -203,14 +206,13 @@ fn range(text: &str) -> Result<Vec<String>, VaryError> {
     if start > end {
         return Err(VaryError::Backwards { start, end });
     }
-    // In 128 bits, so i64::MIN..=i64::MAX:1 is refused rather than overflowing.
-    let count = (i128::from(end) - i128::from(start)) / i128::from(step) + 1;
+    // Both ends lie within 65 bits, so neither this nor the values below can overflow, and
+    // i64::MIN..=u64::MAX:1 is refused rather than counted out.
+    let count = (end - start) / step + 1;
     if count > MAX_VALUES as i128 {
         return Err(VaryError::TooMany(count as u128));
     }
-    Ok((0..count as i64)
-        .map(|i| (start + i * step).to_string())
-        .collect())
+    Ok((0..count).map(|i| (start + i * step).to_string()).collect())
 }
 
 /// A value's TOML text as JSON: `10` → `10`, `"low"` → `"low"`; text that is not TOML stays a
