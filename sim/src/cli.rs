@@ -641,10 +641,7 @@ pub fn run_policies(
     bases: &[Policy],
     err: &mut dyn Write,
 ) -> Result<Vec<RunOutput>, CliError> {
-    let policies = bases
-        .iter()
-        .map(|b| s.policy(b))
-        .collect::<Result<Vec<_>, _>>()?;
+    let policies = resolve_policies(s, bases)?;
     let jobs: Vec<_> = policies
         .into_iter()
         .map(|p| {
@@ -653,6 +650,26 @@ pub fn run_policies(
         })
         .collect();
     run_jobs(&jobs, jobs.len(), err)
+}
+
+/// `bases` with the scenario's `policy.*` overrides applied, each validated. Their names head
+/// the table's columns and name the `--out` folders, so they must stay apart: a `--set
+/// policy.name=…` gives every policy the same one, and is refused here.
+pub fn resolve_policies(s: &Scenario, bases: &[Policy]) -> Result<Vec<Policy>, CliError> {
+    let policies = bases
+        .iter()
+        .map(|b| s.policy(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, p) in policies.iter().enumerate() {
+        if let Some(j) = policies[..i].iter().position(|q| q.name == p.name) {
+            return Err(CliError::Invalid(format!(
+                "{} and {} would both be named `{}`: a --set policy.name=… names every policy \
+                 the same; give a policy its own name in a policy file (policies --toml NAME)",
+                bases[j].name, bases[i].name, p.name
+            )));
+        }
+    }
+    Ok(policies)
 }
 
 /// Runs every job (a scenario, a validated policy and a label for the progress line) on at most
@@ -829,9 +846,7 @@ fn cmd_compare(
     let sets = set_args(&a.flags)?;
     let bases = load_policies(&a.policies)?;
     let s = Scenario::load(&display_path(&a.scenario), &sets)?;
-    for b in &bases {
-        s.policy(b)?;
-    }
+    resolve_policies(&s, &bases)?;
     if let Some(dir) = &a.out {
         check_out(dir, true)?;
     }

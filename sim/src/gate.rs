@@ -23,7 +23,7 @@ use serde_path_to_error::{Path, Segment};
 
 use crate::cli::{
     CliError, GateArgs, Outcome, check_invariants, check_out, display_path, load_policies,
-    run_policies, same_file, set_args, write_all, write_line,
+    resolve_policies, run_policies, same_file, set_args, write_all, write_line,
 };
 use crate::report::thousands;
 use crate::results::Results;
@@ -836,6 +836,7 @@ pub fn cmd_gate(
         .collect::<Result<Vec<_>, _>>()?;
     let mut planned: Vec<(String, String, u64)> = Vec::new();
     for s in &scenarios {
+        resolve_policies(s, &bases)?;
         for b in &bases {
             let policy = s.policy(b)?.name;
             if planned

@@ -79,9 +79,7 @@ pub fn cmd_compare_seeds(
     let file = cli::display_path(&a.scenario);
     // The scenario as given first, so its own errors read as in every other command.
     let given = Scenario::load(&file, &sets)?;
-    for b in &bases {
-        given.policy(b)?;
-    }
+    cli::resolve_policies(&given, &bases)?;
     let mut scenarios = Vec::with_capacity(seeds.len());
     for seed in seeds {
         let mut all = sets.clone();

@@ -2896,6 +2896,22 @@ fn bad_seeds_exit_2_before_anything_runs() {
     }
 }
 
+/// `--set policy.name=…` names every compared policy the same: three columns and `--out`
+/// folders all called `zzz`. Refused before anything runs, with or without `--seeds`.
+#[test]
+fn compare_refuses_one_name_for_every_policy() {
+    let ten = "scenarios/ten-users-fifteen-images.toml";
+    for extra in [&[][..], &["--seeds", "1,2"][..]] {
+        let mut args = vec!["compare", ten, "--set", "policy.name=\"zzz\""];
+        args.extend_from_slice(extra);
+        let o = bin(&args);
+        let e = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {e}");
+        assert!(o.stdout.is_empty(), "{extra:?}");
+        assert!(e.contains("would both be named `zzz`"), "{e}");
+    }
+}
+
 #[test]
 fn sweep_seeds_runs_each_value_on_each_seed_and_rows_show_medians() {
     let ten = "scenarios/ten-users-fifteen-images.toml";
