@@ -62,8 +62,8 @@ Latencies are in milliseconds; one with count 0 (no upload got a tag, say) has e
 0, so read count first. They come from HdrHistogram at 3 significant digits: min is the lowest
 value of its bucket, the percentiles and max the highest, so max can pass makespan_ms by up to
 0.1% (one upload of 603,200 ms reads min 603,136, max 603,647). bound_ms and bound_ratio are 0
-when there is no bound (the limits never admit all of the work in realtime: one request asks
-more tokens than the TPM, or the RPD runs out). An existing DIR is written into: files of these
+when there is no bound (the workload has no images, or one request is charged more tokens
+than the TPM holds; a small RPD refills as OpenAI's does, so it lengthens the bound instead). An existing DIR is written into: files of these
 names are replaced, anything else in it is left as it was.
 
 Exit codes: 0 ok; 1 a run finished with an invariant failed (images pending, tag mismatches;
@@ -653,15 +653,19 @@ pub fn run_policies(
 }
 
 /// `bases` with the scenario's `policy.*` overrides applied, each validated. Their names head
-/// the table's columns and name the `--out` folders, so they must stay apart: a `--set
-/// policy.name=…` gives every policy the same one, and is refused here.
+/// the table's columns and name the `--out` folders, so different policies must keep different
+/// names: a `--set policy.name=…` gives every policy the same one, and is refused here.
 pub fn resolve_policies(s: &Scenario, bases: &[Policy]) -> Result<Vec<Policy>, CliError> {
     let policies = bases
         .iter()
         .map(|b| s.policy(b))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, p) in policies.iter().enumerate() {
-        if let Some(j) = policies[..i].iter().position(|q| q.name == p.name) {
+        // The same policy listed twice is allowed (its folders get `-2`); two policies made
+        // one name are not.
+        if let Some(j) =
+            (0..i).find(|&j| policies[j].name == p.name && bases[j].name != bases[i].name)
+        {
             return Err(CliError::Invalid(format!(
                 "{} and {} would both be named `{}`: a --set policy.name=… names every policy \
                  the same; give a policy its own name in a policy file (policies --toml NAME)",

@@ -252,13 +252,14 @@ pub fn table(s: &Scenario, runs: &[&Results]) -> String {
         // The simulator's bound_ms of 0 means there is none, not a makespan of 0 ms.
         let _ = writeln!(
             out,
-            "bound: none: the account's RPM/TPM/RPD never admit all of this work in realtime (one"
+            "{}",
+            if first.images.total == 0 {
+                "bound: none: the workload has no images."
+            } else {
+                "bound: none: each request is charged more tokens than the account's TPM holds, so \
+                 none\ncan go realtime. Batch traffic is not under RPM/TPM."
+            }
         );
-        let _ = writeln!(
-            out,
-            "request is charged more tokens than the TPM, or the RPD runs out). Batch traffic is not"
-        );
-        let _ = writeln!(out, "under RPM/TPM.");
     } else {
         let _ = writeln!(
             out,

@@ -427,7 +427,8 @@ fn an_out_folder_that_cannot_be_written_is_refused_before_the_run() {
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(text(&o.stdout), "");
     assert!(
-        text(&o.stderr).starts_with("/proc: cannot write: "),
+        text(&o.stderr)
+            .starts_with("/proc/tagstorm-nope: cannot write: nothing can be created in /proc"),
         "{}",
         text(&o.stderr)
     );
