@@ -836,9 +836,8 @@ pub fn cmd_gate(
         .collect::<Result<Vec<_>, _>>()?;
     let mut planned: Vec<(String, String, u64)> = Vec::new();
     for s in &scenarios {
-        resolve_policies(s, &bases)?;
-        for b in &bases {
-            let policy = s.policy(b)?.name;
+        for policy in resolve_policies(s, &bases)? {
+            let policy = policy.name;
             if planned
                 .iter()
                 .any(|(n, p, _)| *n == s.spec.name && *p == policy)
