@@ -604,6 +604,14 @@ pub(crate) enum Doom {
     Invalid(Vec<BatchError>),
 }
 
+/// Whether a new batch takes the next entry of `[batch] batch_outcomes`: every client batch
+/// does; another client's batch in the simulator (`Upstream::submit_unscripted_batch`) does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Script {
+    Take,
+    Skip,
+}
+
 impl Upstream {
     /// The structured path (the simulator's): creates a batch of `lines` for `org` at `now`.
     /// Input problems (no lines, more than `max_requests`, duplicate `custom_id`s) make the
@@ -614,7 +622,7 @@ impl Upstream {
         org: OrgId,
         lines: Vec<BatchLine>,
     ) -> Result<Batch, ApiError> {
-        let idx = self.submit_lines(now, org, lines)?;
+        let idx = self.submit_lines(now, org, lines, Script::Take)?;
         Ok(self.batch_view(now, idx))
     }
 
@@ -628,12 +636,8 @@ impl Upstream {
         org: OrgId,
         lines: Vec<BatchLine>,
     ) -> Result<Batch, ApiError> {
-        let created = self.orgs.get(org.0 as usize).map(|o| o.batches_created);
-        let batch = self.submit_batch(now, org, lines);
-        if let (Some(n), Some(o)) = (created, self.orgs.get_mut(org.0 as usize)) {
-            o.batches_created = n;
-        }
-        batch
+        let idx = self.submit_lines(now, org, lines, Script::Skip)?;
+        Ok(self.batch_view(now, idx))
     }
 
     /// [`Upstream::submit_batch`], answering with the new batch's id alone, with the same
@@ -645,7 +649,7 @@ impl Upstream {
         org: OrgId,
         lines: Vec<BatchLine>,
     ) -> Result<String, ApiError> {
-        let idx = self.submit_lines(now, org, lines)?;
+        let idx = self.submit_lines(now, org, lines, Script::Take)?;
         // What the object's view does besides rendering: a batch that ended at once (a
         // zero-length timeline) registers its result files.
         self.settle(now, idx);
@@ -658,6 +662,7 @@ impl Upstream {
         now: Time,
         org: OrgId,
         lines: Vec<BatchLine>,
+        script: Script,
     ) -> Result<usize, ApiError> {
         let mut errors = Vec::new();
         if lines.is_empty() {
@@ -704,10 +709,13 @@ impl Upstream {
             .org_limits(org)
             .map(|l| l.model)
             .ok_or_else(|| ApiError::invalid_api_key("sk-****"))?;
-        self.create_batch_state(now, org, model, String::new(), lines, doom)
+        self.create_batch_state(now, org, model, String::new(), lines, doom, script)
     }
 
     /// Creates the batch and samples its timeline. `input_file_id` empty = structured path.
+    // Eight inputs, each from a different place (the caller, the file, the checks); a struct
+    // built at both call sites only to be taken apart here would say the same at more length.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_batch_state(
         &mut self,
         now: Time,
@@ -716,6 +724,7 @@ impl Upstream {
         input_file_id: String,
         lines: Vec<BatchLine>,
         doom: Doom,
+        script: Script,
     ) -> Result<usize, ApiError> {
         let now = self.advance(now);
         self.release_ended(now, org);
@@ -725,10 +734,14 @@ impl Upstream {
         };
         let cfg = &self.config.batch;
         let mut rng = Pcg64::seed_from_u64(ids::mix(self.seed, 0xba7c_0000, idx as u64));
-        let scripted = usize::try_from(o.batches_created)
-            .ok()
-            .and_then(|k| cfg.batch_outcomes.get(k).copied());
-        o.batches_created = o.batches_created.saturating_add(1);
+        let scripted = match script {
+            Script::Take => {
+                let k = usize::try_from(o.batches_created).ok();
+                o.batches_created = o.batches_created.saturating_add(1);
+                k.and_then(|k| cfg.batch_outcomes.get(k).copied())
+            }
+            Script::Skip => None,
+        };
         // Every draw below is made whatever the outcome, so one batch's fate does not shift the
         // timeline of another with the same index under a different configuration.
         let validating = cfg.validating.sample(&mut rng);

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tagstorm_core::Time;
 
 use crate::batch::{
-    Batch, BatchLine, BatchStatus, CHAT_ENDPOINT, Doom, LineOutcome, RequestCounts,
+    Batch, BatchLine, BatchStatus, CHAT_ENDPOINT, Doom, LineOutcome, RequestCounts, Script,
 };
 use crate::chat::FinishReason;
 use crate::error::ApiError;
@@ -608,8 +608,15 @@ impl Upstream {
             }
             Err(errors) => (org_model, Vec::new(), Doom::Invalid(errors)),
         };
-        let idx =
-            self.create_batch_state(now, org, model, input_file_id.to_owned(), lines, doom)?;
+        let idx = self.create_batch_state(
+            now,
+            org,
+            model,
+            input_file_id.to_owned(),
+            lines,
+            doom,
+            Script::Take,
+        )?;
         self.batches[idx].cut_lines = cut_lines;
         self.batches[idx].reject_lines(rejected);
         Ok(self.batch_view(now, idx))

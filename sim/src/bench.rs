@@ -51,13 +51,13 @@ pub fn cmd_bench(
             (n as f64 - target).abs() / target
         }
     };
-    let mut closest = (images(&s), s.spec.clone());
+    let mut closest = (0, s.spec.clone());
     for i in 0..SCALE_TRIES {
         let now = images(&s);
         if off(now) < off(closest.0) {
             closest = (now, s.spec.clone());
         }
-        if off(now) < 0.01 {
+        if off(now) < 0.01 || i + 1 == SCALE_TRIES {
             break;
         }
         // Each rescale redraws every upload, so the count jumps around the target: the first
