@@ -681,6 +681,12 @@ pub fn plain_message(m: &str) -> String {
         "invalid type: unit variant, expected string only",
         "expected one of its names, as a quoted string",
     );
+    // toml's words for an integer from 2^63 to 2^64 - 1 (an i64 no longer, and its own values
+    // are i64), which name neither the number nor the limit.
+    out = out.replace(
+        "u64 value was too large",
+        "a whole number larger than TOML's largest integer, 9223372036854775807",
+    );
     // toml's words for an integer past 64 bits.
     if out.contains("integer `") {
         out = out.replace(
@@ -718,6 +724,10 @@ mod tests {
             (
                 "invalid type: unit variant, expected string only",
                 "expected one of its names, as a quoted string",
+            ),
+            (
+                "u64 value was too large",
+                "a whole number larger than TOML's largest integer, 9223372036854775807",
             ),
             (
                 "invalid type: integer `99999999999999999999`, expected any valid TOML value",

@@ -31,7 +31,7 @@ use tagstorm_core::account::AccountLimits;
 use tagstorm_core::tokens::Model;
 
 use crate::cli::{self, CliError, Outcome, ReportArgs};
-use crate::report::{self, fmt_ms, latency, thousands, usd};
+use crate::report::{self, count, fmt_ms, latency, thousands, usd};
 use crate::results::{Results, Summary};
 use crate::scenario::{FieldPath, Scenario, ScenarioError, ScenarioFile, SetArg, mean_count};
 use crate::workload;
@@ -107,7 +107,8 @@ inputs give byte-identical reports (no timestamps). Without --out the report pri
 Markdown; --json prints one JSON object instead (schema tagstorm.report.v1: the inputs, per tier
 the capacity, the load that first failed and the sets that reproduce each with `run`, and every
 run). --out FILE.html writes one self-contained page (tables and the chart inline, no scripts),
---out DIR writes DIR/report.html, DIR/report.md and DIR/capacity.svg.
+--out FILE.md the Markdown and --out FILE.json the JSON object (what stdout gets without and
+with --json); any other --out is a folder: DIR/report.html, DIR/report.md and DIR/capacity.svg.
 
 Exit codes: 0 ok; 1 a run finished with an invariant failed (the report is still written);
 2 bad input, a tier the model has no published limits for or a cap whose workload is too large
@@ -705,7 +706,7 @@ fn scaled_fields(s: &ScenarioFile) -> Vec<Scaled> {
                 unit: Unit::Users,
                 value: u as f64,
                 mean_images,
-                what: format!("{} users, rounded", thousands(u)),
+                what: format!("{}, rounded", count(u, "user")),
             });
         }
     }
@@ -827,7 +828,7 @@ fn plan(a: &ReportArgs) -> Result<Plan, CliError> {
     let runs = plan.tiers.len() * (plan.max_runs() + 1) + 2;
     if runs > MAX_RUNS {
         let (up_to, flag) = match &plan.vary {
-            Vary::Users { cap, .. } => (format!("{} users", thousands(*cap)), "--max-users"),
+            Vary::Users { cap, .. } => (count(*cap, "user"), "--max-users"),
             Vary::Factor { cap, .. } => (format!("× {}", sig3(*cap)), "--max-factor"),
         };
         return Err(CliError::Invalid(format!(
@@ -894,7 +895,7 @@ pub fn cmd_report(
 ) -> Result<Outcome, CliError> {
     let plan = plan(a)?;
     if let Some(path) = &a.out {
-        cli::check_out(path, !is_html(path))?;
+        cli::check_out(path, OutFile::of(path).is_none())?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let passes = |r: &Results| plan.passes(a.metric, r);
@@ -980,15 +981,23 @@ pub fn cmd_report(
         cli::write_line(out, &doc.markdown(None))?;
     }
     if let Some(path) = &a.out {
-        let html = doc.html();
-        let files: Vec<(PathBuf, String)> = if is_html(path) {
-            vec![(path.clone(), html)]
-        } else {
-            vec![
-                (path.join("report.html"), html),
+        let files: Vec<(PathBuf, String)> = match OutFile::of(path) {
+            Some(OutFile::Html) => vec![(path.clone(), doc.html())],
+            // Byte for byte what stdout gets (`write_line`).
+            Some(OutFile::Markdown) => {
+                vec![(path.clone(), format!("{}\n", doc.markdown(None).trim_end()))]
+            }
+            Some(OutFile::Json) => {
+                vec![(
+                    path.clone(),
+                    format!("{}\n", json_report(&inputs).trim_end()),
+                )]
+            }
+            None => vec![
+                (path.join("report.html"), doc.html()),
                 (path.join("report.md"), doc.markdown(Some("capacity.svg"))),
                 (path.join("capacity.svg"), doc.svg().to_owned()),
-            ]
+            ],
         };
         cli::write_all(&files)?;
     }
@@ -997,10 +1006,25 @@ pub fn cmd_report(
     Ok(cli::check_invariants(&all, err))
 }
 
-/// Whether `--out` names one HTML page rather than a folder.
-fn is_html(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("html"))
+/// The one file `--out` names by its extension; any other path is a folder. (`--out
+/// capacity.md` used to make a folder of that name.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OutFile {
+    Html,
+    Markdown,
+    Json,
+}
+
+impl OutFile {
+    fn of(path: &Path) -> Option<OutFile> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "html" | "htm" => Some(OutFile::Html),
+            "md" => Some(OutFile::Markdown),
+            "json" => Some(OutFile::Json),
+            _ => None,
+        }
+    }
 }
 
 /// Everything the report says, before it is rendered.
@@ -1362,7 +1386,7 @@ fn document(i: &Inputs) -> Doc {
         ]);
     }
     let own_text = match &plan.vary {
-        Vary::Users { own, .. } => format!("{} users", thousands(*own)),
+        Vary::Users { own, .. } => count(*own, "user"),
         Vary::Factor { .. } => "× 1".to_owned(),
     };
     b.push(table(
@@ -2051,7 +2075,7 @@ mod tests {
         let e = e.to_string();
         assert!(e.starts_with("--max-factor 4: "), "{e}");
         assert!(
-            e.ends_with("images expected; at most 20000000 are supported (lower --max-factor)"),
+            e.ends_with("images expected; at most 20,000,000 are supported (lower --max-factor)"),
             "{e}"
         );
         assert_eq!(cap(&args("workday", &big, Some(2.0))), 2.0);

@@ -320,7 +320,7 @@ pub struct ReportArgs {
     /// The latency whose p95 must stay at or under --p95-limit-s.
     #[arg(long, value_enum, default_value = "upload-complete")]
     pub metric: crate::capacity::LatencyMetric,
-    /// The p95 limit, in seconds.
+    /// The p95 limit, in seconds (above 0, at most a year: 31,536,000).
     #[arg(long = "p95-limit-s", value_name = "SECS", default_value_t = 120.0,
           value_parser = parse_limit_s)]
     pub p95_limit_s: f64,
@@ -343,9 +343,9 @@ pub struct ReportArgs {
     /// first failed, the sets that reproduce each with `run`, every run) instead of Markdown.
     #[arg(long)]
     pub json: bool,
-    /// Write one self-contained HTML page (FILE.html), or report.html, report.md and
-    /// capacity.svg into DIR.
-    #[arg(long, value_name = "FILE.html|DIR")]
+    /// Write one self-contained HTML page (FILE.html), the Markdown (FILE.md), the JSON object
+    /// (FILE.json), or report.html, report.md and capacity.svg into DIR.
+    #[arg(long, value_name = "FILE.html|FILE.md|FILE.json|DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub flags: ScenarioFlags,
@@ -427,7 +427,8 @@ fn parse_limit_s(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= crate::scenario::MAX_TIME_S => Ok(v),
         _ => Err(format!(
-            "expected seconds above 0, such as 120 or 1.5, got {s:?}"
+            "expected seconds above 0 and at most {} (a year), such as 120 or 1.5, got {s:?}",
+            crate::report::thousands(crate::scenario::MAX_TIME_S as u64)
         )),
     }
 }

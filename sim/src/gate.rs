@@ -786,9 +786,9 @@ fn update_summary(baseline_file: &str, baseline: &Baseline) -> String {
     let _ = writeln!(md, "## tagstorm-sim gate: baseline written\n");
     let _ = writeln!(
         md,
-        "`{baseline_file}`: {} entries of {} metrics each. Commit it; `gate` compares every run \
-         with it.\n",
-        baseline.entries.len(),
+        "`{baseline_file}`: {} of {} metrics each. Commit it; `gate` compares every run with \
+         it.\n",
+        crate::report::count(baseline.entries.len() as u64, "entry"),
         METRICS.len()
     );
     if let Some(sets) = baseline
@@ -934,11 +934,21 @@ pub fn cmd_gate(
         })
         .collect();
     let md = summary(&file, a.tolerance, &recorded, &rows, &not_run);
-    write_line(out, &md)?;
+    // The file first, and a failed stdout only after the verdict: a CI job whose log could not
+    // be written still gets the summary and exit 1 or 4 (it got 3, hiding the regression, and
+    // no summary).
     if let Some(path) = &a.summary {
-        write_all(&[(path.clone(), md)])?;
+        write_all(&[(path.clone(), md.clone())])?;
     }
+    let printed = write_line(out, &md);
     let regressed: usize = rows.iter().map(Row::regressed).sum();
+    if outcome != Outcome::Ok || regressed > 0 {
+        if let Err(e) = &printed {
+            let _ = writeln!(err, "{e}");
+        }
+    } else {
+        printed?;
+    }
     if outcome != Outcome::Ok {
         return Ok(outcome);
     }

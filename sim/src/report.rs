@@ -358,10 +358,23 @@ fn md_cell(s: &str) -> String {
         .replace(['\r', '\n'], " ")
 }
 
-/// `n` and its noun, in the singular for one: `1 upload`, `3,000 images`.
+/// `n` and its noun, in the singular for one: `1 upload`, `3,000 images`, `2 entries`,
+/// `2 tag mismatches`. The nouns are this crate's own, so English's regular endings suffice.
 pub fn count(n: u64, noun: &str) -> String {
-    let s = if n == 1 { "" } else { "s" };
-    format!("{} {noun}{s}", thousands(n))
+    let n_text = thousands(n);
+    if n == 1 {
+        return format!("{n_text} {noun}");
+    }
+    let consonant_y = noun
+        .strip_suffix('y')
+        .filter(|stem| stem.chars().last().is_some_and(|c| !"aeiou".contains(c)));
+    match consonant_y {
+        Some(stem) => format!("{n_text} {stem}ies"),
+        None if ["s", "x", "ch", "sh"].iter().any(|e| noun.ends_with(e)) => {
+            format!("{n_text} {noun}es")
+        }
+        None => format!("{n_text} {noun}s"),
+    }
 }
 
 /// One compact line per run, for snapshot tests: a behaviour change shows up as a diff.
@@ -410,6 +423,17 @@ mod tests {
         );
         assert_eq!(thousands(2_000_000), "2,000,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn one_of_a_thing_is_singular() {
+        // "1 images still pending", "1 entries", "p95 at 1 users" before.
+        assert_eq!(count(1, "image"), "1 image");
+        assert_eq!(count(0, "image"), "0 images");
+        assert_eq!(count(1_234, "entry"), "1,234 entries");
+        assert_eq!(count(1, "entry"), "1 entry");
+        assert_eq!(count(2, "tag mismatch"), "2 tag mismatches");
+        assert_eq!(count(2, "day"), "2 days");
     }
 
     #[test]

@@ -244,29 +244,29 @@ impl Results {
         if self.images.pending > 0 && self.sim.hit_max_duration {
             // The clock stands at the last event handled; the next one lay past the bound.
             out.push(format!(
-                "{} images still pending when the run stopped at its bound of {} \
+                "{} still pending when the run stopped at its bound of {} \
                  (sim.max_duration_s; the last event handled was at {})",
-                self.images.pending,
+                crate::report::count(self.images.pending, "image"),
                 crate::report::fmt_ms(self.sim.max_duration_ms),
                 crate::report::fmt_ms(self.sim.end_ms)
             ));
         } else if self.images.pending > 0 {
             out.push(format!(
-                "{} images still pending after the last event, at {}",
-                self.images.pending,
+                "{} still pending after the last event, at {}",
+                crate::report::count(self.images.pending, "image"),
                 crate::report::fmt_ms(self.sim.end_ms)
             ));
         }
         if self.verification.tag_mismatches > 0 {
-            out.push(format!(
-                "{} tag mismatches",
-                self.verification.tag_mismatches
+            out.push(crate::report::count(
+                self.verification.tag_mismatches,
+                "tag mismatch",
             ));
         }
         if self.verification.duplicate_terminal > 0 {
             out.push(format!(
-                "{} images terminal twice",
-                self.verification.duplicate_terminal
+                "{} terminal twice",
+                crate::report::count(self.verification.duplicate_terminal, "image")
             ));
         }
         out

@@ -14,6 +14,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::report::thousands;
 use mock_openai::config::{AccountConfig, ConfigError, UpstreamConfig};
 use serde::de;
 use serde::{Deserialize, Serialize};
@@ -681,17 +682,33 @@ impl Scenario {
             return Err((
                 root().key("uploads"),
                 format!(
-                    "about {expected:.0} uploads expected; at most {MAX_UPLOADS} are supported"
+                    "about {} uploads expected; at most {} are supported",
+                    approx(expected),
+                    thousands(MAX_UPLOADS)
                 ),
             ));
         }
         if images > MAX_IMAGES as f64 {
             return Err((
                 root().key("uploads"),
-                format!("about {images:.0} images expected; at most {MAX_IMAGES} are supported"),
+                format!(
+                    "about {} images expected; at most {} are supported",
+                    approx(images),
+                    thousands(MAX_IMAGES)
+                ),
             ));
         }
         Ok(())
+    }
+}
+
+/// An expected count, in digits while they are exact (`12,345,678`), else in three figures
+/// (`1.84e19`: `u64::MAX` users made "about 18446744073709551616", one more than was set).
+fn approx(v: f64) -> String {
+    if v < 1e15 {
+        thousands(v.round() as u64)
+    } else {
+        format!("{v:.2e}")
     }
 }
 
@@ -1213,7 +1230,18 @@ impl<'a> Locator<'a> {
             .document()
             .ok()
             .and_then(|doc| span_of(doc.get_ref(), &path.0));
-        self.invalid(span, path.to_string(), message)
+        let mut e = self.invalid(span, path.to_string(), message);
+        // A check of a whole table or list (`uploads`: too many uploads in all) is located at
+        // its key in the file, but a `--set` inside it may be what tipped it: name the last one.
+        if let ScenarioError::Invalid {
+            set: set @ None, ..
+        } = &mut e
+        {
+            *set = (self.sets.iter().rev())
+                .find(|s| s.path.0.starts_with(&path.0))
+                .map(|s| s.raw.clone());
+        }
+        e
     }
 }
 
@@ -1648,7 +1676,15 @@ at_s = 0
         check(
             BASE,
             &["uploads.0.users=20000000", "uploads.0.images=1000000"],
-            "x.toml:14: uploads: about 20000000000000 images expected; at most 20000000 are supported",
+            "x.toml:14: --set uploads.0.images=1000000: uploads: about 20,000,000,000,000 images \
+             expected; at most 20,000,000 are supported",
+        );
+        // Past 2^53 the count is no longer exact in digits (u64::MAX read one more).
+        check(
+            BASE,
+            &["uploads.0.users=18446744073709551615"],
+            "x.toml:14: --set uploads.0.users=18446744073709551615: uploads: about 1.84e19 uploads \
+             expected; at most 20,000,000 are supported",
         );
         check(
             &edit(
@@ -1656,7 +1692,20 @@ at_s = 0
                 "images = { kind = \"uniform\", min = 500000, max = 1000000 }",
             ),
             &["uploads.0.users=1000"],
-            "x.toml:14: uploads: about 750000000 images expected; at most 20000000 are supported",
+            "x.toml:14: --set uploads.0.users=1000: uploads: about 750,000,000 images expected; at \
+             most 20,000,000 are supported",
+        );
+    }
+
+    #[test]
+    fn a_number_past_tomls_integers_says_so() {
+        // From 2^63 to u64::MAX toml said only "u64 value was too large".
+        check(
+            BASE,
+            &["policy.retry_base_delay_ms=18446744073709551615"],
+            "x.toml: --set policy.retry_base_delay_ms=18446744073709551615: \
+             policy.retry_base_delay_ms: a whole number larger than TOML's largest integer, \
+             9223372036854775807",
         );
     }
 

@@ -730,9 +730,10 @@ pub fn table(
 
 /// What the table's columns mean, under it.
 const GUIDE: &str = "\
-* marks the lowest figure of each column where lower is better (ties all marked), among the
-values that drop the smallest share of their images (failed or pending): one that drops images
-finishes early and pays less, so it takes no star from one that tags them. The totals
+* marks the lowest figure of each column where lower is better (ties for it all marked; a
+column where every value gives the same figure has none), among the values that drop the
+smallest share of their images (failed or pending): one that drops images finishes early and
+pays less, so it takes no star from one that tags them. The totals
 (makespan, 429s, retries, failed, cost) are marked only when the swept field is not an
 images.* or uploads.* field and every value gives as many images. Latencies run from the
 upload's start: \"first tag\" is when its user first sees a result, \"tagged\" is per image,

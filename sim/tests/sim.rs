@@ -1132,6 +1132,25 @@ fn a_baseline_better_than_reality_fails_the_gate_with_exit_4() {
         std::fs::read_to_string(&summary).unwrap().trim_end(),
         out.trim_end()
     );
+    // With stdout unwritable the regression still exits 4, and the summary is still written
+    // (it was exit 3 and no summary).
+    std::fs::remove_file(&summary).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tagstorm-sim"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("stdout: cannot write"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap().trim_end(),
+        out.trim_end()
+    );
     // A huge tolerance forgives the relative changes, not a metric whose baseline is 0.
     let o = bin(&[&args[..], &["--tolerance", "1000"]].concat());
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stdout));
@@ -2037,6 +2056,21 @@ fn report_out_html_is_one_self_contained_file_with_identical_bytes_each_time() {
     let md = std::fs::read_to_string(folder.join("report.md")).unwrap();
     assert!(md.contains("![") && md.contains("(capacity.svg)"), "{md}");
     assert!(md.contains("## 2. What the next tier buys"));
+    // FILE.md and FILE.json are what stdout gets without and with --json (`--out
+    // capacity.md` made a folder of that name).
+    for (name, json) in [("capacity.md", false), ("capacity.JSON", true)] {
+        let file = dir.join(name);
+        let mut args = vec!["report", "scenarios/ten-users-fifteen-images.toml", "--out"];
+        let f = file.to_string_lossy().into_owned();
+        args.push(&f);
+        if json {
+            args.push("--json");
+        }
+        let o = bin(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        assert!(file.is_file(), "{name} is not a file");
+        assert_eq!(std::fs::read(&file).unwrap(), o.stdout, "{name}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -2081,8 +2115,9 @@ fn a_bad_tier_or_a_search_it_cannot_run_exits_2_and_writes_nothing() {
     let cases: [(&[&str], &str); 4] = [
         (
             &[workday, "--max-factor", "1000"],
-            "--max-factor 1000: scenarios/workday.toml:28: uploads: about 79757290 images \
-             expected; at most 20000000 are supported (lower --max-factor)",
+            "--max-factor 1000: scenarios/workday.toml:28: --set \
+             uploads.0.daily.uploads_per_day=600000.0: uploads: about 79,757,290 images \
+             expected; at most 20,000,000 are supported (lower --max-factor)",
         ),
         (&[workday, "--max-factor", "0.5"], "--max-factor"),
         (
@@ -2650,6 +2685,27 @@ fn bench_says_why_it_exits_1() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[test]
+fn help_that_cannot_be_written_exits_3() {
+    // clap's own exit dropped the failed write: `--help > /dev/full` exited 0.
+    for args in [&["--help"][..], &["run", "--help"], &["--version"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tagstorm-sim"))
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).starts_with("stdout: cannot write: "),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    // Usage errors still go to stderr with exit 2, and help that is written exits 0.
+    assert_eq!(bin(&["run", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(bin(&["--help"]).status.code(), Some(0));
 }
 
 #[test]
