@@ -637,6 +637,12 @@ pub struct Engine {
     /// since the last plan. Without it, a full queue would re-plan every waiting image on every
     /// event.
     batch_dirty: bool,
+    /// The fewest queue tokens any image that joined a batch queue needed (never grows): with
+    /// less room than this in the queue, no waiting image can start a batch.
+    batch_min_tokens: u64,
+    /// Images in the batch queues that can never be batched (`SplitLimits::never_fits`); a
+    /// plan fails them, so it cannot be skipped while there are any.
+    batch_never_fit: usize,
     in_flight: HashMap<RequestId, InFlight>,
     /// `dispatch_batches`' working lists, kept between plans: most plans hold everything
     /// again (the queue is full), and allocating three lists for each cost more than the plan.
@@ -718,6 +724,8 @@ impl Engine {
             heads_tokens: 0,
             batch_waiting: VecDeque::new(),
             batch_dirty: false,
+            batch_min_tokens: u64::MAX,
+            batch_never_fit: 0,
             in_flight: HashMap::default(),
             plan_scratch: PlanScratch::default(),
             batches: Vec::new(),
@@ -1610,6 +1618,8 @@ impl Engine {
                 tokens: rec.queue_tokens,
             };
         }
+        self.batch_min_tokens = self.batch_min_tokens.min(item.tokens);
+        self.batch_never_fit += usize::from(self.cfg.split_caps().never_fits(&item));
         let w = &mut self.workspaces[ws];
         if w.batch.is_empty() {
             self.batch_waiting.push_back(ws);
@@ -1909,14 +1919,43 @@ impl Engine {
         self.batch_hold_until = None;
         let mut next_try: Option<Time> = None;
         let rounds = self.batch_waiting.len();
-        for _ in 0..rounds {
-            let Some(ws) = self.batch_waiting.pop_front() else {
-                break;
-            };
+        // Without per-hour budgets, every workspace the queue's room holds back retries at the
+        // same time, so the workspaces left can be skipped together (below).
+        let p = &self.cfg.policy;
+        let no_budgets = p.workspace_batches_per_hour.is_none_or(|n| n == 0)
+            && p.workspace_images_per_hour.is_none_or(|n| n == 0);
+        let mut kept = 0usize;
+        for visited in 0..rounds {
             let queue_free = self
                 .queue
                 .free()
                 .saturating_sub(self.foreign.tokens_at(now));
+            // Too little room for any waiting image, none that a plan would fail: planning each
+            // workspace left would hold all its images and requeue it behind the others. Do
+            // just that, at once. With thousands of single-image uploads waiting behind a full
+            // queue, planning them one by one on every event made the run quadratic.
+            let left = rounds - visited;
+            if no_budgets
+                && queue_free < self.batch_min_tokens
+                && self.batch_never_fit == 0
+                && self.batch_waiting.len() == left + kept
+            {
+                // Debug builds (every test) check the claim: each skipped workspace's plan would
+                // have held its front image, the only one it would have taken.
+                #[cfg(debug_assertions)]
+                for &ws in self.batch_waiting.iter().take(left) {
+                    let (_, front) = self.workspaces[ws].batch.front().expect("waiting");
+                    assert!(front.tokens > queue_free, "a skipped workspace had room");
+                    assert!(!self.cfg.split_caps().never_fits(front));
+                }
+                let at = self.batch_retry_at(now);
+                next_try = Some(next_try.map_or(at, |t| t.min(at)));
+                self.batch_waiting.rotate_left(left);
+                break;
+            }
+            let Some(ws) = self.batch_waiting.pop_front() else {
+                break;
+            };
             let mut caps = self.cfg.split_caps();
             caps.queue_tokens_free = queue_free;
             let w = &self.workspaces[ws];
@@ -1953,6 +1992,7 @@ impl Engine {
                 items.push(item);
             }
             split::split_into(&items, &caps, &mut plan);
+            self.batch_never_fit -= plan.oversize.len();
             for idx in &plan.oversize {
                 let img = waiting[*idx];
                 let what = format!(
@@ -1967,6 +2007,7 @@ impl Engine {
                 let bytes: u64 = batch.iter().map(|&i| items[i].line_bytes).sum();
                 self.start_batch(now, ws, images, tokens, bytes);
             }
+            let retry_at = self.batch_retry_at(now);
             let w = &mut self.workspaces[ws];
             for &i in plan.held.iter().rev() {
                 w.batch.push_front((waiting[i], items[i]));
@@ -1984,11 +2025,7 @@ impl Engine {
                 // once (`release_queue`). A budget with room left is not what held the work (the
                 // queue's room was): waking at its "refill" (now) would retry every
                 // millisecond.
-                let mut at = now + Duration::from_secs(60);
-                if self.foreign.until > now {
-                    // The probe of the whole queue, when the learned foreign share lapses.
-                    at = at.min(self.foreign.until);
-                }
+                let mut at = retry_at;
                 for budget in [&w.batches_per_hour, &w.images_per_hour]
                     .into_iter()
                     .flatten()
@@ -2001,6 +2038,7 @@ impl Engine {
                 }
                 next_try = Some(next_try.map_or(at, |t: Time| t.min(at)));
                 self.batch_waiting.push_back(ws);
+                kept += 1;
             }
         }
         if let Some(at) = next_try {
@@ -2008,6 +2046,18 @@ impl Engine {
                 self.batch_hold_until = Some(at);
                 self.timer(at, Timer::BatchHold);
             }
+        }
+    }
+
+    /// When a workspace held back by the queue's room plans again, unless a per-hour budget
+    /// refills sooner: in a minute (as another client's share of the queue fades), or when the
+    /// learned foreign share lapses and the whole queue is probed.
+    fn batch_retry_at(&self, now: Time) -> Time {
+        let at = now + Duration::from_secs(60);
+        if self.foreign.until > now {
+            at.min(self.foreign.until)
+        } else {
+            at
         }
     }
 

@@ -75,6 +75,17 @@ pub enum SplitError {
 }
 
 impl SplitLimits {
+    /// Whether `item` can never be batched under these caps, whatever the queue holds: its
+    /// line is above `max_bytes`, its tokens above `max_tokens` or the queue's whole limit, or
+    /// `max_requests` is zero. [`split`] puts such items in `oversize`.
+    #[inline]
+    pub fn never_fits(&self, item: &SplitItem) -> bool {
+        self.max_requests.min(MAX_BATCH_REQUESTS) == 0
+            || item.line_bytes > self.max_bytes.min(MAX_BATCH_FILE_BYTES)
+            || item.tokens > self.max_tokens
+            || item.tokens > self.queue_tokens_limit
+    }
+
     /// Checks the caps: every per-batch cap and the queue limit at least 1, the per-batch caps
     /// within the API's, and no more queue tokens free than the limit. Zero budgets
     /// (`queue_tokens_free`, `batches_allowed`, `images_allowed`) are valid: they only mean
@@ -175,11 +186,7 @@ pub fn split_into(items: &[SplitItem], limits: &SplitLimits, out: &mut Split) {
     let mut batches_left = limits.batches_allowed;
     let mut open = Open::default();
     for (i, item) in items.iter().enumerate() {
-        if max_requests == 0
-            || item.line_bytes > max_bytes
-            || item.tokens > limits.max_tokens
-            || item.tokens > limits.queue_tokens_limit
-        {
+        if limits.never_fits(item) {
             out.oversize.push(i);
             continue;
         }
