@@ -1095,6 +1095,17 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
             message: message.to_owned(),
         })
     };
+    if !folder {
+        let (target, special) = write_target(path);
+        if special {
+            // A device or a pipe is written in place (`write_all`); opening a pipe to probe it
+            // would block until its reader comes, and closing it would end the reader's input.
+            return Ok(());
+        }
+        if target != path {
+            return check_out(&target, false);
+        }
+    }
     if let Ok(m) = std::fs::metadata(path) {
         match (folder, m.is_dir()) {
             (true, false) => return fail(path, "it is a file, not a folder"),
@@ -1150,7 +1161,8 @@ pub fn check_out(path: &Path, folder: bool) -> Result<(), CliError> {
 /// folder (after resolving `.`, `..` and links) and the same name.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     let key = |p: &Path| {
-        let abs = std::path::absolute(p).ok()?;
+        // Through a symlink, to the file a write would land in.
+        let abs = std::path::absolute(write_target(p).0).ok()?;
         let name = abs.file_name()?.to_owned();
         let dir = abs.parent()?;
         Some(
@@ -1162,35 +1174,59 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     matches!((key(a), key(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Where a write to `path` lands: through a symlink to its target (the link stays a link),
+/// and whether that is a special file (a device such as `/dev/stdout`, a pipe), which can only
+/// be written in place: renaming over it would replace the device with a plain file.
+fn write_target(path: &Path) -> (PathBuf, bool) {
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).unwrap_or_else(|_| {
+            // A link to a file not made yet: the file it names, beside the link if relative.
+            match std::fs::read_link(path) {
+                Ok(to) => path.parent().map_or(to.clone(), |dir| dir.join(&to)),
+                Err(_) => path.to_path_buf(),
+            }
+        }),
+        _ => path.to_path_buf(),
+    };
+    let special = std::fs::metadata(&target).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    (target, special)
+}
+
 /// Writes every file or none: each goes to a temporary file first, and only when all of them
 /// are written are they renamed into place. On failure the temporary files and any folder this
-/// call created are removed, so a failed `--out` leaves no partial results behind.
+/// call created are removed, so a failed `--out` leaves no partial results behind. A symlink is
+/// written through to its target; a device or a pipe is written in place, first.
 pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
     let fail = |p: &Path, e: std::io::Error| CliError::Output {
         path: display_path(p),
         message: e.to_string().to_lowercase(),
     };
+    let targets: Vec<(PathBuf, bool)> = files.iter().map(|(p, _)| write_target(p)).collect();
     // Two outputs to one file would share a temporary file, and one would silently replace
     // the other; the commands refuse such arguments before running, this is the backstop.
-    for (i, (a, _)) in files.iter().enumerate() {
-        if files[..i].iter().any(|(b, _)| same_file(a, b)) {
+    for (i, (a, _)) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|(b, _)| same_file(a, b)) {
             return Err(CliError::Invalid(format!(
                 "{}: two outputs would be written to this one file",
-                display_path(a)
+                display_path(&files[i].0)
             )));
         }
     }
     let mut created: Vec<PathBuf> = Vec::new();
-    let mut tmps: Vec<(PathBuf, &Path)> = Vec::new();
-    let undo = |tmps: &[(PathBuf, &Path)], created: &[PathBuf]| {
-        for (tmp, _) in tmps {
+    // (temporary file, the target it replaces, the path as asked for)
+    let mut tmps: Vec<(PathBuf, &Path, &Path)> = Vec::new();
+    let undo = |tmps: &[(PathBuf, &Path, &Path)], created: &[PathBuf]| {
+        for (tmp, _, _) in tmps {
             let _ = std::fs::remove_file(tmp);
         }
         for dir in created.iter().rev() {
             let _ = std::fs::remove_dir_all(dir);
         }
     };
-    for (path, text) in files {
+    for ((asked, text), (path, special)) in files.iter().zip(&targets) {
+        if *special {
+            continue;
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // The outermost folder that does not exist yet is the one to remove on failure.
             let new_top = dir
@@ -1209,26 +1245,39 @@ pub fn write_all(files: &[(PathBuf, String)]) -> Result<(), CliError> {
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let written = std::fs::write(&tmp, text);
-        tmps.push((tmp.clone(), path));
+        tmps.push((tmp.clone(), path, asked));
         if let Err(e) = written {
             undo(&tmps, &created);
             // The error names the file the user asked for, not the temporary one.
-            return Err(fail(path, e));
+            return Err(fail(asked, e));
         }
     }
     // A folder in a file's place would fail its rename after the files before it were renamed
     // into place: look before renaming any.
-    if let Some((_, path)) = tmps.iter().find(|(_, p)| p.is_dir()) {
+    if let Some((_, _, asked)) = tmps.iter().find(|(_, p, _)| p.is_dir()) {
         undo(&tmps, &created);
         return Err(CliError::Output {
-            path: display_path(path),
+            path: display_path(asked),
             message: "it is a folder, not a file".to_owned(),
         });
     }
-    for (i, (tmp, path)) in tmps.iter().enumerate() {
+    // Devices and pipes first: they are what can still fail (`/dev/full`).
+    for ((asked, text), (path, special)) in files.iter().zip(&targets) {
+        if *special {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = written {
+                undo(&tmps, &created);
+                return Err(fail(asked, e));
+            }
+        }
+    }
+    for (i, (tmp, path, asked)) in tmps.iter().enumerate() {
         if let Err(e) = std::fs::rename(tmp, path) {
             undo(&tmps[i..], &[]);
-            return Err(fail(path, e));
+            return Err(fail(asked, e));
         }
     }
     Ok(())
@@ -1268,6 +1317,81 @@ mod tests {
             m.starts_with("/proc/tagstorm-x: cannot write: nothing can be created in /proc"),
             "{m}"
         );
+    }
+
+    /// A symlink is written through (it stays a link; its target gets the text), a pipe and a
+    /// device are written in place, and a device that refuses the bytes fails with exit 3.
+    /// The rename used to replace each of them with a plain file (`--summary /dev/full` turned
+    /// the device into a file and exited 0).
+    #[test]
+    fn write_all_writes_through_links_pipes_and_devices() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let dir = std::env::temp_dir().join(format!("tagstorm-sim-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("target.md"), "old").unwrap();
+        std::os::unix::fs::symlink("target.md", dir.join("link.md")).unwrap();
+        std::os::unix::fs::symlink("later.md", dir.join("dangling.md")).unwrap();
+        write_all(&[
+            (dir.join("link.md"), "new".to_owned()),
+            (dir.join("dangling.md"), "made".to_owned()),
+        ])
+        .unwrap();
+        for link in ["link.md", "dangling.md"] {
+            let m = std::fs::symlink_metadata(dir.join(link)).unwrap();
+            assert!(m.file_type().is_symlink(), "{link} was replaced");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("target.md")).unwrap(),
+            "new"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("later.md")).unwrap(),
+            "made"
+        );
+        // The link and its target are one file.
+        assert!(same_file(&dir.join("link.md"), &dir.join("target.md")));
+        check_out(&dir.join("link.md"), false).unwrap();
+
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let reader = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+            };
+            check_out(&fifo, false).unwrap();
+            write_all(&[(fifo.clone(), "through the pipe".to_owned())]).unwrap();
+            assert_eq!(reader.join().unwrap(), "through the pipe");
+            assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        }
+
+        let null = Path::new("/dev/null");
+        if std::fs::metadata(null).is_ok_and(|m| m.file_type().is_char_device()) {
+            write_all(&[(null.to_path_buf(), "gone".to_owned())]).unwrap();
+            assert!(
+                std::fs::metadata(null)
+                    .unwrap()
+                    .file_type()
+                    .is_char_device()
+            );
+        }
+        let full = Path::new("/dev/full");
+        if std::fs::metadata(full).is_ok_and(|m| m.file_type().is_char_device()) {
+            let e = write_all(&[(full.to_path_buf(), "x".to_owned())]).unwrap_err();
+            assert_eq!(e.exit_code(), 3);
+            assert!(
+                e.to_string().starts_with("/dev/full: cannot write: "),
+                "{e}"
+            );
+            assert!(
+                std::fs::metadata(full)
+                    .unwrap()
+                    .file_type()
+                    .is_char_device()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
