@@ -2320,6 +2320,37 @@ images = 5
 poisson = { per_hour = 60, for_s = 600 }
 "#;
 
+#[test]
+fn a_report_on_arrivals_too_light_to_draw_an_upload_searches_up() {
+    // At 0.1 uploads an hour for an hour the scenario as written draws none. Runs with no
+    // uploads counted as failing, so the report searched down and gave "< × 0.000977".
+    let tmp = TempDir::new("report-light");
+    let file = tmp.path("light.toml");
+    let light = POISSON_SMALL.replace(
+        "poisson = { per_hour = 60, for_s = 600 }",
+        "poisson = { per_hour = 0.1, for_s = 3600 }",
+    );
+    std::fs::write(&file, light).unwrap();
+    let o = bin(&["run", &file, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"]["total"], 0, "the premise: × 1 draws nothing");
+    let o = bin(&[
+        "report",
+        &file,
+        "--tiers",
+        "1",
+        "--max-factor",
+        "64",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let factor = v["tiers"][0]["capacity"]["factor"].as_f64().unwrap();
+    assert!(factor >= 1.0, "{}", v["tiers"][0]["capacity"]);
+    let md = text(&bin(&["report", &file, "--tiers", "1", "--max-factor", "64"]).stdout);
+    assert!(md.contains("yes (no uploads)"), "{md}");
+}
+
 /// `run --json` of `file` with `sets`: the p95 of upload complete, ms.
 fn complete_p95_with(file: &str, sets: &serde_json::Value) -> u64 {
     let mut args = vec!["run".to_owned(), file.to_owned(), "--json".to_owned()];
