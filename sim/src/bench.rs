@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::cli::{BenchArgs, CliError, Outcome, load_policy, set_args};
-use crate::report::{fmt_ms, thousands};
+use crate::report::{self, fmt_ms, thousands};
 use crate::scenario::Scenario;
 use crate::sim;
 use crate::workload;
@@ -70,7 +70,7 @@ pub fn cmd_bench(
     if off(scaled) > 0.5 {
         return Err(CliError::Invalid(format!(
             "bench: {} cannot be scaled to about {} image{}: the closest of {SCALE_TRIES} \
-             draws had {} (a few heavy-tailed uploads); ask for more images",
+             draws had {} (uploads come whole, and their sizes vary); ask for more images",
             s.spec.name,
             thousands(a.images),
             if a.images == 1 { "" } else { "s" },
@@ -80,8 +80,8 @@ pub fn cmd_bench(
     if off(scaled) >= 0.01 {
         let _ = writeln!(
             err,
-            "bench: the closest scaled workload has {} images, {:.0}% from --images {} (its \
-             upload sizes are heavy-tailed; a larger --images lands closer)",
+            "bench: the closest scaled workload has {} images, {:.0}% from --images {} (uploads \
+             come whole, and their sizes vary; a larger --images lands closer)",
             thousands(scaled),
             off(scaled) * 100.0,
             thousands(a.images)
@@ -149,15 +149,15 @@ pub fn cmd_bench(
             format!("{best:.3} s; event loop {loop_best:.3} s")
         };
         format!(
-            "bench     {} scaled to {} images in {} uploads, policy {}\n\
+            "bench     {} scaled to {} in {}, policy {}\n\
              wall      {wall}\n\
              events    {} ({:.2} M events/s in the event loop, {:.2} M over the whole run)\n\
              images/s  {:.2} M\n\
              peak RSS  {rss}\n\
              virtual   {} simulated; makespan {}; tagged {} (realtime {}, batch {}); failed {}; pending {}",
             s.spec.name,
-            thousands(r.images.total),
-            thousands(r.uploads.total),
+            report::count(r.images.total, "image"),
+            report::count(r.uploads.total, "upload"),
             r.policy,
             thousands(r.sim.events),
             loop_eps / 1e6,

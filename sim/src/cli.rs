@@ -899,8 +899,9 @@ fn cmd_validate(
     }
     if bad > 0 {
         return Err(CliError::Invalid(format!(
-            "{bad} of {} scenarios are invalid",
-            a.scenarios.len()
+            "{bad} of {} {} invalid",
+            report::count(a.scenarios.len() as u64, "scenario"),
+            if bad == 1 { "is" } else { "are" }
         )));
     }
     Ok(Outcome::Ok)

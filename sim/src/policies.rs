@@ -122,6 +122,12 @@ pub fn cmd_policies(a: &PoliciesArgs, out: &mut dyn Write) -> Result<Outcome, Cl
     let text = if a.toml {
         match policies.as_slice() {
             [one] => toml_file(one),
+            // None named: the default list is all three presets, which is not a choice.
+            _ if a.policies.is_empty() => {
+                return Err(CliError::Policy(
+                    "--toml prints one policy: name it, e.g. policies --toml tagstorm".into(),
+                ));
+            }
             _ => {
                 return Err(CliError::Policy(format!(
                     "--toml prints one policy; {} were given",
