@@ -69,11 +69,10 @@ pub fn cmd_bench(
     s.spec = spec;
     if off(scaled) > 0.5 {
         return Err(CliError::Invalid(format!(
-            "bench: {} cannot be scaled to about {} image{}: the closest of {SCALE_TRIES} \
+            "bench: {} cannot be scaled to about {}: the closest of {SCALE_TRIES} \
              draws had {} (uploads come whole, and their sizes vary); ask for more images",
             s.spec.name,
-            thousands(a.images),
-            if a.images == 1 { "" } else { "s" },
+            report::count(a.images, "image"),
             thousands(scaled)
         )));
     }

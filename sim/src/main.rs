@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use tagstorm_sim::cli::{Cli, Stdout, execute};
+use tagstorm_sim::cli::{Cli, Stdout, execute, stdout_error};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -30,8 +30,9 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
     let written = e.print().and_then(|()| std::io::stdout().flush());
     match written {
         Err(w) if !e.use_stderr() && w.kind() != ErrorKind::BrokenPipe => {
-            let _ = writeln!(std::io::stderr(), "stdout: cannot write: {w}");
-            ExitCode::from(3)
+            let failed = stdout_error(w);
+            let _ = writeln!(std::io::stderr(), "{failed}");
+            ExitCode::from(failed.exit_code())
         }
         _ => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
     }
